@@ -1,0 +1,1 @@
+//! Examples of the outbox SDK; see the `[[example]]` targets.

@@ -1,0 +1,1 @@
+//! Publishers for Kafka, RabbitMQ and Redis Streams (in progress).

@@ -1,0 +1,474 @@
+//! In-memory [`Store`] and [`Publisher`], for unit tests and embedded demos. Nothing survives the process.
+//!
+//! The store keeps every guarantee of the [`Store`] contract (it passes the same conformance suite as
+//! the SQL stores) and uses tokio's clock, so tests can run with paused time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::error::Result;
+use crate::message::{DeadLetter, Message, MessageId, MessageLimits, NewMessage};
+use crate::publisher::{PublishError, Publisher};
+use crate::store::{Enqueue, Failure, OutboxStats, RelayId, Retry, Store};
+
+#[derive(Debug)]
+struct Entry {
+    message: Message,
+    idempotency_key: Option<String>,
+    available_at: Instant,
+    lease: Option<(RelayId, Instant)>,
+    published_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_seq: u64,
+    entries: BTreeMap<u64, Entry>,
+    seq_of: HashMap<MessageId, u64>,
+    dead: BTreeMap<u64, (DeadLetter, Option<String>)>,
+    dead_seq_of: HashMap<MessageId, u64>,
+    idempotency: HashMap<String, MessageId>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    state: Mutex<State>,
+    wake: Notify,
+    limits: MessageLimits,
+    retention: Option<Duration>,
+}
+
+/// An in-memory outbox. Clones share the same data.
+#[derive(Debug, Clone)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A transaction on a [`MemoryStore`]: messages enqueued in it become visible on [`commit`](Self::commit);
+/// dropping it rolls back.
+#[derive(Debug)]
+pub struct MemoryTransaction {
+    store: MemoryStore,
+    messages: Vec<NewMessage>,
+}
+
+impl MemoryTransaction {
+    /// Makes the enqueued messages visible to the relay.
+    pub fn commit(self) -> Result<()> {
+        let mut state = self.store.state();
+        for message in self.messages {
+            state.insert(message);
+        }
+        drop(state);
+        self.store.shared.wake.notify_waiters();
+        Ok(())
+    }
+
+    /// Discards the enqueued messages (the same as dropping the transaction).
+    pub fn rollback(self) {}
+}
+
+impl State {
+    fn insert(&mut self, message: NewMessage) -> MessageId {
+        let parts = message.into_parts();
+        if let Some(existing) = parts.idempotency_key.as_ref().and_then(|k| self.idempotency.get(k)) {
+            return *existing;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        if let Some(key) = &parts.idempotency_key {
+            self.idempotency.insert(key.clone(), parts.id);
+        }
+        self.seq_of.insert(parts.id, seq);
+        self.entries.insert(
+            seq,
+            Entry {
+                message: Message {
+                    id: parts.id,
+                    topic: parts.topic,
+                    key: parts.key,
+                    payload: parts.payload,
+                    headers: parts.headers,
+                    created_at: Utc::now(),
+                    attempts: 0,
+                    last_error: None,
+                },
+                idempotency_key: parts.idempotency_key,
+                available_at: Instant::now() + parts.delay.unwrap_or_default(),
+                lease: None,
+                published_at: None,
+            },
+        );
+        parts.id
+    }
+
+    fn owned_mut(&mut self, owner: RelayId, id: &MessageId) -> Option<&mut Entry> {
+        let seq = self.seq_of.get(id)?;
+        self.entries.get_mut(seq).filter(|e| e.published_at.is_none() && matches!(e.lease, Some((o, _)) if o == owner))
+    }
+
+    fn remove(&mut self, id: &MessageId) -> Option<Entry> {
+        let seq = self.seq_of.remove(id)?;
+        let entry = self.entries.remove(&seq)?;
+        if let Some(key) = &entry.idempotency_key {
+            self.idempotency.remove(key);
+        }
+        Some(entry)
+    }
+}
+
+impl MemoryStore {
+    /// An empty store that deletes messages when they are acknowledged.
+    pub fn new() -> Self {
+        Self::with_options(MessageLimits::default(), None)
+    }
+
+    /// An empty store with message limits and, if `retention` is set, keeping published messages for
+    /// that long (until [`Store::purge_published`]).
+    pub fn with_options(limits: MessageLimits, retention: Option<Duration>) -> Self {
+        Self { shared: Arc::new(Shared { state: Mutex::default(), wake: Notify::new(), limits, retention }) }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts a transaction.
+    pub fn begin(&self) -> MemoryTransaction {
+        MemoryTransaction { store: self.clone(), messages: Vec::new() }
+    }
+
+    /// Enqueues one message in its own committed transaction.
+    pub fn enqueue_committed(&self, message: NewMessage) -> Result<MessageId> {
+        message.validate(&self.shared.limits)?;
+        let id = self.state().insert(message);
+        self.shared.wake.notify_waiters();
+        Ok(id)
+    }
+
+    /// Messages not yet published (pending, leased or waiting for a retry).
+    pub fn pending_len(&self) -> usize {
+        self.state().entries.values().filter(|e| e.published_at.is_none()).count()
+    }
+
+    /// The pending messages in enqueue order (for assertions in tests).
+    pub fn pending(&self) -> Vec<Message> {
+        self.state().entries.values().filter(|e| e.published_at.is_none()).map(|e| e.message.clone()).collect()
+    }
+
+    /// When a pending message becomes claimable again, relative to now (zero if it already is).
+    pub fn available_in(&self, id: MessageId) -> Option<Duration> {
+        let state = self.state();
+        let entry = state.entries.get(state.seq_of.get(&id)?)?;
+        Some(entry.available_at.saturating_duration_since(Instant::now()))
+    }
+}
+
+impl Enqueue for MemoryStore {
+    type Connection = MemoryTransaction;
+
+    async fn enqueue(&self, tx: &mut MemoryTransaction, message: NewMessage) -> Result<MessageId> {
+        message.validate(&self.shared.limits)?;
+        let existing = message.idempotency().and_then(|key| {
+            self.state()
+                .idempotency
+                .get(key)
+                .copied()
+                .or_else(|| tx.messages.iter().find(|m| m.idempotency() == Some(key)).map(NewMessage::id))
+        });
+        if let Some(id) = existing {
+            return Ok(id);
+        }
+        let id = message.id();
+        tx.messages.push(message);
+        Ok(id)
+    }
+
+    async fn enqueue_batch(&self, tx: &mut MemoryTransaction, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
+        for message in &messages {
+            message.validate(&self.shared.limits)?;
+        }
+        let mut ids = Vec::with_capacity(messages.len());
+        for message in messages {
+            ids.push(self.enqueue(tx, message).await?);
+        }
+        Ok(ids)
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let mut seen_keys: HashSet<&str> = HashSet::new();
+        let mut claimed_seqs = Vec::new();
+        for (seq, entry) in &state.entries {
+            if claimed_seqs.len() >= limit {
+                break;
+            }
+            if entry.published_at.is_some() {
+                continue;
+            }
+            if let Some(key) = entry.message.key.as_deref() {
+                if !seen_keys.insert(key) {
+                    continue;
+                }
+            }
+            let leased = matches!(entry.lease, Some((_, until)) if until > now);
+            if !leased && entry.available_at <= now {
+                claimed_seqs.push(*seq);
+            }
+        }
+        let mut out = Vec::with_capacity(claimed_seqs.len());
+        for seq in claimed_seqs {
+            if let Some(entry) = state.entries.get_mut(&seq) {
+                entry.lease = Some((owner, now + lease));
+                entry.message.attempts += 1;
+                out.push(entry.message.clone());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {
+        let until = Instant::now() + lease;
+        let mut state = self.state();
+        for id in ids {
+            if let Some(entry) = state.owned_mut(owner, id) {
+                entry.lease = Some((owner, until));
+            }
+        }
+        Ok(())
+    }
+
+    async fn release(&self, owner: RelayId, ids: &[MessageId]) -> Result<()> {
+        let mut state = self.state();
+        for id in ids {
+            if let Some(entry) = state.owned_mut(owner, id) {
+                entry.lease = None;
+                entry.message.attempts = entry.message.attempts.saturating_sub(1);
+            }
+        }
+        drop(state);
+        self.shared.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn acknowledge(&self, ids: &[MessageId]) -> Result<()> {
+        let mut state = self.state();
+        for id in ids {
+            match self.shared.retention {
+                None => {
+                    state.remove(id);
+                }
+                Some(_) => {
+                    if let Some(entry) = state.seq_of.get(id).copied().and_then(|s| state.entries.get_mut(&s)) {
+                        entry.published_at.get_or_insert_with(Instant::now);
+                        entry.lease = None;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn reschedule(&self, owner: RelayId, retries: &[Retry]) -> Result<()> {
+        let now = Instant::now();
+        let mut state = self.state();
+        for retry in retries {
+            if let Some(entry) = state.owned_mut(owner, &retry.id) {
+                entry.lease = None;
+                entry.available_at = now + retry.delay;
+                entry.message.last_error = Some(retry.error.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, owner: RelayId, failures: &[Failure]) -> Result<()> {
+        let mut state = self.state();
+        for failure in failures {
+            if state.owned_mut(owner, &failure.id).is_none() {
+                continue;
+            }
+            if let Some(mut entry) = state.remove(&failure.id) {
+                entry.message.last_error = Some(failure.error.clone());
+                let seq = state.next_seq;
+                state.next_seq += 1;
+                state.dead_seq_of.insert(failure.id, seq);
+                if let Some(key) = &entry.idempotency_key {
+                    state.idempotency.insert(key.clone(), failure.id);
+                }
+                let letter = DeadLetter { message: entry.message, error: failure.error.clone(), dead_at: Utc::now() };
+                state.dead.insert(seq, (letter, entry.idempotency_key));
+            }
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        Ok(self.state().dead.values().take(limit).map(|(d, _)| d.clone()).collect())
+    }
+
+    async fn replay_dead_letters(&self, ids: &[MessageId]) -> Result<u64> {
+        let mut state = self.state();
+        let mut moved = 0;
+        for id in ids {
+            let Some(seq) = state.dead_seq_of.remove(id) else { continue };
+            let Some((letter, idempotency_key)) = state.dead.remove(&seq) else { continue };
+            let new_seq = state.next_seq;
+            state.next_seq += 1;
+            let mut message = letter.message;
+            message.attempts = 0;
+            state.seq_of.insert(message.id, new_seq);
+            state.entries.insert(
+                new_seq,
+                Entry { message, idempotency_key, available_at: Instant::now(), lease: None, published_at: None },
+            );
+            moved += 1;
+        }
+        drop(state);
+        self.shared.wake.notify_waiters();
+        Ok(moved)
+    }
+
+    async fn purge_dead_letters(&self, ids: &[MessageId]) -> Result<u64> {
+        let mut state = self.state();
+        let mut purged = 0;
+        for id in ids {
+            let Some(seq) = state.dead_seq_of.remove(id) else { continue };
+            if let Some((_, Some(key))) = state.dead.remove(&seq) {
+                state.idempotency.remove(&key);
+            }
+            purged += 1;
+        }
+        Ok(purged)
+    }
+
+    async fn purge_published(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        let Some(cutoff) = Instant::now().checked_sub(older_than) else { return Ok(0) };
+        let mut state = self.state();
+        let old: Vec<MessageId> = state
+            .entries
+            .values()
+            .filter(|e| matches!(e.published_at, Some(at) if at <= cutoff))
+            .take(limit)
+            .map(|e| e.message.id)
+            .collect();
+        for id in &old {
+            state.remove(id);
+        }
+        Ok(old.len() as u64)
+    }
+
+    async fn stats(&self) -> Result<OutboxStats> {
+        let state = self.state();
+        let pending: Vec<&Entry> = state.entries.values().filter(|e| e.published_at.is_none()).collect();
+        let oldest = pending.iter().map(|e| e.message.created_at).min();
+        Ok(OutboxStats::new(
+            pending.len() as u64,
+            pending.iter().filter(|e| e.message.last_error.is_some()).count() as u64,
+            oldest.map(|t| (Utc::now() - t).to_std().unwrap_or_default()),
+            state.dead.len() as u64,
+        ))
+    }
+
+    async fn wait_for_work(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.shared.wake.notified()).await;
+    }
+}
+
+type FailureRule = dyn Fn(&Message) -> Option<PublishError> + Send + Sync;
+
+/// A [`Publisher`] that records what it publishes, and can be told to fail or be slow.
+///
+/// ```
+/// use outbox_core::{memory::MemoryPublisher, PublishError};
+/// let publisher = MemoryPublisher::new()
+///     .failing_when(|m| (m.attempts < 3).then(|| PublishError::transient("broker busy")));
+/// ```
+#[derive(Clone, Default)]
+pub struct MemoryPublisher {
+    published: Arc<Mutex<Vec<Message>>>,
+    fail: Option<Arc<FailureRule>>,
+    delay: Duration,
+}
+
+impl fmt::Debug for MemoryPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryPublisher")
+            .field("published", &self.published_len())
+            .field("delay", &self.delay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryPublisher {
+    /// A publisher that accepts everything.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fails a message with the returned error whenever `rule` returns one.
+    pub fn failing_when(mut self, rule: impl Fn(&Message) -> Option<PublishError> + Send + Sync + 'static) -> Self {
+        self.fail = Some(Arc::new(rule));
+        self
+    }
+
+    /// Sleeps this long in every `publish` call.
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Message>> {
+        self.published.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Everything published so far, in publish order (duplicates included).
+    pub fn published(&self) -> Vec<Message> {
+        self.lock().clone()
+    }
+
+    /// How many publishes succeeded so far.
+    pub fn published_len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+#[async_trait]
+impl Publisher for MemoryPublisher {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let outcomes: Vec<Result<(), PublishError>> = batch
+            .iter()
+            .map(|m| match self.fail.as_ref().and_then(|rule| rule(m)) {
+                Some(e) => Err(e),
+                None => Ok(()),
+            })
+            .collect();
+        let mut published = self.lock();
+        for (message, outcome) in batch.iter().zip(&outcomes) {
+            if outcome.is_ok() {
+                published.push(message.clone());
+            }
+        }
+        outcomes
+    }
+}

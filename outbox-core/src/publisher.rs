@@ -1,0 +1,142 @@
+//! The broker contract: [`Publisher`], its error [`PublishError`], and helpers for writing one.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::BoxError;
+use crate::message::Message;
+
+/// Why one message could not be published, and whether trying again can help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// May succeed later (broker down, timeout, throttled): the message is retried by the policy.
+    #[error("transient: {0}")]
+    Transient(#[source] BoxError),
+    /// Can never succeed (too large, unroutable, rejected): the message is dead-lettered at once.
+    #[error("permanent: {0}")]
+    Permanent(#[source] BoxError),
+}
+
+impl PublishError {
+    /// A transient error from any error or message.
+    pub fn transient(error: impl Into<BoxError>) -> Self {
+        Self::Transient(error.into())
+    }
+
+    /// A permanent error from any error or message.
+    pub fn permanent(error: impl Into<BoxError>) -> Self {
+        Self::Permanent(error.into())
+    }
+
+    /// Whether a retry may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient(_))
+    }
+
+    /// The error and its whole `source` chain as one line, as stored in `last_error`.
+    pub fn report(&self) -> String {
+        use std::error::Error as _;
+        let mut text = self.to_string();
+        let mut source = self.source().and_then(|s| s.source());
+        while let Some(err) = source {
+            text.push_str(": ");
+            text.push_str(&err.to_string());
+            source = err.source();
+        }
+        text
+    }
+}
+
+/// Publishes messages to a broker (or anywhere: an email sender, a webhook). Object safe: used as
+/// `Arc<dyn Publisher>`.
+///
+/// `publish` returns one outcome per message, in the order of `batch`; a batch never holds two
+/// messages with the same key, so they may be sent concurrently. A message counts as published only
+/// when its outcome is `Ok`, which must mean the broker acknowledged it.
+///
+/// For a publisher that handles one message at a time, implement [`PublishOne`] instead: every
+/// `PublishOne` is a `Publisher` that sends a batch's messages concurrently.
+#[async_trait]
+pub trait Publisher: Send + Sync + fmt::Debug + 'static {
+    /// Publishes `batch` and reports each message's outcome.
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>>;
+}
+
+/// A publisher written one message at a time.
+///
+/// ```
+/// use outbox_core::{async_trait, Message, PublishError, PublishOne};
+///
+/// #[derive(Debug)]
+/// struct Webhook;
+///
+/// #[async_trait]
+/// impl PublishOne for Webhook {
+///     async fn publish_one(&self, message: &Message) -> Result<(), PublishError> {
+///         if message.payload.is_empty() {
+///             return Err(PublishError::permanent("empty payload"));
+///         }
+///         Ok(()) // POST it somewhere
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait PublishOne: Send + Sync + fmt::Debug + 'static {
+    /// Publishes one message.
+    async fn publish_one(&self, message: &Message) -> Result<(), PublishError>;
+}
+
+#[async_trait]
+impl<T: PublishOne> Publisher for T {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        futures::future::join_all(batch.iter().map(|m| self.publish_one(m))).await
+    }
+}
+
+/// A [`Publisher`] from an async closure over one message.
+///
+/// ```
+/// use outbox_core::{publisher_fn, PublishError};
+/// let printer = publisher_fn(|msg| async move {
+///     println!("{} {}", msg.topic, msg.id);
+///     Ok::<(), PublishError>(())
+/// });
+/// ```
+pub fn publisher_fn<F, Fut>(f: F) -> FnPublisher<F>
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), PublishError>> + Send,
+{
+    FnPublisher(f)
+}
+
+/// The publisher made by [`publisher_fn`]. The closure receives an owned copy of each message.
+pub struct FnPublisher<F>(F);
+
+impl<F> fmt::Debug for FnPublisher<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FnPublisher")
+    }
+}
+
+#[async_trait]
+impl<F, Fut> PublishOne for FnPublisher<F>
+where
+    F: Fn(Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), PublishError>> + Send,
+{
+    async fn publish_one(&self, message: &Message) -> Result<(), PublishError> {
+        (self.0)(message.clone()).await
+    }
+}
+
+#[async_trait]
+impl<P: Publisher + ?Sized> Publisher for Arc<P> {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        (**self).publish(batch).await
+    }
+}

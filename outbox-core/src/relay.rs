@@ -1,0 +1,484 @@
+//! The relay: the [`Dispatcher`] trait and [`Relay`], its implementation over any [`Store`] and
+//! [`Publisher`].
+//!
+//! A relay worker loops over: claim a batch (one statement that sets a lease; no transaction stays
+//! open) -> publish it (renewing the lease if the publish runs long) -> settle it (acknowledge the
+//! published, reschedule the transient failures, dead-letter the permanent ones and the exhausted).
+//! `concurrency` workers run at once; each waits for [`Store::wait_for_work`] when there is nothing to do.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, info_span, warn, Instrument};
+
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageId};
+use crate::publisher::{PublishError, Publisher};
+use crate::retry::{RetryDecision, RetryPolicy};
+use crate::store::{Failure, RelayId, Retry, Store};
+
+/// Runs the outbox relay. [`Relay`] is the implementation; the trait lets applications wrap it or swap
+/// it in their tests.
+#[async_trait]
+pub trait Dispatcher: Send + Sync + fmt::Debug + 'static {
+    /// Relays messages until `shutdown` is cancelled, then stops claiming, finishes the batches in
+    /// flight (handing back their claims if they outlast the shutdown timeout) and returns.
+    async fn run(&self, shutdown: CancellationToken) -> Result<()>;
+
+    /// Claims, publishes and settles one batch; returns how many messages it claimed.
+    async fn dispatch_once(&self) -> Result<usize>;
+}
+
+/// Called when a message is parked in the dead letters, after the store recorded it.
+#[async_trait]
+pub trait DeadLetterHook: Send + Sync + 'static {
+    /// `message` is the message as last claimed; `error` the reason it was parked.
+    async fn on_dead_letter(&self, message: &Message, error: &str);
+}
+
+/// Counters of one relay since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayMetrics {
+    /// Non-empty batches claimed.
+    pub batches: u64,
+    /// Messages claimed.
+    pub claimed: u64,
+    /// Messages published and acknowledged.
+    pub published: u64,
+    /// Failed attempts rescheduled for a retry.
+    pub retried: u64,
+    /// Messages parked in the dead letters.
+    pub dead_lettered: u64,
+    /// Store errors (claim or settle failed).
+    pub store_errors: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    batches: AtomicU64,
+    claimed: AtomicU64,
+    published: AtomicU64,
+    retried: AtomicU64,
+    dead_lettered: AtomicU64,
+    store_errors: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64, by: usize) {
+    counter.fetch_add(by as u64, Ordering::Relaxed);
+}
+
+/// Settings of a [`Relay`]. Start from [`RelayOptions::default`] and change what you need.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RelayOptions {
+    /// Messages claimed per batch (default 256).
+    pub batch_size: usize,
+    /// Batches in flight at once (default 2).
+    pub concurrency: usize,
+    /// How long a claim is held before another relay may take it over (default 30 s). Renewed while a
+    /// publish runs long.
+    pub lease: Duration,
+    /// Longest wait for new work when the store sends no wake-up (default 1 s).
+    pub poll_interval: Duration,
+    /// Pause after a store error before trying again (default 1 s).
+    pub error_backoff: Duration,
+    /// How long a shutdown waits for batches in flight before handing their claims back (default 30 s).
+    pub shutdown_timeout: Duration,
+    /// Retry and dead-letter policy.
+    pub retry: RetryPolicy,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self {
+            batch_size: 256,
+            concurrency: 2,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_secs(1),
+            error_backoff: Duration::from_secs(1),
+            shutdown_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl RelayOptions {
+    fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.batch_size > 10_000 {
+            return Err(Error::invalid_config("relay batch_size must be between 1 and 10000"));
+        }
+        if self.concurrency == 0 || self.concurrency > 256 {
+            return Err(Error::invalid_config("relay concurrency must be between 1 and 256"));
+        }
+        if self.lease < Duration::from_millis(100) {
+            return Err(Error::invalid_config("relay lease must be at least 100 ms"));
+        }
+        if self.poll_interval.is_zero() {
+            return Err(Error::invalid_config("relay poll_interval must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`Relay`].
+pub struct RelayBuilder {
+    store: Arc<dyn Store>,
+    publisher: Arc<dyn Publisher>,
+    options: RelayOptions,
+    hook: Option<Arc<dyn DeadLetterHook>>,
+}
+
+impl fmt::Debug for RelayBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RelayBuilder")
+            .field("store", &self.store)
+            .field("publisher", &self.publisher)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RelayBuilder {
+    /// Replaces all options.
+    pub fn options(mut self, options: RelayOptions) -> Self {
+        self.options = options;
+        self
+    }
+    /// Messages per batch.
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.options.batch_size = n;
+        self
+    }
+    /// Batches in flight at once.
+    pub fn concurrency(mut self, n: usize) -> Self {
+        self.options.concurrency = n;
+        self
+    }
+    /// Claim lease.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.options.lease = lease;
+        self
+    }
+    /// Poll interval.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.options.poll_interval = interval;
+        self
+    }
+    /// Pause after a store error.
+    pub fn error_backoff(mut self, backoff: Duration) -> Self {
+        self.options.error_backoff = backoff;
+        self
+    }
+    /// Shutdown timeout.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.options.shutdown_timeout = timeout;
+        self
+    }
+    /// Retry policy.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.options.retry = policy;
+        self
+    }
+    /// Called for every message parked in the dead letters.
+    pub fn on_dead_letter(mut self, hook: impl DeadLetterHook) -> Self {
+        self.hook = Some(Arc::new(hook));
+        self
+    }
+    /// Validates the options and builds the relay.
+    pub fn build(self) -> Result<Relay> {
+        self.options.validate()?;
+        Ok(Relay {
+            inner: Arc::new(Inner {
+                id: RelayId::new(),
+                store: self.store,
+                publisher: self.publisher,
+                options: self.options,
+                hook: self.hook,
+                counters: Counters::default(),
+                in_flight: Mutex::new(HashSet::new()),
+            }),
+        })
+    }
+}
+
+/// The relay: moves committed messages from a [`Store`] to a [`Publisher`]. Cheap to clone; clones
+/// share one identity, counters and leases.
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox_core::{memory::MemoryStore, publisher_fn, Dispatcher, NewMessage, PublishError, Relay};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> outbox_core::Result<()> {
+/// let store = MemoryStore::new();
+/// store.enqueue_committed(NewMessage::new("greetings", "hello"))?;
+///
+/// let relay = Relay::builder(store.clone(), publisher_fn(|msg| async move {
+///     println!("published {} on {}", msg.id, msg.topic);
+///     Ok::<(), PublishError>(())
+/// }))
+/// .poll_interval(Duration::from_millis(10))
+/// .build()?;
+///
+/// let shutdown = CancellationToken::new();
+/// let running = tokio::spawn({ let relay = relay.clone(); let s = shutdown.clone(); async move { relay.run(s).await } });
+/// while store.pending_len() > 0 { tokio::time::sleep(Duration::from_millis(5)).await; }
+/// shutdown.cancel();
+/// running.await.expect("relay task")?;
+/// assert_eq!(relay.metrics().published, 1);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: RelayId,
+    store: Arc<dyn Store>,
+    publisher: Arc<dyn Publisher>,
+    options: RelayOptions,
+    hook: Option<Arc<dyn DeadLetterHook>>,
+    counters: Counters,
+    in_flight: Mutex<HashSet<MessageId>>,
+}
+
+impl fmt::Debug for Relay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Relay")
+            .field("id", &self.inner.id)
+            .field("store", &self.inner.store)
+            .field("publisher", &self.inner.publisher)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    /// Starts building a relay from a store and a publisher (owned, or shared as `Arc<dyn ...>`).
+    pub fn builder(store: impl Store, publisher: impl Publisher) -> RelayBuilder {
+        Self::builder_shared(Arc::new(store), Arc::new(publisher))
+    }
+
+    /// Starts building a relay from shared handles.
+    pub fn builder_shared(store: Arc<dyn Store>, publisher: Arc<dyn Publisher>) -> RelayBuilder {
+        RelayBuilder { store, publisher, options: RelayOptions::default(), hook: None }
+    }
+
+    /// This relay's lease-owner id.
+    pub fn id(&self) -> RelayId {
+        self.inner.id
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &RelayOptions {
+        &self.inner.options
+    }
+
+    /// Counters since the relay was built.
+    pub fn metrics(&self) -> RelayMetrics {
+        let c = &self.inner.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        RelayMetrics {
+            batches: get(&c.batches),
+            claimed: get(&c.claimed),
+            published: get(&c.published),
+            retried: get(&c.retried),
+            dead_lettered: get(&c.dead_lettered),
+            store_errors: get(&c.store_errors),
+        }
+    }
+}
+
+#[async_trait]
+impl Dispatcher for Relay {
+    async fn run(&self, shutdown: CancellationToken) -> Result<()> {
+        let options = &self.inner.options;
+        info!(relay = %self.inner.id, batch_size = options.batch_size, concurrency = options.concurrency, "outbox relay started");
+        let mut workers = JoinSet::new();
+        for worker in 0..options.concurrency {
+            let inner = self.inner.clone();
+            let shutdown = shutdown.clone();
+            workers.spawn(
+                async move { inner.work(shutdown).await }
+                    .instrument(info_span!("outbox.relay.worker", relay = %self.inner.id, worker)),
+            );
+        }
+        shutdown.cancelled().await;
+        info!(relay = %self.inner.id, "outbox relay stopping: no new claims, finishing batches in flight");
+        let drained = tokio::time::timeout(options.shutdown_timeout, async {
+            while let Some(joined) = workers.join_next().await {
+                if let Err(e) = joined {
+                    if e.is_panic() {
+                        error!(relay = %self.inner.id, "outbox relay worker panicked: {e}");
+                    }
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            workers.abort_all();
+            while workers.join_next().await.is_some() {}
+            let ids: Vec<MessageId> = self.inner.lock_in_flight().drain().collect();
+            warn!(relay = %self.inner.id, messages = ids.len(), "shutdown timeout: handing back unfinished claims");
+            if !ids.is_empty() {
+                self.inner.store.release(self.inner.id, &ids).await?;
+            }
+        }
+        info!(relay = %self.inner.id, "outbox relay stopped");
+        Ok(())
+    }
+
+    async fn dispatch_once(&self) -> Result<usize> {
+        self.inner.dispatch_once().await
+    }
+}
+
+impl Inner {
+    fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
+        self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn work(&self, shutdown: CancellationToken) {
+        let options = &self.options;
+        while !shutdown.is_cancelled() {
+            match self.dispatch_once().await {
+                Ok(0) => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = self.store.wait_for_work(options.poll_interval) => {}
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    bump(&self.counters.store_errors, 1);
+                    error!(error = %e, "outbox relay: store error; backing off");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(options.error_backoff) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dispatch_once(&self) -> Result<usize> {
+        let options = &self.options;
+        let batch = self.store.claim(self.id, options.batch_size, options.lease).await?;
+        let claimed = batch.len();
+        if claimed == 0 {
+            return Ok(0);
+        }
+        bump(&self.counters.batches, 1);
+        bump(&self.counters.claimed, claimed);
+        self.lock_in_flight().extend(batch.iter().map(|m| m.id));
+        let span = info_span!("outbox.batch", relay = %self.id, size = claimed);
+        let result = self.publish_and_settle(batch).instrument(span).await;
+        result.map(|()| claimed)
+    }
+
+    async fn publish_and_settle(&self, batch: Vec<Message>) -> Result<()> {
+        let max_attempts = self.options.retry.max_attempts();
+        let (exhausted, batch): (Vec<Message>, Vec<Message>) =
+            batch.into_iter().partition(|m| m.attempts > max_attempts);
+        let outcomes = if batch.is_empty() { Vec::new() } else { self.publish_renewing_lease(&batch).await };
+
+        let mut acks = Vec::with_capacity(batch.len());
+        let mut retries = Vec::new();
+        let mut dead: Vec<(Message, String)> = Vec::new();
+        for message in exhausted {
+            let error = format!(
+                "claimed {} times without a recorded outcome (relay crash or lease expiry); max attempts is {max_attempts}",
+                message.attempts
+            );
+            dead.push((message, error));
+        }
+        let mut outcomes = outcomes.into_iter();
+        for message in batch {
+            let outcome = outcomes
+                .next()
+                .unwrap_or_else(|| Err(PublishError::transient("publisher returned fewer outcomes than messages")));
+            match outcome {
+                Ok(()) => acks.push(message.id),
+                Err(e) if e.is_transient() => match self.options.retry.decide(message.attempts) {
+                    RetryDecision::RetryAfter(delay) => {
+                        warn!(message = %message.id, attempts = message.attempts, retry_in = ?delay, error = %e.report(), "outbox publish failed; will retry");
+                        retries.push(Retry { id: message.id, error: e.report(), delay });
+                    }
+                    RetryDecision::DeadLetter => {
+                        let error = format!("gave up after {} attempts: {}", message.attempts, e.report());
+                        dead.push((message, error));
+                    }
+                },
+                Err(e) => dead.push((message, e.report())),
+            }
+        }
+
+        let settled = self.settle(&acks, &retries, &dead).await;
+        {
+            let mut in_flight = self.lock_in_flight();
+            for id in acks.iter().chain(retries.iter().map(|r| &r.id)).chain(dead.iter().map(|(m, _)| &m.id)) {
+                in_flight.remove(id);
+            }
+        }
+        settled?;
+        if let Some(hook) = &self.hook {
+            for (message, error) in &dead {
+                hook.on_dead_letter(message, error).await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn settle(&self, acks: &[MessageId], retries: &[Retry], dead: &[(Message, String)]) -> Result<()> {
+        if !acks.is_empty() {
+            self.store.acknowledge(acks).await?;
+            bump(&self.counters.published, acks.len());
+            debug!(count = acks.len(), "outbox messages published");
+        }
+        if !retries.is_empty() {
+            self.store.reschedule(self.id, retries).await?;
+            bump(&self.counters.retried, retries.len());
+        }
+        if !dead.is_empty() {
+            let failures: Vec<Failure> =
+                dead.iter().map(|(m, error)| Failure { id: m.id, error: error.clone() }).collect();
+            self.store.dead_letter(self.id, &failures).await?;
+            bump(&self.counters.dead_lettered, dead.len());
+            for (message, error) in dead {
+                error!(message = %message.id, topic = %message.topic, attempts = message.attempts, %error, "outbox message dead-lettered");
+            }
+        }
+        Ok(())
+    }
+
+    async fn publish_renewing_lease(&self, batch: &[Message]) -> Vec<std::result::Result<(), PublishError>> {
+        let lease = self.options.lease;
+        let publish = self.publisher.publish(batch);
+        tokio::pin!(publish);
+        let every = lease / 3;
+        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        let mut ids: Vec<MessageId> = Vec::new();
+        loop {
+            tokio::select! {
+                outcomes = &mut publish => return outcomes,
+                _ = renew.tick() => {
+                    if ids.is_empty() {
+                        ids = batch.iter().map(|m| m.id).collect();
+                    }
+                    if let Err(e) = self.store.extend_lease(self.id, &ids, lease).await {
+                        warn!(error = %e, "outbox relay could not extend its lease; another relay may take over");
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The storage contract: [`Store`] (the relay's side), [`Enqueue`] (the caller's side, typed per backend)
+//! and [`Inbox`] (the receiver's side).
+//!
+//! # Guarantees every implementation must keep
+//! (each has a check in `outbox-testkit`'s `store_suite`)
+//!
+//! 1. A message enqueued in a transaction is visible to [`Store::claim`] only after that transaction
+//!    commits; a rolled-back transaction leaves nothing.
+//! 2. A claimed message is leased to one relay ([`RelayId`]) until its lease ends; no other claim returns
+//!    it meanwhile. When the lease ends without an acknowledgement, it is claimable again.
+//! 3. Every claim counts an attempt (`Message::attempts`), so a message that crashes its relay still
+//!    reaches the dead letters.
+//! 4. A claim returns, for each key, only the oldest message of that key still in the outbox, and only
+//!    when that message is claimable: a message with a key is never claimed while an earlier message with
+//!    the same key is pending, leased or waiting for a retry. Keys are therefore published in enqueue
+//!    order, one message per key at a time. Messages without a key have no order.
+//! 5. Enqueueing twice with the same idempotency key while the first message is in the outbox (pending,
+//!    retained or dead) stores one message and returns the first one's id.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use crate::error::Result;
+use crate::message::{DeadLetter, Message, MessageId, NewMessage};
+
+/// Identifies one relay instance; leases are held in its name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelayId(Uuid);
+
+impl RelayId {
+    /// A new random id.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+    /// The UUID.
+    pub const fn as_uuid(&self) -> Uuid {
+        self.0
+    }
+}
+
+impl fmt::Debug for RelayId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RelayId({})", self.0)
+    }
+}
+
+impl fmt::Display for RelayId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+/// A failed message to try again after `delay`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// The message.
+    pub id: MessageId,
+    /// The error of this attempt, kept as `last_error`.
+    pub error: String,
+    /// How long to wait before the message is claimable again (measured on the store's clock).
+    pub delay: Duration,
+}
+
+/// A message to park in the dead letters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The message.
+    pub id: MessageId,
+    /// Why it is parked.
+    pub error: String,
+}
+
+/// A snapshot of the outbox, for monitoring and alerting.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct OutboxStats {
+    /// Messages not yet published (including leased and retrying ones).
+    pub pending: u64,
+    /// Pending messages that failed at least once and wait for a retry.
+    pub retrying: u64,
+    /// Age of the oldest pending message.
+    pub oldest_pending_age: Option<Duration>,
+    /// Messages in the dead-letter set.
+    pub dead_letters: u64,
+}
+
+impl OutboxStats {
+    /// A snapshot from its figures (for store implementations).
+    pub fn new(pending: u64, retrying: u64, oldest_pending_age: Option<Duration>, dead_letters: u64) -> Self {
+        Self { pending, retrying, oldest_pending_age, dead_letters }
+    }
+}
+
+/// The relay's side of an outbox table. Object safe: used as `Arc<dyn Store>`.
+///
+/// See the [module docs](self) for the guarantees an implementation must keep. Methods that take an
+/// `owner` only act on messages still leased to that relay, so a relay whose lease was taken over cannot
+/// overwrite the new owner's work.
+#[async_trait]
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Leases up to `limit` claimable messages to `owner` for `lease`, counting an attempt on each, and
+    /// returns them in enqueue order.
+    async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>>;
+
+    /// Extends the lease of `ids` still held by `owner` to `lease` from now.
+    async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()>;
+
+    /// Hands claims back without counting the attempt as a failure: the messages become claimable now.
+    async fn release(&self, owner: RelayId, ids: &[MessageId]) -> Result<()>;
+
+    /// Marks messages as published: deletes them, or keeps them for the retention period.
+    async fn acknowledge(&self, ids: &[MessageId]) -> Result<()>;
+
+    /// Records failed attempts and makes each message claimable again after its delay.
+    async fn reschedule(&self, owner: RelayId, retries: &[Retry]) -> Result<()>;
+
+    /// Moves messages to the dead-letter set with their error.
+    async fn dead_letter(&self, owner: RelayId, failures: &[Failure]) -> Result<()>;
+
+    /// Lists up to `limit` dead letters, oldest first.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>>;
+
+    /// Moves dead letters back to the outbox with their attempts reset; returns how many moved.
+    /// A replayed message is ordered after the messages already pending for its key.
+    async fn replay_dead_letters(&self, ids: &[MessageId]) -> Result<u64>;
+
+    /// Deletes dead letters for good; returns how many were deleted.
+    async fn purge_dead_letters(&self, ids: &[MessageId]) -> Result<u64>;
+
+    /// In retention mode, deletes up to `limit` published messages older than `older_than`; returns how
+    /// many were deleted. In the default delete-on-acknowledge mode there is nothing to purge.
+    async fn purge_published(&self, older_than: Duration, limit: usize) -> Result<u64>;
+
+    /// Backlog figures.
+    async fn stats(&self) -> Result<OutboxStats>;
+
+    /// Waits until new messages may have been committed, or `timeout` passes. Stores with commit
+    /// notifications return early; the default just sleeps.
+    async fn wait_for_work(&self, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+    }
+}
+
+#[async_trait]
+impl<S: Store + ?Sized> Store for Arc<S> {
+    async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
+        (**self).claim(owner, limit, lease).await
+    }
+    async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {
+        (**self).extend_lease(owner, ids, lease).await
+    }
+    async fn release(&self, owner: RelayId, ids: &[MessageId]) -> Result<()> {
+        (**self).release(owner, ids).await
+    }
+    async fn acknowledge(&self, ids: &[MessageId]) -> Result<()> {
+        (**self).acknowledge(ids).await
+    }
+    async fn reschedule(&self, owner: RelayId, retries: &[Retry]) -> Result<()> {
+        (**self).reschedule(owner, retries).await
+    }
+    async fn dead_letter(&self, owner: RelayId, failures: &[Failure]) -> Result<()> {
+        (**self).dead_letter(owner, failures).await
+    }
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        (**self).dead_letters(limit).await
+    }
+    async fn replay_dead_letters(&self, ids: &[MessageId]) -> Result<u64> {
+        (**self).replay_dead_letters(ids).await
+    }
+    async fn purge_dead_letters(&self, ids: &[MessageId]) -> Result<u64> {
+        (**self).purge_dead_letters(ids).await
+    }
+    async fn purge_published(&self, older_than: Duration, limit: usize) -> Result<u64> {
+        (**self).purge_published(older_than, limit).await
+    }
+    async fn stats(&self) -> Result<OutboxStats> {
+        (**self).stats().await
+    }
+    async fn wait_for_work(&self, timeout: Duration) {
+        (**self).wait_for_work(timeout).await
+    }
+}
+
+/// The caller's side: writes messages inside the caller's own transaction.
+///
+/// Every backend has the same shape: `store.enqueue(&mut *tx, message).await?`, where `tx` is the
+/// caller's transaction of that backend (for sqlx, `&mut *tx` turns a `Transaction` into a connection).
+pub trait Enqueue {
+    /// The connection type the caller's transaction derefs to.
+    type Connection: ?Sized + Send;
+
+    /// Writes one message in the caller's transaction and returns its id (or, for a duplicate
+    /// idempotency key, the id of the message already stored).
+    fn enqueue<'a>(
+        &'a self,
+        conn: &'a mut Self::Connection,
+        message: NewMessage,
+    ) -> impl Future<Output = Result<MessageId>> + Send + 'a;
+
+    /// Writes several messages in the caller's transaction, in order.
+    fn enqueue_batch<'a>(
+        &'a self,
+        conn: &'a mut Self::Connection,
+        messages: Vec<NewMessage>,
+    ) -> impl Future<Output = Result<Vec<MessageId>>> + Send + 'a;
+}
+
+/// The receiver's side: remembers which messages a consumer has applied, inside the receiver's own
+/// transaction, so that a redelivered message is applied once.
+///
+/// ```ignore
+/// let mut tx = pool.begin().await?;
+/// if inbox.process_once(&mut *tx, "billing", message_id).await? {
+///     apply(&mut tx, event).await?;  // first delivery: do the work in the same transaction
+/// }
+/// tx.commit().await?;               // a rollback forgets the mark too
+/// ```
+#[async_trait]
+pub trait Inbox: Send + Sync + fmt::Debug + 'static {
+    /// The connection type the receiver's transaction derefs to.
+    type Connection: ?Sized + Send;
+
+    /// Records `(consumer, id)`; returns `true` the first time and `false` for a duplicate.
+    async fn process_once(&self, conn: &mut Self::Connection, consumer: &str, id: MessageId) -> Result<bool>;
+}

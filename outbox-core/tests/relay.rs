@@ -1,0 +1,251 @@
+//! The relay's logic against the in-memory store and scripted publishers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use outbox_core::memory::{MemoryPublisher, MemoryStore};
+use outbox_core::{
+    async_trait, CancellationToken, DeadLetterHook, Dispatcher, Jitter, Message, NewMessage, PublishError, Relay,
+    RelayId, RetryPolicy, Router, Store,
+};
+
+fn policy(max_attempts: u32, initial_ms: u64) -> RetryPolicy {
+    RetryPolicy::builder()
+        .initial_delay(Duration::from_millis(initial_ms))
+        .max_delay(Duration::from_secs(60))
+        .max_attempts(max_attempts)
+        .jitter(Jitter::None)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_scheduling_follows_the_policy() {
+    let store = MemoryStore::new();
+    let id = store.enqueue_committed(NewMessage::new("t", "x")).unwrap();
+    let publisher = MemoryPublisher::new().failing_when(|_| Some(PublishError::transient("broker down")));
+    let relay = Relay::builder(store.clone(), publisher).retry_policy(policy(10, 100)).build().unwrap();
+
+    for (attempt, expected_ms) in [(1u32, 100u64), (2, 200), (3, 400), (4, 800)] {
+        assert_eq!(relay.dispatch_once().await.unwrap(), 1, "attempt {attempt} claims the message");
+        let pending = store.pending();
+        assert_eq!(pending[0].attempts, attempt);
+        assert!(pending[0].last_error.as_deref().unwrap().contains("broker down"));
+        assert_eq!(store.available_in(id), Some(Duration::from_millis(expected_ms)));
+        assert_eq!(relay.dispatch_once().await.unwrap(), 0, "not claimable before its delay");
+        tokio::time::advance(Duration::from_millis(expected_ms)).await;
+    }
+    assert_eq!(relay.metrics().retried, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_error_dead_letters_at_once() {
+    let store = MemoryStore::new();
+    let id = store.enqueue_committed(NewMessage::new("t", "x")).unwrap();
+    let publisher = MemoryPublisher::new().failing_when(|_| Some(PublishError::permanent("message too large")));
+    let relay = Relay::builder(store.clone(), publisher).build().unwrap();
+
+    relay.dispatch_once().await.unwrap();
+    assert_eq!(store.pending_len(), 0);
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, id);
+    assert_eq!(dead[0].message.attempts, 1);
+    assert!(dead[0].error.contains("message too large"), "{}", dead[0].error);
+}
+
+#[tokio::test(start_paused = true)]
+async fn max_attempts_dead_letters_and_replay_publishes_again() {
+    let store = MemoryStore::new();
+    let id = store.enqueue_committed(NewMessage::new("t", "x")).unwrap();
+    let fail = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let calls = Arc::new(AtomicU32::new(0));
+    let publisher = MemoryPublisher::new().failing_when({
+        let (fail, calls) = (fail.clone(), calls.clone());
+        move |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+            fail.load(Ordering::SeqCst).then(|| PublishError::transient("smtp refused"))
+        }
+    });
+    let relay = Relay::builder(store.clone(), publisher.clone()).retry_policy(policy(3, 10)).build().unwrap();
+
+    for _ in 0..10 {
+        relay.dispatch_once().await.unwrap();
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "exactly max_attempts publishes");
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].error.contains("gave up after 3 attempts"), "{}", dead[0].error);
+    assert!(dead[0].error.contains("smtp refused"));
+
+    fail.store(false, Ordering::SeqCst);
+    assert_eq!(store.replay_dead_letters(&[id]).await.unwrap(), 1);
+    assert_eq!(relay.dispatch_once().await.unwrap(), 1);
+    assert_eq!(publisher.published()[0].id, id);
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_message_that_keeps_crashing_relays_reaches_the_dead_letters() {
+    let store = MemoryStore::new();
+    store.enqueue_committed(NewMessage::new("t", "poison")).unwrap();
+    // Three relays claim it and die without an outcome; each claim counts an attempt.
+    for _ in 0..3 {
+        assert_eq!(store.claim(RelayId::new(), 10, Duration::from_secs(1)).await.unwrap().len(), 1);
+        tokio::time::advance(Duration::from_secs(2)).await;
+    }
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::builder(store.clone(), publisher.clone()).retry_policy(policy(3, 10)).build().unwrap();
+    relay.dispatch_once().await.unwrap();
+    assert_eq!(publisher.published_len(), 0, "not published a 4th time");
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0].error.contains("claimed 4 times"), "{}", dead[0].error);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_order_holds_with_four_concurrent_batches_and_failures() {
+    const KEYS: usize = 20;
+    const PER_KEY: usize = 25;
+    let store = MemoryStore::new();
+    for n in 0..PER_KEY {
+        for k in 0..KEYS {
+            store.enqueue_committed(NewMessage::new("t", format!("{n}")).key(format!("k{k}"))).unwrap();
+        }
+    }
+    for n in 0..50 {
+        store.enqueue_committed(NewMessage::new("t", format!("{n}"))).unwrap();
+    }
+    // Fail about a fifth of the publishes transiently, pseudo-randomly.
+    let counter = Arc::new(AtomicU64::new(0));
+    let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(1)).failing_when({
+        let counter = counter.clone();
+        move |_| {
+            let n = counter.fetch_add(1, Ordering::Relaxed).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+            (n >> 61 == 0).then(|| PublishError::transient("injected"))
+        }
+    });
+    let relay = Relay::builder(store.clone(), publisher.clone())
+        .concurrency(4)
+        .batch_size(8)
+        .poll_interval(Duration::from_millis(5))
+        .retry_policy(policy(1000, 1))
+        .build()
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while store.pending_len() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "relay did not drain");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    assert!(relay.metrics().retried > 0, "failures were injected");
+    let mut per_key: HashMap<String, Vec<usize>> = HashMap::new();
+    for m in publisher.published() {
+        if let Some(key) = m.key {
+            per_key.entry(key).or_default().push(String::from_utf8(m.payload).unwrap().parse().unwrap());
+        }
+    }
+    assert_eq!(per_key.len(), KEYS);
+    for (key, seq) in per_key {
+        assert_eq!(seq, (0..PER_KEY).collect::<Vec<_>>(), "key {key} out of order");
+    }
+    assert_eq!(publisher.published_len(), KEYS * PER_KEY + 50, "each message once: no crash, no duplicate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_finishes_in_flight_batches_and_loses_nothing() {
+    let store = MemoryStore::new();
+    for n in 0..100 {
+        store.enqueue_committed(NewMessage::new("t", format!("{n}"))).unwrap();
+    }
+    let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
+    let relay = Relay::builder(store.clone(), publisher.clone()).batch_size(10).concurrency(2).build().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    let published = publisher.published_len();
+    assert_eq!(published, 20, "the two batches in flight at shutdown were finished, no new ones claimed");
+    assert_eq!(store.pending_len(), 80);
+    // Nothing is left leased: another relay can take all the rest right away.
+    let next = store.claim(RelayId::new(), 1000, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(next.len(), 80);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_timeout_hands_back_claims() {
+    let store = MemoryStore::new();
+    for n in 0..5 {
+        store.enqueue_committed(NewMessage::new("t", format!("{n}"))).unwrap();
+    }
+    let publisher = MemoryPublisher::new().with_delay(Duration::from_secs(3600));
+    let relay = Relay::builder(store.clone(), publisher)
+        .shutdown_timeout(Duration::from_millis(100))
+        .lease(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let next = store.claim(RelayId::new(), 10, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(next.len(), 5, "claims were released, not left to expire");
+    assert!(next.iter().all(|m| m.attempts == 1), "a handed-back claim does not count as an attempt");
+}
+
+#[derive(Default, Clone)]
+struct Recorder(Arc<Mutex<Vec<(String, String)>>>);
+
+#[async_trait]
+impl DeadLetterHook for Recorder {
+    async fn on_dead_letter(&self, message: &Message, error: &str) {
+        self.0.lock().unwrap().push((message.topic.clone(), error.to_owned()));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn router_sends_by_topic_and_unrouted_messages_are_parked_with_the_hook_called() {
+    let store = MemoryStore::new();
+    store.enqueue_committed(NewMessage::new("orders.placed", "1")).unwrap();
+    store.enqueue_committed(NewMessage::new("mail", "2")).unwrap();
+    store.enqueue_committed(NewMessage::new("unknown", "3")).unwrap();
+    let (orders, mail) = (MemoryPublisher::new(), MemoryPublisher::new());
+    let router = Router::new().route("orders.*", orders.clone()).unwrap().route("mail", mail.clone()).unwrap();
+    let recorder = Recorder::default();
+    let relay = Relay::builder(store.clone(), router).on_dead_letter(recorder.clone()).build().unwrap();
+
+    assert_eq!(relay.dispatch_once().await.unwrap(), 3);
+    assert_eq!(orders.published()[0].topic, "orders.placed");
+    assert_eq!(mail.published()[0].topic, "mail");
+    let parked = recorder.0.lock().unwrap().clone();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].0, "unknown");
+    assert!(parked[0].1.contains("no route"), "{}", parked[0].1);
+}
+
+#[test]
+fn invalid_relay_options_are_rejected() {
+    let store = MemoryStore::new();
+    assert!(Relay::builder(store.clone(), MemoryPublisher::new()).batch_size(0).build().is_err());
+    assert!(Relay::builder(store.clone(), MemoryPublisher::new()).concurrency(0).build().is_err());
+    assert!(Relay::builder(store, MemoryPublisher::new()).lease(Duration::ZERO).build().is_err());
+}

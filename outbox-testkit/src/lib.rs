@@ -1,0 +1,1 @@
+//! Conformance suites for outbox stores and publishers (in progress).
