@@ -1,4 +1,5 @@
 //! The relay's logic against the in-memory store and scripted publishers.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
