@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use crate::error::Result;
 use crate::message::{DeadLetter, Message, MessageId, MessageLimits, NewMessage};
 use crate::publisher::{PublishError, Publisher};
-use crate::store::{Enqueue, Failure, OutboxStats, RelayId, Retry, Store};
+use crate::store::{Enqueue, Failure, Inbox, OutboxStats, RelayId, Retry, Store};
 
 #[derive(Debug)]
 struct Entry {
@@ -35,6 +35,7 @@ struct State {
     dead: BTreeMap<u64, (DeadLetter, Option<String>)>,
     dead_seq_of: HashMap<MessageId, u64>,
     idempotency: HashMap<String, MessageId>,
+    inbox: HashSet<(String, MessageId)>,
 }
 
 #[derive(Debug)]
@@ -63,6 +64,7 @@ impl Default for MemoryStore {
 pub struct MemoryTransaction {
     store: MemoryStore,
     messages: Vec<NewMessage>,
+    inbox_marks: Vec<(String, MessageId)>,
 }
 
 impl MemoryTransaction {
@@ -72,6 +74,7 @@ impl MemoryTransaction {
         for message in self.messages {
             state.insert(message);
         }
+        state.inbox.extend(self.inbox_marks);
         drop(state);
         self.store.shared.wake.notify_waiters();
         Ok(())
@@ -148,7 +151,7 @@ impl MemoryStore {
 
     /// Starts a transaction.
     pub fn begin(&self) -> MemoryTransaction {
-        MemoryTransaction { store: self.clone(), messages: Vec::new() }
+        MemoryTransaction { store: self.clone(), messages: Vec::new(), inbox_marks: Vec::new() }
     }
 
     /// Enqueues one message in its own committed transaction.
@@ -389,6 +392,20 @@ impl Store for MemoryStore {
 
     async fn wait_for_work(&self, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.shared.wake.notified()).await;
+    }
+}
+
+#[async_trait]
+impl Inbox for MemoryStore {
+    type Connection = MemoryTransaction;
+
+    async fn process_once(&self, tx: &mut MemoryTransaction, consumer: &str, id: MessageId) -> Result<bool> {
+        let mark = (consumer.to_owned(), id);
+        if self.state().inbox.contains(&mark) || tx.inbox_marks.contains(&mark) {
+            return Ok(false);
+        }
+        tx.inbox_marks.push(mark);
+        Ok(true)
     }
 }
 

@@ -1,1 +1,277 @@
-//! tmp
+//! # outbox-sqlx
+//!
+//! Transactional-outbox stores on [sqlx](https://docs.rs/sqlx), one module per database behind its cargo
+//! feature: `postgres`, `mysql` (MySQL 8 / MariaDB 10.6+), `sqlite`. Each store implements
+//! [`outbox_core::Store`] (the relay's side), [`outbox_core::Enqueue`] (write a message in the caller's
+//! own transaction) and [`outbox_core::Inbox`] (apply each received message once).
+//!
+//! ```no_run
+//! # #[cfg(feature = "sqlite")]
+//! # async fn demo() -> outbox_core::Result<()> {
+//! use outbox_core::{Enqueue, NewMessage};
+//! use outbox_sqlx::sqlite::SqliteStore;
+//!
+//! let store = SqliteStore::connect("sqlite://app.db").await?;
+//! store.migrate().await?;
+//!
+//! let mut tx = store.pool().begin().await.map_err(outbox_sqlx::error_from("begin"))?;
+//! sqlx::query("INSERT INTO orders (id) VALUES (1)").execute(&mut *tx).await.map_err(outbox_sqlx::error_from("insert"))?;
+//! store.enqueue(&mut *tx, NewMessage::new("orders.placed", r#"{"id":1}"#).key("order-1")).await?;
+//! tx.commit().await.map_err(outbox_sqlx::error_from("commit"))?;
+//! # Ok(()) }
+//! ```
+//!
+//! Table names are configurable through [`StoreOptions`]; every name is validated as an
+//! [`Identifier`] and quoted, never spliced raw into SQL. The schema is applied by `migrate()` (idempotent)
+//! or handed out by `schema_sql()` for your own migration tool.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+#![warn(unreachable_pub, missing_debug_implementations)]
+
+use std::fmt;
+use std::time::Duration;
+
+use outbox_core::{Error, MessageLimits, Result};
+
+#[cfg(feature = "mysql")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
+
+/// A validated SQL identifier (table or schema name): an ASCII letter or `_`, then up to 47 ASCII
+/// letters, digits or `_`. Anything else is rejected before any SQL runs.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Identifier(String);
+
+impl Identifier {
+    /// Validates `name`.
+    pub fn new(name: &str) -> Result<Self> {
+        let mut chars = name.chars();
+        let valid_start = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+        let valid_rest = chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_start || !valid_rest || name.len() > 48 {
+            return Err(Error::invalid_config(format!(
+                "{name:?} is not a valid SQL identifier: use 1 to 48 ASCII letters, digits or '_', not starting with a digit"
+            )));
+        }
+        Ok(Self(name.to_owned()))
+    }
+
+    /// The name as given.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name quoted with `quote` (`"` for PostgreSQL and SQLite, `` ` `` for MySQL).
+    pub(crate) fn quoted(&self, quote: char) -> String {
+        format!("{quote}{}{quote}", self.0)
+    }
+
+    fn suffixed(&self, suffix: &str) -> Self {
+        Self(format!("{}{suffix}", self.0))
+    }
+}
+
+impl fmt::Debug for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The names of the three tables a store uses: `{prefix}_messages`, `{prefix}_dead_letters` and
+/// `{prefix}_inbox`, optionally in a schema (PostgreSQL) or database (MySQL).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableNames {
+    schema: Option<Identifier>,
+    prefix: Identifier,
+}
+
+impl Default for TableNames {
+    fn default() -> Self {
+        Self { schema: None, prefix: Identifier("outbox".to_owned()) }
+    }
+}
+
+impl TableNames {
+    /// Tables named after `prefix` (validated; at most 32 characters so the derived names fit).
+    pub fn new(prefix: &str) -> Result<Self> {
+        if prefix.len() > 32 {
+            return Err(Error::invalid_config(format!("table prefix {prefix:?} is longer than 32 characters")));
+        }
+        Ok(Self { schema: None, prefix: Identifier::new(prefix)? })
+    }
+
+    /// Puts the tables in `schema` (validated). Not supported by SQLite.
+    pub fn with_schema(mut self, schema: &str) -> Result<Self> {
+        self.schema = Some(Identifier::new(schema)?);
+        Ok(self)
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &Identifier {
+        &self.prefix
+    }
+
+    /// The schema, if any.
+    pub fn schema(&self) -> Option<&Identifier> {
+        self.schema.as_ref()
+    }
+
+    pub(crate) fn messages(&self) -> Identifier {
+        self.prefix.suffixed("_messages")
+    }
+    pub(crate) fn dead_letters(&self) -> Identifier {
+        self.prefix.suffixed("_dead_letters")
+    }
+    pub(crate) fn inbox(&self) -> Identifier {
+        self.prefix.suffixed("_inbox")
+    }
+
+    /// `table` qualified with the schema and quoted.
+    pub(crate) fn qualified(&self, table: &Identifier, quote: char) -> String {
+        match &self.schema {
+            Some(schema) => format!("{}.{}", schema.quoted(quote), table.quoted(quote)),
+            None => table.quoted(quote),
+        }
+    }
+}
+
+/// Settings shared by every SQL store.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct StoreOptions {
+    /// Table names (default prefix `outbox`).
+    pub tables: TableNames,
+    /// Message limits checked before enqueueing.
+    pub limits: MessageLimits,
+    /// Keep published messages this long (purged by `purge_published`) instead of deleting them on
+    /// acknowledgement (the default).
+    pub retention: Option<Duration>,
+}
+
+impl StoreOptions {
+    /// Uses tables named after `prefix`.
+    pub fn table_prefix(mut self, prefix: &str) -> Result<Self> {
+        let schema = self.tables.schema.clone();
+        self.tables = TableNames::new(prefix)?;
+        self.tables.schema = schema;
+        Ok(self)
+    }
+    /// Puts the tables in `schema`.
+    pub fn schema(mut self, schema: &str) -> Result<Self> {
+        self.tables = self.tables.with_schema(schema)?;
+        Ok(self)
+    }
+    /// Sets the message limits.
+    pub fn limits(mut self, limits: MessageLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+    /// Keeps published messages for `retention`.
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = Some(retention);
+        self
+    }
+}
+
+/// Turns a sqlx error into an [`outbox_core::Error`], classifying it as transient (connection lost,
+/// pool timeout, deadlock, serialization failure) or not. For `map_err` in application code.
+pub fn error_from(operation: &'static str) -> impl Fn(sqlx::Error) -> Error {
+    move |e| sql_error(operation, e)
+}
+
+pub(crate) fn sql_error(operation: &'static str, e: sqlx::Error) -> Error {
+    let transient = is_transient(&e);
+    Error::store(operation, transient, e)
+}
+
+fn is_transient(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => {
+            let code = db.code().unwrap_or_default();
+            // PostgreSQL: serialization failure, deadlock, connection and shutdown classes.
+            // MySQL/MariaDB: 1205 lock wait timeout, 1213 deadlock. SQLite: 5 busy, 6 locked.
+            matches!(code.as_ref(), "40001" | "40P01" | "1205" | "1213" | "5" | "6" | "517" | "261")
+                || code.starts_with("08")
+                || code.starts_with("57P")
+        }
+        _ => false,
+    }
+}
+
+/// Connects to `url`, never letting its password reach an error message.
+#[allow(dead_code)]
+pub(crate) fn connect_error(url: &str, e: sqlx::Error) -> Error {
+    let transient = is_transient(&e);
+    let text = scrub(&e.to_string(), url);
+    Error::store("connect", transient, format!("cannot connect to {}: {text}", redact_url(url)))
+}
+
+/// `url` with any password replaced by `***`.
+pub fn redact_url(url: &str) -> String {
+    match password_span(url) {
+        Some((start, end)) => format!("{}***{}", &url[..start], &url[end..]),
+        None => url.to_owned(),
+    }
+}
+
+fn password_span(url: &str) -> Option<(usize, usize)> {
+    let after_scheme = url.find("://")? + 3;
+    let authority_end = url[after_scheme..].find(['/', '?', '#']).map_or(url.len(), |i| after_scheme + i);
+    let at = url[after_scheme..authority_end].rfind('@')? + after_scheme;
+    let colon = url[after_scheme..at].find(':')? + after_scheme;
+    Some((colon + 1, at))
+}
+
+/// `text` with the password of `url` (if any) removed.
+#[allow(dead_code)]
+pub(crate) fn scrub(text: &str, url: &str) -> String {
+    match password_span(url) {
+        Some((start, end)) if end > start => text.replace(&url[start..end], "***"),
+        _ => text.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_are_validated() {
+        for good in ["outbox", "_x", "Orders_2024", &"a".repeat(48)] {
+            assert!(Identifier::new(good).is_ok(), "{good}");
+        }
+        for bad in ["", "1abc", "outbox; DROP TABLE x", "a-b", "a.b", "\"q\"", "é", &"a".repeat(49)] {
+            let err = Identifier::new(bad).unwrap_err().to_string();
+            assert!(err.contains("not a valid SQL identifier"), "{bad}: {err}");
+        }
+        assert!(TableNames::new("outbox; DROP TABLE x").is_err());
+        assert!(TableNames::default().with_schema("x y").is_err());
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:s3cret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact_url("mysql://root@h/db"), "mysql://root@h/db");
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+        assert_eq!(redact_url("amqp://u:p@ss@h/v?x=@"), "amqp://u:***@h/v?x=@");
+        assert_eq!(scrub("bad password s3cret", "postgres://u:s3cret@h/db"), "bad password ***");
+    }
+}

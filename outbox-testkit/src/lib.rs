@@ -1,1 +1,63 @@
-//! Conformance suites for outbox stores and publishers (in progress).
+//! # outbox-testkit
+//!
+//! Conformance suites that prove a [`Store`](outbox_core::Store) keeps every guarantee of the outbox
+//! contract. The checks are plain `pub async fn`s over a [`StoreHarness`]; the [`store_suite!`] macro
+//! stamps each of them into its own named `#[tokio::test]`, so no backend silently skips one.
+//!
+//! ```ignore
+//! // tests/my_store.rs
+//! outbox_testkit::store_suite!(my_store, || async { MyHarness::new().await });
+//! ```
+//!
+//! A harness gives the suite a fresh, isolated store (its own tables) and a way to enqueue in a real
+//! transaction that commits or rolls back. [`memory::MemoryHarness`] is the reference; the SQL stores'
+//! harnesses live behind the `sqlite`, `postgres` and `mysql` features.
+#![deny(missing_docs)]
+#![warn(unreachable_pub, missing_debug_implementations)]
+
+pub mod env;
+pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+pub mod store_suite;
+
+pub use store_suite::StoreHarness;
+
+/// Stamps every check of [`store_suite`] into a named `#[tokio::test]` in a module `$name`.
+/// `$make` is an expression producing a future of a `Box<dyn StoreHarness>` or any `StoreHarness`.
+#[macro_export]
+macro_rules! store_suite {
+    ($name:ident, $make:expr) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::store_suite!(@tests $make;
+                commit_makes_visible_and_rollback_leaves_nothing,
+                a_committed_message_is_claimed_once,
+                concurrent_claimers_never_share_a_message,
+                an_expired_lease_is_taken_over,
+                lease_holder_fencing,
+                released_claims_are_claimable_at_once,
+                retry_schedule_is_honoured,
+                dead_letters_are_listed_replayed_and_purged,
+                idempotency_key_stores_one_message,
+                one_message_per_key_in_flight_in_enqueue_order,
+                payloads_and_headers_round_trip,
+                invalid_messages_are_rejected_and_change_nothing,
+                retention_keeps_then_purges_published_messages,
+                stats_report_the_backlog,
+                inbox_applies_each_message_once,
+                bad_table_names_are_rejected
+            );
+        }
+    };
+    (@tests $make:expr; $($check:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let harness = ($make)().await;
+                $crate::store_suite::$check(&harness).await;
+            }
+        )+
+    };
+}

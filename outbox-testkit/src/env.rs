@@ -1,0 +1,40 @@
+//! Where the test backends are: environment variables, checked loudly.
+//!
+//! | variable | backend |
+//! |---|---|
+//! | `OUTBOX_TEST_POSTGRES_URL` | PostgreSQL, e.g. `postgres://postgres@127.0.0.1:5432/test` |
+//! | `OUTBOX_TEST_MYSQL_URL` | MySQL / MariaDB, e.g. `mysql://root@127.0.0.1:3306/test` |
+//! | `OUTBOX_TEST_KAFKA_BROKERS` | Kafka bootstrap servers, e.g. `127.0.0.1:9092` |
+//! | `OUTBOX_TEST_AMQP_URL` | RabbitMQ, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` |
+//! | `OUTBOX_TEST_REDIS_URL` | Redis, e.g. `redis://127.0.0.1:6379` |
+//!
+//! A backend that is not configured is reported on stderr and its tests return early; with
+//! `OUTBOX_TEST_REQUIRE_ALL=1` (set by `scripts/test-services.sh` and CI) it fails the test instead.
+
+/// Whether every backend must be present (`OUTBOX_TEST_REQUIRE_ALL=1`).
+pub fn require_all() -> bool {
+    std::env::var("OUTBOX_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The value of `var`, or `None` after a loud report; panics when [`require_all`] is set.
+pub fn backend(var: &str, backend: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => Some(value),
+        _ => {
+            let message = format!(
+                "{backend} is not configured: set {var} (scripts/test-services.sh starts the local services and sets it)"
+            );
+            if require_all() {
+                panic!("{message}; OUTBOX_TEST_REQUIRE_ALL=1 makes a missing backend a failure");
+            }
+            eprintln!("NOT RUN: {message}");
+            None
+        }
+    }
+}
+
+/// A fresh table / topic / stream name: `prefix` and 12 random hex digits.
+pub fn unique_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &id[..12])
+}

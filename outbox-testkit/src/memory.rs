@@ -1,0 +1,63 @@
+//! The reference harness over [`MemoryStore`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::memory::MemoryStore;
+use outbox_core::{Enqueue, Error, Inbox, MessageId, MessageLimits, NewMessage, Result, Store};
+
+use crate::StoreHarness;
+
+/// A [`StoreHarness`] over a fresh [`MemoryStore`].
+#[derive(Debug, Clone, Default)]
+pub struct MemoryHarness {
+    store: MemoryStore,
+}
+
+impl MemoryHarness {
+    /// A harness over an empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+#[async_trait]
+impl StoreHarness for MemoryHarness {
+    fn store(&self) -> Arc<dyn Store> {
+        Arc::new(self.store.clone())
+    }
+
+    async fn with_retention(&self, retention: Duration) -> Box<dyn StoreHarness> {
+        Box::new(Self { store: MemoryStore::with_options(MessageLimits::default(), Some(retention)) })
+    }
+
+    async fn enqueue(&self, messages: Vec<NewMessage>, commit: bool) -> Result<Vec<MessageId>> {
+        let mut tx = self.store.begin();
+        let ids = self.store.enqueue_batch(&mut tx, messages).await?;
+        if commit {
+            tx.commit()?;
+        }
+        Ok(ids)
+    }
+
+    async fn process_once(&self, consumer: &str, id: MessageId, commit: bool) -> Result<bool> {
+        let mut tx = self.store.begin();
+        let first = self.store.process_once(&mut tx, consumer, id).await?;
+        if commit {
+            tx.commit()?;
+        }
+        Ok(first)
+    }
+
+    fn store_with_prefix(&self, prefix: &str) -> Result<()> {
+        // The in-memory store has no tables; it applies the same naming rule so the suite stays uniform.
+        let valid = prefix.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if valid {
+            Ok(())
+        } else {
+            Err(Error::invalid_config(format!("{prefix:?} is not a valid name")))
+        }
+    }
+}

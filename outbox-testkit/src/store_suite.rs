@@ -1,0 +1,342 @@
+//! The store conformance suite: one `pub async fn` per guarantee of the [`Store`] contract.
+//!
+//! Every check panics with a message naming the broken guarantee. Run them all with [`crate::store_suite!`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::{Error, Failure, Message, MessageId, NewMessage, RelayId, Result, Retry, Store};
+
+/// What the suite needs from a backend: a fresh store on its own tables, and real transactions.
+#[async_trait]
+pub trait StoreHarness: Send + Sync {
+    /// The store under test, acknowledging by deletion.
+    fn store(&self) -> Arc<dyn Store>;
+
+    /// A fresh harness on its own tables whose store keeps published messages for `retention`.
+    async fn with_retention(&self, retention: Duration) -> Box<dyn StoreHarness>;
+
+    /// Enqueues `messages` in one transaction, then commits it (`commit`) or rolls it back. An enqueue
+    /// error rolls the transaction back and is returned.
+    async fn enqueue(&self, messages: Vec<NewMessage>, commit: bool) -> Result<Vec<MessageId>>;
+
+    /// Calls the store's `Inbox::process_once` in a transaction that commits or rolls back.
+    async fn process_once(&self, consumer: &str, id: MessageId, commit: bool) -> Result<bool>;
+
+    /// Builds (without running any SQL) a store on tables named after `prefix`.
+    fn store_with_prefix(&self, prefix: &str) -> Result<()>;
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+
+async fn commit<H: StoreHarness + ?Sized>(h: &H, messages: Vec<NewMessage>) -> Vec<MessageId> {
+    h.enqueue(messages, true).await.expect("enqueue and commit")
+}
+
+async fn claim(store: &dyn Store, owner: RelayId, limit: usize, lease: Duration) -> Vec<Message> {
+    store.claim(owner, limit, lease).await.expect("claim")
+}
+
+fn ids(messages: &[Message]) -> Vec<MessageId> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+fn msg(topic: &str, n: usize) -> NewMessage {
+    NewMessage::new(topic, format!("{n}"))
+}
+
+/// Guarantee 1: a rolled-back transaction leaves nothing; a committed one is visible.
+pub async fn commit_makes_visible_and_rollback_leaves_nothing<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    h.enqueue(vec![msg("t", 1), msg("t", 2)], false).await.expect("enqueue then roll back");
+    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "a rolled-back message was claimed");
+    assert_eq!(store.stats().await.expect("stats").pending, 0, "a rolled-back message is counted as pending");
+    let committed = commit(h, vec![msg("t", 3)]).await;
+    let claimed = claim(&*store, RelayId::new(), 10, LEASE).await;
+    assert_eq!(ids(&claimed), committed, "the committed message is claimable");
+}
+
+/// Guarantee 2: a committed message is claimed by one relay; acknowledged, it is gone.
+pub async fn a_committed_message_is_claimed_once<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let id = commit(h, vec![msg("t", 1)]).await;
+    let first = claim(&*store, RelayId::new(), 10, LEASE).await;
+    assert_eq!(ids(&first), id);
+    assert_eq!(first[0].attempts, 1, "a claim counts an attempt");
+    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "a leased message was claimed twice");
+    store.acknowledge(&id).await.expect("acknowledge");
+    assert!(claim(&*store, RelayId::new(), 10, Duration::ZERO).await.is_empty(), "an acknowledged message came back");
+    assert_eq!(store.stats().await.expect("stats").pending, 0);
+}
+
+/// Guarantee 2/3: four concurrent claimers over 10,000 messages never share one and miss none.
+pub async fn concurrent_claimers_never_share_a_message<H: StoreHarness + ?Sized>(h: &H) {
+    const TOTAL: usize = 10_000;
+    let mut expected = HashSet::new();
+    for chunk in 0..TOTAL / 1_000 {
+        let batch = (0..1_000).map(|n| msg("t", chunk * 1_000 + n)).collect();
+        expected.extend(commit(h, batch).await);
+    }
+    let store = h.store();
+    let claimers = (0..4).map(|_| {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let owner = RelayId::new();
+            let mut mine = Vec::new();
+            loop {
+                let batch = store.claim(owner, 100, LEASE).await.expect("claim");
+                if batch.is_empty() {
+                    return mine;
+                }
+                let batch_ids = ids(&batch);
+                store.acknowledge(&batch_ids).await.expect("acknowledge");
+                mine.extend(batch_ids);
+            }
+        })
+    });
+    let mut seen = HashSet::new();
+    let mut total = 0;
+    for claimer in futures::future::join_all(claimers).await {
+        for id in claimer.expect("claimer task") {
+            total += 1;
+            assert!(seen.insert(id), "message {id} was claimed by two claimers");
+        }
+    }
+    assert_eq!(total, TOTAL, "every message claimed exactly once");
+    assert_eq!(seen, expected, "the claimed ids are the enqueued ids");
+}
+
+/// Guarantee 3: a crashed relay's claim expires and another relay takes it over.
+pub async fn an_expired_lease_is_taken_over<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let id = commit(h, vec![msg("t", 1)]).await;
+    let crashed = claim(&*store, RelayId::new(), 10, Duration::from_millis(300)).await;
+    assert_eq!(ids(&crashed), id);
+    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "taken over before the lease ended");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    let taken = claim(&*store, RelayId::new(), 10, LEASE).await;
+    assert_eq!(ids(&taken), id, "the expired claim was not taken over");
+    assert_eq!(taken[0].attempts, 2, "the crashed attempt still counts");
+}
+
+/// A relay whose lease was taken over cannot reschedule or dead-letter the new owner's message.
+pub async fn lease_holder_fencing<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let id = commit(h, vec![msg("t", 1)]).await;
+    let (old, new) = (RelayId::new(), RelayId::new());
+    claim(&*store, old, 10, Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(ids(&claim(&*store, new, 10, LEASE).await), id);
+    store.extend_lease(old, &id, LEASE).await.expect("extend");
+    store.dead_letter(old, &[Failure { id: id[0], error: "stale".into() }]).await.expect("dead_letter");
+    store
+        .reschedule(old, &[Retry { id: id[0], error: "stale".into(), delay: Duration::ZERO }])
+        .await
+        .expect("reschedule");
+    assert!(store.dead_letters(10).await.expect("list").is_empty(), "a stale owner dead-lettered the message");
+    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "a stale owner released the new lease");
+    store.acknowledge(&id).await.expect("acknowledge");
+    assert_eq!(store.stats().await.expect("stats").pending, 0);
+}
+
+/// Handing claims back makes them claimable at once and does not count the attempt.
+pub async fn released_claims_are_claimable_at_once<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let id = commit(h, vec![msg("t", 1)]).await;
+    let owner = RelayId::new();
+    claim(&*store, owner, 10, LEASE).await;
+    store.release(owner, &id).await.expect("release");
+    let again = claim(&*store, RelayId::new(), 10, LEASE).await;
+    assert_eq!(ids(&again), id, "a released message is claimable");
+    assert_eq!(again[0].attempts, 1, "a release gives the attempt back");
+}
+
+/// A rescheduled message waits for its delay and keeps its error.
+pub async fn retry_schedule_is_honoured<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let id = commit(h, vec![msg("t", 1)]).await;
+    let owner = RelayId::new();
+    claim(&*store, owner, 10, LEASE).await;
+    let retry = Retry { id: id[0], error: "broker said no".into(), delay: Duration::from_millis(400) };
+    store.reschedule(owner, &[retry]).await.expect("reschedule");
+    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "claimed before its retry delay");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let again = claim(&*store, RelayId::new(), 10, LEASE).await;
+    assert_eq!(ids(&again), id, "not claimable after its retry delay");
+    assert_eq!(again[0].attempts, 2);
+    assert_eq!(again[0].last_error.as_deref(), Some("broker said no"));
+}
+
+/// Dead letters keep the message and its error, can be replayed, and purged.
+pub async fn dead_letters_are_listed_replayed_and_purged<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let id = commit(h, vec![NewMessage::new("t", vec![0u8, 1, 2]).key("k").header("h", "v")]).await;
+    let owner = RelayId::new();
+    claim(&*store, owner, 10, LEASE).await;
+    store.dead_letter(owner, &[Failure { id: id[0], error: "poison".into() }]).await.expect("dead_letter");
+    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "a dead letter was claimed");
+    let dead = store.dead_letters(10).await.expect("list");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, id[0]);
+    assert_eq!(dead[0].error, "poison");
+    assert_eq!(dead[0].message.payload, vec![0u8, 1, 2]);
+    assert_eq!(dead[0].message.headers.get("h").map(String::as_str), Some("v"));
+    assert_eq!(dead[0].message.attempts, 1);
+    let stats = store.stats().await.expect("stats");
+    assert_eq!((stats.pending, stats.dead_letters), (0, 1));
+
+    assert_eq!(store.replay_dead_letters(&id).await.expect("replay"), 1);
+    assert!(store.dead_letters(10).await.expect("list").is_empty());
+    let replayed = claim(&*store, owner, 10, LEASE).await;
+    assert_eq!(ids(&replayed), id, "a replayed message is claimable");
+    assert_eq!(replayed[0].attempts, 1, "replay resets the attempts");
+    assert_eq!(replayed[0].key.as_deref(), Some("k"));
+
+    store.dead_letter(owner, &[Failure { id: id[0], error: "again".into() }]).await.expect("dead_letter");
+    assert_eq!(store.purge_dead_letters(&id).await.expect("purge"), 1);
+    assert!(store.dead_letters(10).await.expect("list").is_empty());
+    assert_eq!(store.stats().await.expect("stats").dead_letters, 0);
+}
+
+/// Guarantee 5: the same idempotency key twice stores one message (also across transactions, and
+/// while the first one is dead-lettered).
+pub async fn idempotency_key_stores_one_message<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let first = commit(h, vec![msg("t", 1).idempotency_key("order-7")]).await;
+    let second = commit(h, vec![msg("t", 2).idempotency_key("order-7")]).await;
+    assert_eq!(first, second, "the duplicate enqueue returns the first message's id");
+    let same_tx = commit(h, vec![msg("t", 3).idempotency_key("order-8"), msg("t", 4).idempotency_key("order-8")]).await;
+    assert_eq!(same_tx[0], same_tx[1], "duplicates in one transaction");
+    let owner = RelayId::new();
+    let claimed = claim(&*store, owner, 10, LEASE).await;
+    assert_eq!(claimed.len(), 2, "one message per idempotency key");
+    assert_eq!(claimed[0].payload, b"1");
+    store.dead_letter(owner, &[Failure { id: first[0], error: "x".into() }]).await.expect("dead_letter");
+    let third = commit(h, vec![msg("t", 5).idempotency_key("order-7")]).await;
+    assert_eq!(third, first, "a dead-lettered message still holds its idempotency key");
+}
+
+/// Guarantee 4: per key, only the oldest unfinished message is claimable; a failing head holds back
+/// only its own key.
+pub async fn one_message_per_key_in_flight_in_enqueue_order<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let a = commit(h, vec![msg("t", 0).key("a"), msg("t", 1).key("a"), msg("t", 2).key("a")]).await;
+    let b = commit(h, vec![msg("t", 0).key("b"), msg("t", 1)]).await;
+    let owner = RelayId::new();
+    let first = claim(&*store, owner, 10, LEASE).await;
+    assert_eq!(ids(&first), vec![a[0], b[0], b[1]], "the head of each key and the keyless message, in order");
+    assert!(
+        claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(),
+        "a second message of a key while its head is leased"
+    );
+
+    let retry = Retry { id: a[0], error: "fail".into(), delay: Duration::from_millis(400) };
+    store.reschedule(owner, &[retry]).await.expect("reschedule");
+    store.acknowledge(&[b[0], b[1]]).await.expect("acknowledge");
+    assert!(claim(&*store, owner, 10, LEASE).await.is_empty(), "key a moved past its failing head");
+    commit(h, vec![msg("t", 1).key("b")]).await;
+    assert_eq!(claim(&*store, owner, 10, LEASE).await.len(), 1, "key b is not held back by key a");
+
+    tokio::time::sleep(Duration::from_millis(550)).await;
+    for expected in &a {
+        let next = claim(&*store, owner, 10, LEASE).await;
+        assert_eq!(ids(&next), vec![*expected], "key a in enqueue order");
+        store.acknowledge(&[*expected]).await.expect("acknowledge");
+    }
+}
+
+/// Binary, empty, large and unicode payloads, keys and headers come back byte for byte.
+pub async fn payloads_and_headers_round_trip<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let binary: Vec<u8> = (0..=255u8).collect();
+    let large: Vec<u8> = (0..512 * 1024).map(|i| (i % 251) as u8).collect();
+    let sent = vec![
+        NewMessage::new("bytes", binary),
+        NewMessage::new("empty", Vec::new()),
+        NewMessage::new("large", large),
+        NewMessage::new("événements.créés", "ключ 🔑 \u{0}nul".as_bytes().to_vec())
+            .key("clé-🔑")
+            .header("trace-id", "abc")
+            .header("ünïcode", "värde ✓"),
+    ];
+    let ids_sent = commit(h, sent.clone()).await;
+    let claimed = claim(&*store, RelayId::new(), 10, LEASE).await;
+    assert_eq!(ids(&claimed), ids_sent);
+    for (got, want) in claimed.iter().zip(&sent) {
+        assert_eq!(got.id, want.id());
+        assert_eq!(got.topic, want.topic());
+        assert_eq!(got.key.as_deref(), want.message_key());
+        assert_eq!(got.payload, want.payload(), "payload of {}", want.topic());
+        assert_eq!(&got.headers, want.headers());
+        assert!(got.last_error.is_none());
+    }
+}
+
+/// Guarantee 7: a bad message is a typed error and the transaction writes nothing.
+pub async fn invalid_messages_are_rejected_and_change_nothing<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let too_big = NewMessage::new("t", vec![0u8; 2 * 1024 * 1024]);
+    let err = h.enqueue(vec![msg("t", 1), too_big], true).await.expect_err("an oversized payload is rejected");
+    assert!(matches!(err, Error::InvalidMessage { .. }), "{err}");
+    let err = h.enqueue(vec![NewMessage::new("", "x")], true).await.expect_err("an empty topic is rejected");
+    assert!(matches!(err, Error::InvalidMessage { .. }), "{err}");
+    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "a failed enqueue left a message");
+}
+
+/// Guarantee 6: in retention mode published messages are kept, not claimable, and purged.
+pub async fn retention_keeps_then_purges_published_messages<H: StoreHarness + ?Sized>(h: &H) {
+    let h = h.with_retention(Duration::from_secs(3600)).await;
+    let store = h.store();
+    let id = h.enqueue(vec![msg("t", 1), msg("t", 2)], true).await.expect("enqueue");
+    claim(&*store, RelayId::new(), 10, LEASE).await;
+    store.acknowledge(&id).await.expect("acknowledge");
+    assert!(claim(&*store, RelayId::new(), 10, Duration::ZERO).await.is_empty(), "a published message came back");
+    assert_eq!(store.stats().await.expect("stats").pending, 0);
+    let again = h.enqueue(vec![msg("t", 3).idempotency_key("kept")], true).await.expect("enqueue");
+    assert_eq!(store.purge_published(Duration::from_secs(3600), 100).await.expect("purge"), 0, "purged too early");
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.purge_published(Duration::ZERO, 1).await.expect("purge"), 1, "purge honours its limit");
+    assert_eq!(store.purge_published(Duration::ZERO, 100).await.expect("purge"), 1);
+    let claimed = claim(&*store, RelayId::new(), 10, LEASE).await;
+    assert_eq!(ids(&claimed), again, "purge leaves pending messages alone");
+}
+
+/// Backlog figures: pending, retrying, oldest age, dead letters.
+pub async fn stats_report_the_backlog<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let id = commit(h, vec![msg("t", 1), msg("t", 2), msg("t", 3)]).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let owner = RelayId::new();
+    claim(&*store, owner, 2, LEASE).await;
+    store
+        .reschedule(owner, &[Retry { id: id[0], error: "e".into(), delay: Duration::from_secs(60) }])
+        .await
+        .expect("r");
+    store.dead_letter(owner, &[Failure { id: id[1], error: "e".into() }]).await.expect("d");
+    let stats = store.stats().await.expect("stats");
+    assert_eq!(stats.pending, 2);
+    assert_eq!(stats.retrying, 1);
+    assert_eq!(stats.dead_letters, 1);
+    assert!(stats.oldest_pending_age.expect("an oldest pending message") >= Duration::from_millis(10));
+}
+
+/// The inbox applies each message once per consumer; a rolled-back mark is forgotten.
+pub async fn inbox_applies_each_message_once<H: StoreHarness + ?Sized>(h: &H) {
+    let (first, second) = (MessageId::new(), MessageId::new());
+    assert!(h.process_once("billing", first, true).await.expect("inbox"), "first delivery");
+    assert!(!h.process_once("billing", first, true).await.expect("inbox"), "a duplicate was applied twice");
+    assert!(h.process_once("shipping", first, true).await.expect("inbox"), "consumers are independent");
+    assert!(h.process_once("billing", second, false).await.expect("inbox"));
+    assert!(h.process_once("billing", second, true).await.expect("inbox"), "a rolled-back mark was kept");
+}
+
+/// Guarantee 7: table names are validated before any SQL runs.
+pub async fn bad_table_names_are_rejected<H: StoreHarness + ?Sized>(h: &H) {
+    for bad in ["outbox; DROP TABLE x", "", "a-b", "1outbox", "o\"x"] {
+        let err = h.store_with_prefix(bad).expect_err("a bad table prefix is rejected");
+        assert!(matches!(err, Error::InvalidConfig { .. }), "{bad:?}: {err}");
+    }
+    h.store_with_prefix("valid_prefix").expect("a valid prefix");
+}
