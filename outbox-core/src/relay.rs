@@ -410,7 +410,7 @@ impl Inner {
                 Ok(()) => acks.push(message.id),
                 Err(e) if e.is_transient() => match self.options.retry.decide(message.attempts) {
                     RetryDecision::RetryAfter(delay) => {
-                        warn!(message = %message.id, attempts = message.attempts, retry_in = ?delay, error = %e.report(), "outbox publish failed; will retry");
+                        warn!(message_id = %message.id, attempts = message.attempts, retry_in = ?delay, error = %e.report(), "outbox publish failed; will retry");
                         retries.push(Retry { id: message.id, error: e.report(), delay });
                     }
                     RetryDecision::DeadLetter => {
@@ -454,7 +454,7 @@ impl Inner {
             self.store.dead_letter(self.id, &failures).await?;
             bump(&self.counters.dead_lettered, dead.len());
             for (message, error) in dead {
-                error!(message = %message.id, topic = %message.topic, attempts = message.attempts, %error, "outbox message dead-lettered");
+                error!(message_id = %message.id, topic = %message.topic, attempts = message.attempts, %error, "outbox message dead-lettered");
             }
         }
         Ok(())

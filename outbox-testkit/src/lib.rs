@@ -17,6 +17,8 @@
 
 pub mod env;
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod store_suite;
@@ -24,7 +26,8 @@ pub mod store_suite;
 pub use store_suite::StoreHarness;
 
 /// Stamps every check of [`store_suite`] into a named `#[tokio::test]` in a module `$name`.
-/// `$make` is an expression producing a future of a `Box<dyn StoreHarness>` or any `StoreHarness`.
+/// `$make` is a closure or function returning a future of a harness, or of `Option<harness>` where
+/// `None` means the backend is not configured (see [`env::backend`]).
 #[macro_export]
 macro_rules! store_suite {
     ($name:ident, $make:expr) => {
@@ -55,8 +58,9 @@ macro_rules! store_suite {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                let harness = ($make)().await;
-                $crate::store_suite::$check(&harness).await;
+                if let Some(harness) = $crate::store_suite::IntoHarness::into_harness(($make)().await) {
+                    $crate::store_suite::$check(&harness).await;
+                }
             }
         )+
     };

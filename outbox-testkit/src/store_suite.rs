@@ -29,6 +29,35 @@ pub trait StoreHarness: Send + Sync {
     fn store_with_prefix(&self, prefix: &str) -> Result<()>;
 }
 
+/// What a harness factory may return: a harness, or `None` for a backend that is not configured.
+pub trait IntoHarness {
+    /// The harness type.
+    type Harness: StoreHarness;
+    /// The harness, if there is one.
+    fn into_harness(self) -> Option<Self::Harness>;
+}
+
+impl<H: StoreHarness> IntoHarness for Option<H> {
+    type Harness = H;
+    fn into_harness(self) -> Option<H> {
+        self
+    }
+}
+
+macro_rules! harness_is_itself {
+    ($($t:ty),*) => {$(
+        impl IntoHarness for $t {
+            type Harness = $t;
+            fn into_harness(self) -> Option<$t> {
+                Some(self)
+            }
+        }
+    )*};
+}
+harness_is_itself!(crate::memory::MemoryHarness);
+#[cfg(feature = "sqlite")]
+harness_is_itself!(crate::sqlite::SqliteHarness);
+
 const LEASE: Duration = Duration::from_secs(60);
 
 async fn commit<H: StoreHarness + ?Sized>(h: &H, messages: Vec<NewMessage>) -> Vec<MessageId> {
