@@ -25,7 +25,7 @@ pub mod store_suite;
 
 pub use store_suite::StoreHarness;
 
-/// Stamps every check of [`store_suite`] into a named `#[tokio::test]` in a module `$name`.
+/// Stamps every check of [`mod@store_suite`] into a named `#[tokio::test]` in a module `$name`.
 /// `$make` is a closure or function returning a future of a harness, or of `Option<harness>` where
 /// `None` means the backend is not configured (see [`env::backend`]).
 #[macro_export]
