@@ -23,6 +23,7 @@ use uuid::Uuid;
 use crate::{connect_error, sql_error, StoreOptions};
 
 struct Sql {
+    messages: String,
     channel: String,
     schema: String,
     insert: String,
@@ -175,6 +176,7 @@ CREATE TABLE IF NOT EXISTS {i} (
             count_dead: format!("SELECT COUNT(*) FROM {d}"),
             inbox: format!("INSERT INTO {i} (consumer, message_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"),
             channel,
+            messages: m,
         }
     }
 }
@@ -269,6 +271,11 @@ impl PostgresStore {
     /// The schema this store needs (idempotent `CREATE ... IF NOT EXISTS`), for your own migration tool.
     pub fn schema_sql(&self) -> &str {
         &self.inner.sql.schema
+    }
+
+    /// The messages table, schema-qualified and quoted, for your own queries and monitoring.
+    pub fn messages_table(&self) -> &str {
+        &self.inner.sql.messages
     }
 
     /// The `LISTEN` channel the enqueue statement notifies on commit.

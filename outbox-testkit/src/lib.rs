@@ -52,7 +52,8 @@ macro_rules! store_suite {
                 retention_keeps_then_purges_published_messages,
                 stats_report_the_backlog,
                 inbox_applies_each_message_once,
-                bad_table_names_are_rejected
+                bad_table_names_are_rejected,
+                four_relays_keep_per_key_order_under_failures
             );
         }
     };

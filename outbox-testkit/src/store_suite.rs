@@ -7,7 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::{Error, Failure, Message, MessageId, NewMessage, RelayId, Result, Retry, Store};
+use outbox_core::memory::MemoryPublisher;
+use outbox_core::{
+    CancellationToken, Dispatcher, Error, Failure, Jitter, Message, MessageId, NewMessage, PublishError, Relay,
+    RelayId, Result, Retry, RetryPolicy, Store,
+};
 
 /// What the suite needs from a backend: a fresh store on its own tables, and real transactions.
 #[async_trait]
@@ -368,4 +372,70 @@ pub async fn bad_table_names_are_rejected<H: StoreHarness + ?Sized>(h: &H) {
         assert!(matches!(err, Error::InvalidConfig { .. }), "{bad:?}: {err}");
     }
     h.store_with_prefix("valid_prefix").expect("a valid prefix");
+}
+
+/// Guarantee 4 with real relays: four relays on one table, a publisher that fails about one publish in
+/// six, 16 keys x 20 messages plus keyless ones. Every message is published, each key in enqueue order,
+/// and nothing is left pending.
+pub async fn four_relays_keep_per_key_order_under_failures<H: StoreHarness + ?Sized>(h: &H) {
+    const KEYS: usize = 16;
+    const PER_KEY: usize = 20;
+    let mut batch = Vec::new();
+    for n in 0..PER_KEY {
+        for k in 0..KEYS {
+            batch.push(NewMessage::new("t", format!("{n}")).key(format!("key-{k}")));
+        }
+        batch.push(msg("t", n));
+    }
+    commit(h, batch).await;
+    let counter = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let publisher = MemoryPublisher::new().failing_when(move |_| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (n.wrapping_mul(0x9E37_79B9_7F4A_7C15) % 6 == 0).then(|| PublishError::transient("injected failure"))
+    });
+    let policy = RetryPolicy::builder()
+        .initial_delay(Duration::from_millis(5))
+        .max_delay(Duration::from_millis(20))
+        .max_attempts(1_000)
+        .jitter(Jitter::None)
+        .build()
+        .expect("policy");
+    let shutdown = CancellationToken::new();
+    let mut relays = Vec::new();
+    for _ in 0..4 {
+        let relay = Relay::builder_shared(h.store(), std::sync::Arc::new(publisher.clone()))
+            .batch_size(8)
+            .concurrency(2)
+            .poll_interval(Duration::from_millis(10))
+            .retry_policy(policy)
+            .build()
+            .expect("relay");
+        let shutdown = shutdown.clone();
+        relays.push(tokio::spawn(async move { relay.run(shutdown).await }));
+    }
+    let store = h.store();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while store.stats().await.expect("stats").pending > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "four relays did not drain the outbox in 120 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.expect("relay task").expect("relay run");
+    }
+    let mut per_key: std::collections::HashMap<String, Vec<usize>> = std::collections::HashMap::new();
+    let mut keyless = 0;
+    for m in publisher.published() {
+        let n: usize = String::from_utf8(m.payload).expect("utf8").parse().expect("number");
+        match m.key {
+            Some(key) => per_key.entry(key).or_default().push(n),
+            None => keyless += 1,
+        }
+    }
+    assert_eq!(per_key.len(), KEYS, "every key published");
+    for (key, seq) in &per_key {
+        assert_eq!(seq, &(0..PER_KEY).collect::<Vec<_>>(), "{key} published out of order or with a gap");
+    }
+    assert_eq!(keyless, PER_KEY, "every keyless message published once");
+    assert_eq!(store.dead_letters(10).await.expect("list").len(), 0);
 }

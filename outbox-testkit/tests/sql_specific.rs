@@ -1,0 +1,120 @@
+//! Behaviour specific to the server databases: query plans, schemas, notifications, secrets.
+#![cfg(all(feature = "postgres", feature = "mysql"))]
+
+use std::time::{Duration, Instant};
+
+use outbox_core::{Dispatcher, Enqueue, NewMessage, Relay, RelayId, Store};
+use outbox_sqlx::mysql::MySqlStore;
+use outbox_sqlx::postgres::PostgresStore;
+use outbox_sqlx::{error_from, StoreOptions};
+use outbox_testkit::env::{backend, unique_name};
+use outbox_testkit::postgres::{PostgresHarness, TEST_SCHEMA};
+
+#[tokio::test]
+async fn postgres_claim_uses_the_partial_index_with_many_published_rows() {
+    let Some(h) = PostgresHarness::with_options(StoreOptions::default().retention(Duration::from_secs(3600))).await
+    else {
+        return;
+    };
+    let store = h.postgres_store();
+    let table = store.messages_table();
+    assert!(table.starts_with(&format!("\"{TEST_SCHEMA}\".")), "{table}");
+    sqlx::query(&format!(
+        "INSERT INTO {table} (id, topic, payload, published_at) \
+         SELECT gen_random_uuid(), 't', '\\x00', now() FROM generate_series(1, 50000)"
+    ))
+    .execute(store.pool())
+    .await
+    .expect("insert published rows");
+    sqlx::query(&format!("ANALYZE {table}")).execute(store.pool()).await.expect("analyze");
+    let plan = store.explain_claim(256).await.expect("explain");
+    assert!(plan.contains("_messages_pending"), "the claim does not use the partial pending index:\n{plan}");
+    assert!(!plan.contains("Seq Scan on"), "the claim scans the table:\n{plan}");
+}
+
+#[tokio::test]
+async fn postgres_schema_and_table_names_are_validated_before_sql() {
+    for bad in ["outbox; DROP TABLE x", "public.x", "x\"y"] {
+        assert!(StoreOptions::default().schema(bad).is_err(), "{bad}");
+        assert!(StoreOptions::default().table_prefix(bad).is_err(), "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn postgres_notification_wakes_an_idle_relay_at_commit() {
+    let Some(h) = PostgresHarness::new().await else { return };
+    let store = h.postgres_store().clone();
+    let publisher = outbox_core::memory::MemoryPublisher::new();
+    let relay = Relay::builder(store.clone(), publisher.clone())
+        .poll_interval(Duration::from_secs(30))
+        .concurrency(1)
+        .build()
+        .expect("relay");
+    let shutdown = outbox_core::CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await; // idle, LISTENing
+    let started = Instant::now();
+    let mut tx = store.pool().begin().await.expect("begin");
+    store.enqueue(&mut *tx, NewMessage::new("t", "wake")).await.expect("enqueue");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(publisher.published_len(), 0, "published before the commit");
+    tx.commit().await.expect("commit");
+    while publisher.published_len() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the relay was not woken by the commit");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let latency = started.elapsed() - Duration::from_millis(300);
+    shutdown.cancel();
+    running.await.expect("task").expect("run");
+    assert!(latency < Duration::from_secs(5), "woken after {latency:?}, i.e. by polling, not by the notification");
+}
+
+#[tokio::test]
+async fn passwords_never_reach_debug_output_or_errors() {
+    let (Some(pg), Some(my)) =
+        (backend("OUTBOX_TEST_POSTGRES_URL", "PostgreSQL"), backend("OUTBOX_TEST_MYSQL_URL", "MySQL / MariaDB"))
+    else {
+        return;
+    };
+    let secret = "s3cr3t-P4ss";
+    // PostgreSQL here trusts loopback, so a URL with a password connects: its Debug must hide it.
+    let with_password = pg.replacen("postgres@", &format!("postgres:{secret}@"), 1);
+    let store = PostgresStore::connect(&with_password).await.expect("connect with a password");
+    let debug = format!("{store:?}");
+    assert!(!debug.contains(secret), "PostgresStore Debug shows the password: {debug}");
+
+    for url in [
+        format!("postgres://postgres:{secret}@127.0.0.1:1/test"),
+        format!("mysql://root:{secret}@127.0.0.1:1/test"),
+        my.replacen("root@", &format!("root:{secret}@"), 1),
+        format!("postgres://postgres:{secret}@127.0.0.1:5432/test?sslmode=bogus"),
+    ] {
+        let err = if url.starts_with("postgres") {
+            PostgresStore::connect(&url).await.map(|_| ()).expect_err("must fail")
+        } else {
+            MySqlStore::connect(&url).await.map(|_| ()).expect_err("must fail")
+        };
+        for text in [err.to_string(), format!("{err:?}"), format!("{:?}", std::error::Error::source(&err))] {
+            assert!(!text.contains(secret), "an error shows the password: {text}");
+        }
+        assert!(err.to_string().contains("***"), "the error names the redacted URL: {err}");
+    }
+}
+
+#[tokio::test]
+async fn mysql_claims_are_fenced_by_lease_owner_across_connections() {
+    let Some(url) = backend("OUTBOX_TEST_MYSQL_URL", "MySQL / MariaDB") else { return };
+    let options = StoreOptions::default().table_prefix(&unique_name("t")).expect("prefix");
+    let store = MySqlStore::connect_with(&url, options).await.expect("connect");
+    store.migrate().await.expect("migrate");
+    store.migrate().await.expect("migrate is idempotent");
+    let mut tx = store.pool().begin().await.map_err(error_from("begin")).expect("begin");
+    store.enqueue(&mut *tx, NewMessage::new("t", "x")).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    let claimed = store.claim(RelayId::new(), 10, Duration::from_secs(30)).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert!(store.claim(RelayId::new(), 10, Duration::from_secs(30)).await.expect("claim").is_empty());
+}
