@@ -1,1 +1,125 @@
-//! Publishers for Kafka, RabbitMQ and Redis Streams (in progress).
+//! # outbox-brokers
+//!
+//! [`Publisher`](outbox_core::Publisher)s for the common brokers, each behind its cargo feature:
+//!
+//! | feature | publisher | delivery guarantee used |
+//! |---|---|---|
+//! | `kafka` | [`kafka::KafkaPublisher`] (rdkafka) | idempotent producer, `acks=all`, per-message delivery reports |
+//! | `rabbitmq` | [`rabbitmq::RabbitMqPublisher`] (lapin) | publisher confirms, persistent messages, `mandatory` |
+//! | `redis` | [`redis::RedisPublisher`] (redis-rs) | Streams `XADD`, pipelined, reconnecting connection manager |
+//!
+//! Every publisher sends the outbox [`MessageId`](outbox_core::MessageId) with the message (Kafka header
+//! and AMQP header `outbox-message-id` plus the AMQP `message_id` property, stream field `id`), so that
+//! receivers can deduplicate, and maps the outbox topic to its destination through a [`TopicMap`].
+//! Errors are classified: a message the broker can never take (too large, unroutable, invalid name) is
+//! [`PublishError::Permanent`](outbox_core::PublishError) and goes to the dead letters; a broker that is
+//! down or slow is transient and retried by the relay's policy.
+//!
+//! Each module also has a `read_back` helper that reads what was published, for tests (ours and yours).
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![deny(missing_docs)]
+#![warn(unreachable_pub, missing_debug_implementations)]
+
+use std::collections::BTreeMap;
+
+use outbox_core::{Error, Headers, MessageId, Result};
+
+#[cfg(feature = "kafka")]
+#[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
+pub mod kafka;
+#[cfg(feature = "rabbitmq")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub mod redis;
+
+/// The header (Kafka, AMQP) or field (Redis) that carries the outbox message id.
+pub const MESSAGE_ID_HEADER: &str = "outbox-message-id";
+/// The AMQP header / Redis field that carries the outbox key (Kafka uses the record key).
+pub const KEY_HEADER: &str = "outbox-key";
+/// The AMQP header / Redis field that carries the outbox topic.
+pub const TOPIC_HEADER: &str = "outbox-topic";
+
+/// Maps outbox topics to broker destinations (Kafka topic, AMQP routing key, Redis stream): an explicit
+/// mapping wins, otherwise the topic with an optional prefix.
+///
+/// ```
+/// use outbox_brokers::TopicMap;
+/// let map = TopicMap::new().prefix("prod.").map("mail", "mail-queue");
+/// assert_eq!(map.destination("orders.placed"), "prod.orders.placed");
+/// assert_eq!(map.destination("mail"), "mail-queue");
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TopicMap {
+    prefix: String,
+    explicit: BTreeMap<String, String>,
+}
+
+impl TopicMap {
+    /// The identity mapping.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Prepends `prefix` to topics without an explicit mapping.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Sends `topic` to `destination`.
+    pub fn map(mut self, topic: impl Into<String>, destination: impl Into<String>) -> Self {
+        self.explicit.insert(topic.into(), destination.into());
+        self
+    }
+
+    /// The destination of `topic`.
+    pub fn destination(&self, topic: &str) -> String {
+        match self.explicit.get(topic) {
+            Some(destination) => destination.clone(),
+            None if self.prefix.is_empty() => topic.to_owned(),
+            None => format!("{}{topic}", self.prefix),
+        }
+    }
+}
+
+/// A message read back from a broker by a `read_back` helper.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The outbox message id, if the message carried one.
+    pub id: Option<MessageId>,
+    /// The outbox key.
+    pub key: Option<String>,
+    /// The payload.
+    pub payload: Vec<u8>,
+    /// The user headers (the outbox's own headers removed).
+    pub headers: Headers,
+}
+
+impl Received {
+    fn from_parts(mut headers: Headers, key: Option<String>, payload: Vec<u8>) -> Self {
+        let id = headers.remove(MESSAGE_ID_HEADER).and_then(|id| id.parse().ok());
+        let key = key.or_else(|| headers.remove(KEY_HEADER));
+        headers.remove(KEY_HEADER);
+        headers.remove(TOPIC_HEADER);
+        Self { id, key, payload, headers }
+    }
+}
+
+#[allow(dead_code)]
+fn invalid_url(what: &str, url: &str, reason: impl std::fmt::Display) -> Error {
+    Error::invalid_config(format!(
+        "invalid {what} URL {}: {}",
+        outbox_core::secret::redact_url(url),
+        outbox_core::secret::scrub(&reason.to_string(), url)
+    ))
+}
+
+#[allow(dead_code)]
+fn check_limit(max: usize) -> Result<()> {
+    if max == 0 {
+        return Err(Error::invalid_config("max_message_bytes must be positive"));
+    }
+    Ok(())
+}

@@ -48,6 +48,7 @@ pub mod publisher;
 pub mod relay;
 pub mod retry;
 pub mod router;
+pub mod secret;
 #[cfg(feature = "signal")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
 pub mod signal;

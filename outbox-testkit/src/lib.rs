@@ -15,17 +15,55 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+pub mod brokers;
 pub mod env;
 pub mod memory;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod publisher_suite;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod store_suite;
 
+pub use publisher_suite::PublisherHarness;
 pub use store_suite::StoreHarness;
+
+/// Stamps every check of [`mod@publisher_suite`] into a named `#[tokio::test]` in a module `$name`.
+/// `$make` returns a future of `Option<harness>` (`None`: not configured, reported by [`env::backend`]).
+/// A check a backend cannot run is listed after `not_applicable:` with the reason; it still becomes a
+/// named test, which prints that reason, so the difference is declared, never silent.
+#[macro_export]
+macro_rules! publisher_suite {
+    ($name:ident, $make:expr $(, not_applicable: [$($skip:ident => $why:literal),+ $(,)?])?) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::publisher_suite!(@tests $make;
+                [delivers_messages_intact_in_per_key_order,
+                 partial_failure_is_reported_per_message,
+                 unreachable_broker_is_a_prompt_transient_error,
+                 recovers_after_the_connection_is_killed]
+                [$($($skip => $why),+)?]);
+        }
+    };
+    (@tests $make:expr; [$($check:ident),+] [$($skip:ident => $why:literal),*]) => {
+        const NOT_APPLICABLE: &[(&str, &str)] = &[$((stringify!($skip), $why)),*];
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                if let Some((_, why)) = NOT_APPLICABLE.iter().find(|(name, _)| *name == stringify!($check)) {
+                    eprintln!("NOT APPLICABLE to this backend: {}: {why}", stringify!($check));
+                    return;
+                }
+                if let Some(harness) = ($make)().await {
+                    $crate::publisher_suite::$check(&harness).await;
+                }
+            }
+        )+
+    };
+}
 
 /// Stamps every check of [`mod@store_suite`] into a named `#[tokio::test]` in a module `$name`.
 /// `$make` is a closure or function returning a future of a harness, or of `Option<harness>` where

@@ -1,0 +1,309 @@
+//! RabbitMQ publisher on lapin: publisher confirms, persistent delivery, `mandatory` publishing (an
+//! unroutable message is a permanent failure, not a silent drop), the message id as the AMQP
+//! `message_id` and a header, and a reconnect after the connection or channel dies.
+//!
+//! ```no_run
+//! use outbox_brokers::rabbitmq::{RabbitMqOptions, RabbitMqPublisher};
+//! // Default exchange: the routing key (the mapped topic) is the queue name.
+//! let publisher = RabbitMqPublisher::new(RabbitMqOptions::from_url("amqp://guest:guest@127.0.0.1:5672/%2f")?);
+//! # Ok::<(), outbox_core::Error>(())
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use lapin::options::{
+    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::Confirmation;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+use outbox_core::secret::{redact_url, scrub};
+use outbox_core::{Error, Headers, Message, PublishError, Publisher, Result};
+use tokio::sync::Mutex;
+
+use crate::{check_limit, invalid_url, Received, TopicMap, KEY_HEADER, MESSAGE_ID_HEADER, TOPIC_HEADER};
+
+/// Settings of a [`RabbitMqPublisher`].
+#[derive(Clone)]
+pub struct RabbitMqOptions {
+    url: String,
+    connection_name: String,
+    exchange: String,
+    routing_keys: TopicMap,
+    timeout: Duration,
+    max_message_bytes: usize,
+}
+
+impl fmt::Debug for RabbitMqOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMqOptions")
+            .field("url", &redact_url(&self.url))
+            .field("connection_name", &self.connection_name)
+            .field("exchange", &self.exchange)
+            .field("routing_keys", &self.routing_keys)
+            .field("timeout", &self.timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
+impl RabbitMqOptions {
+    /// From an AMQP URL (`amqp://user:password@host:5672/vhost`): the default exchange (routing key =
+    /// queue name), a 10 s timeout for connecting and for confirms, 16 MiB largest message.
+    pub fn from_url(url: &str) -> Result<Self> {
+        url.parse::<lapin::uri::AMQPUri>().map_err(|e| invalid_url("AMQP", url, e))?;
+        Ok(Self {
+            url: url.to_owned(),
+            connection_name: "outbox-relay".to_owned(),
+            exchange: String::new(),
+            routing_keys: TopicMap::new(),
+            timeout: Duration::from_secs(10),
+            max_message_bytes: 16 * 1024 * 1024,
+        })
+    }
+
+    /// The connection name shown by RabbitMQ (management UI, `rabbitmqctl list_connections`);
+    /// default `outbox-relay`.
+    pub fn connection_name(mut self, name: impl Into<String>) -> Self {
+        self.connection_name = name.into();
+        self
+    }
+
+    /// Publishes to this exchange (which must exist) instead of the default one.
+    pub fn exchange(mut self, exchange: impl Into<String>) -> Self {
+        self.exchange = exchange.into();
+        self
+    }
+
+    /// Maps topics to routing keys.
+    pub fn routing_keys(mut self, map: TopicMap) -> Self {
+        self.routing_keys = map;
+        self
+    }
+
+    /// Timeout for connecting and for a batch's confirms; past it the batch fails as transient.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Messages larger than this fail permanently before they are sent.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Result<Self> {
+        check_limit(bytes)?;
+        self.max_message_bytes = bytes;
+        Ok(self)
+    }
+}
+
+/// Publishes to RabbitMQ with confirms. Connects lazily and reconnects when the connection is lost.
+pub struct RabbitMqPublisher {
+    options: RabbitMqOptions,
+    session: Mutex<Option<(Connection, Channel)>>,
+}
+
+impl fmt::Debug for RabbitMqPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMqPublisher").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+fn short(s: &str) -> ShortString {
+    ShortString::from(s.to_owned())
+}
+
+fn transient(url: &str, what: &str, e: impl fmt::Display) -> PublishError {
+    PublishError::transient(format!("RabbitMQ {what} ({}): {}", redact_url(url), scrub(&e.to_string(), url)))
+}
+
+async fn connect(url: &str, name: &str) -> lapin::Result<(Connection, Channel)> {
+    let properties = ConnectionProperties::default().with_connection_name(LongString::from(name.as_bytes()));
+    let connection = Connection::connect(url, properties).await?;
+    let channel = connection.create_channel().await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await?;
+    Ok((connection, channel))
+}
+
+impl RabbitMqPublisher {
+    /// A publisher; nothing connects until the first publish.
+    pub fn new(options: RabbitMqOptions) -> Self {
+        Self { options, session: Mutex::new(None) }
+    }
+
+    async fn channel(&self) -> Result<Channel, PublishError> {
+        let mut session = self.session.lock().await;
+        if let Some((connection, channel)) = session.as_ref() {
+            if connection.status().connected() && channel.status().connected() {
+                return Ok(channel.clone());
+            }
+        }
+        *session = None;
+        let url = &self.options.url;
+        let (connection, channel) =
+            tokio::time::timeout(self.options.timeout, connect(url, &self.options.connection_name))
+                .await
+                .map_err(|_| transient(url, "connect timed out", format!("after {:?}", self.options.timeout)))?
+                .map_err(|e| transient(url, "connect failed", e))?;
+        *session = Some((connection, channel.clone()));
+        Ok(channel)
+    }
+
+    async fn forget_session(&self) {
+        if let Some((connection, _)) = self.session.lock().await.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), connection.close(0, "reconnecting".into())).await;
+        }
+    }
+
+    fn properties(message: &Message) -> BasicProperties {
+        let mut headers = FieldTable::default();
+        for (name, value) in &message.headers {
+            headers.insert(short(name), AMQPValue::LongString(LongString::from(value.as_bytes())));
+        }
+        headers.insert(short(MESSAGE_ID_HEADER), AMQPValue::LongString(LongString::from(message.id.to_string())));
+        headers.insert(short(TOPIC_HEADER), AMQPValue::LongString(LongString::from(message.topic.as_bytes())));
+        if let Some(key) = &message.key {
+            headers.insert(short(KEY_HEADER), AMQPValue::LongString(LongString::from(key.as_bytes())));
+        }
+        let mut properties = BasicProperties::default()
+            .with_message_id(short(&message.id.to_string()))
+            .with_delivery_mode(2)
+            .with_headers(headers);
+        if let Some(content_type) = message.headers.get("content-type") {
+            properties = properties.with_content_type(short(content_type));
+        }
+        properties
+    }
+}
+
+#[async_trait]
+impl Publisher for RabbitMqPublisher {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        let channel = match self.channel().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                let text = e.to_string();
+                return batch.iter().map(|_| Err(PublishError::transient(text.clone()))).collect();
+            }
+        };
+        let exchange = short(&self.options.exchange);
+        let mut confirms = Vec::with_capacity(batch.len());
+        let mut lost = false;
+        for message in batch {
+            let routing_key = self.options.routing_keys.destination(&message.topic);
+            if message.payload.len() > self.options.max_message_bytes {
+                confirms.push(Err(PublishError::permanent(format!(
+                    "message of {} bytes exceeds max_message_bytes {}",
+                    message.payload.len(),
+                    self.options.max_message_bytes
+                ))));
+                continue;
+            }
+            if routing_key.len() > 255 {
+                confirms.push(Err(PublishError::permanent("AMQP routing keys are at most 255 bytes")));
+                continue;
+            }
+            let published = channel
+                .basic_publish(
+                    exchange.clone(),
+                    short(&routing_key),
+                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                    &message.payload,
+                    Self::properties(message),
+                )
+                .await;
+            confirms.push(published.map_err(|e| {
+                lost = true;
+                transient(&self.options.url, "publish failed", e)
+            }));
+        }
+        let waits = confirms.into_iter().map(|sent| async move {
+            match sent {
+                Ok(confirm) => match confirm.await {
+                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
+                    Ok(Confirmation::Ack(Some(returned))) => Err(PublishError::permanent(format!(
+                        "unroutable: {} {} (no queue is bound for this exchange and routing key)",
+                        returned.reply_code, returned.reply_text
+                    ))),
+                    Ok(Confirmation::Nack(_)) => Err(PublishError::transient("RabbitMQ refused the message (nack)")),
+                    Err(e) => Err(PublishError::transient(format!("RabbitMQ confirm failed: {e}"))),
+                },
+                Err(e) => Err(e),
+            }
+        });
+        let outcomes = tokio::time::timeout(self.options.timeout, futures::future::join_all(waits)).await;
+        let outcomes = match outcomes {
+            Ok(outcomes) => outcomes,
+            Err(_) => {
+                lost = true;
+                batch
+                    .iter()
+                    .map(|_| {
+                        Err(PublishError::transient(format!("no RabbitMQ confirm within {:?}", self.options.timeout)))
+                    })
+                    .collect()
+            }
+        };
+        if lost {
+            self.forget_session().await;
+        }
+        outcomes
+    }
+}
+
+/// Declares a durable queue named `queue` (for tests and demos: the default exchange routes to it).
+pub async fn declare_queue(url: &str, queue: &str) -> Result<()> {
+    let (connection, channel) = connect(url, "outbox-admin")
+        .await
+        .map_err(|e| Error::store("declare_queue", true, scrub(&e.to_string(), url)))?;
+    channel
+        .queue_declare(short(queue), QueueDeclareOptions { durable: true, ..Default::default() }, FieldTable::default())
+        .await
+        .map_err(|e| Error::store("declare_queue", true, e))?;
+    let _ = connection.close(0, "done".into()).await;
+    Ok(())
+}
+
+/// Deletes a queue (for test clean-up).
+pub async fn delete_queue(url: &str, queue: &str) -> Result<()> {
+    let (connection, channel) = connect(url, "outbox-admin")
+        .await
+        .map_err(|e| Error::store("delete_queue", true, scrub(&e.to_string(), url)))?;
+    channel
+        .queue_delete(short(queue), QueueDeleteOptions::default())
+        .await
+        .map_err(|e| Error::store("delete_queue", true, e))?;
+    let _ = connection.close(0, "done".into()).await;
+    Ok(())
+}
+
+/// Reads (and acknowledges) up to `expected` messages from `queue`, waiting at most `timeout`.
+pub async fn read_back(url: &str, queue: &str, expected: usize, timeout: Duration) -> Result<Vec<Received>> {
+    let (connection, channel) = connect(url, "outbox-read-back")
+        .await
+        .map_err(|e| Error::store("read_back", true, scrub(&e.to_string(), url)))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut received = Vec::with_capacity(expected);
+    while received.len() < expected && tokio::time::Instant::now() < deadline {
+        let got = channel
+            .basic_get(short(queue), BasicGetOptions { no_ack: true })
+            .await
+            .map_err(|e| Error::store("read_back", true, e))?;
+        let Some(message) = got else {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        let delivery = message.delivery;
+        let mut headers = Headers::new();
+        if let Some(table) = delivery.properties.headers() {
+            for (name, value) in table.inner() {
+                if let AMQPValue::LongString(s) = value {
+                    headers.insert(name.to_string(), String::from_utf8_lossy(s.as_bytes()).into_owned());
+                }
+            }
+        }
+        received.push(Received::from_parts(headers, None, delivery.data));
+    }
+    let _ = connection.close(0, "done".into()).await;
+    Ok(received)
+}

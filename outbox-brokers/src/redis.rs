@@ -1,0 +1,264 @@
+//! Redis Streams publisher on redis-rs: one `XADD` per message (fields `id`, `topic`, `key`, `payload`,
+//! `headers` as JSON), optional `MAXLEN ~` trimming, a batch sent as one pipeline, and a reconnecting
+//! connection manager.
+//!
+//! ```no_run
+//! use outbox_brokers::redis::{RedisOptions, RedisPublisher};
+//! let publisher = RedisPublisher::new(RedisOptions::from_url("redis://127.0.0.1:6379")?.max_len(1_000_000))?;
+//! # Ok::<(), outbox_core::Error>(())
+//! ```
+
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::secret::{redact_url, scrub};
+use outbox_core::{Error, Headers, Message, PublishError, Publisher, Result};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, RetryMethod, Value};
+use tokio::sync::Mutex;
+
+use crate::{check_limit, invalid_url, Received, TopicMap};
+
+/// Settings of a [`RedisPublisher`].
+#[derive(Clone)]
+pub struct RedisOptions {
+    url: String,
+    streams: TopicMap,
+    max_len: Option<usize>,
+    timeout: Duration,
+    max_message_bytes: usize,
+}
+
+impl fmt::Debug for RedisOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisOptions")
+            .field("url", &redact_url(&self.url))
+            .field("streams", &self.streams)
+            .field("max_len", &self.max_len)
+            .field("timeout", &self.timeout)
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
+    }
+}
+
+impl RedisOptions {
+    /// From a Redis URL (`redis://[:password@]host:6379[/db]`): streams named after topics, no trimming,
+    /// a 5 s timeout, 16 MiB largest message.
+    pub fn from_url(url: &str) -> Result<Self> {
+        redis::Client::open(url).map_err(|e| invalid_url("Redis", url, e))?;
+        Ok(Self {
+            url: url.to_owned(),
+            streams: TopicMap::new(),
+            max_len: None,
+            timeout: Duration::from_secs(5),
+            max_message_bytes: 16 * 1024 * 1024,
+        })
+    }
+
+    /// Maps topics to stream names.
+    pub fn streams(mut self, map: TopicMap) -> Self {
+        self.streams = map;
+        self
+    }
+
+    /// Trims each stream to about this many entries (`MAXLEN ~`).
+    pub fn max_len(mut self, entries: usize) -> Self {
+        self.max_len = Some(entries);
+        self
+    }
+
+    /// Timeout for connecting and for one batch; past it the batch fails as transient.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Messages larger than this fail permanently before they are sent.
+    pub fn max_message_bytes(mut self, bytes: usize) -> Result<Self> {
+        check_limit(bytes)?;
+        self.max_message_bytes = bytes;
+        Ok(self)
+    }
+}
+
+/// Publishes to Redis Streams. Connects lazily; the connection manager reconnects after a loss.
+pub struct RedisPublisher {
+    client: redis::Client,
+    options: RedisOptions,
+    manager: Mutex<Option<ConnectionManager>>,
+}
+
+impl fmt::Debug for RedisPublisher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisPublisher").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+fn is_transient(e: &RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || !matches!(e.retry_method(), RetryMethod::NoRetry)
+}
+
+impl RedisPublisher {
+    /// A publisher; nothing connects until the first publish.
+    pub fn new(options: RedisOptions) -> Result<Self> {
+        let client = redis::Client::open(options.url.as_str()).map_err(|e| invalid_url("Redis", &options.url, e))?;
+        Ok(Self { client, options, manager: Mutex::new(None) })
+    }
+
+    fn error(&self, e: &RedisError) -> PublishError {
+        let text = format!("Redis ({}): {}", redact_url(&self.options.url), scrub(&e.to_string(), &self.options.url));
+        if is_transient(e) {
+            PublishError::transient(text)
+        } else {
+            PublishError::permanent(text)
+        }
+    }
+
+    async fn connection(&self) -> Result<ConnectionManager, PublishError> {
+        let mut slot = self.manager.lock().await;
+        if let Some(manager) = slot.as_ref() {
+            return Ok(manager.clone());
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.options.timeout))
+            .set_response_timeout(Some(self.options.timeout))
+            .set_number_of_retries(1);
+        let manager =
+            tokio::time::timeout(self.options.timeout, ConnectionManager::new_with_config(self.client.clone(), config))
+                .await
+                .map_err(|_| {
+                    PublishError::transient(format!("Redis ({}): connect timed out", redact_url(&self.options.url)))
+                })?
+                .map_err(|e| self.error(&e))?;
+        *slot = Some(manager.clone());
+        Ok(manager)
+    }
+
+    fn xadd(&self, message: &Message) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.options.streams.destination(&message.topic));
+        if let Some(max_len) = self.options.max_len {
+            cmd.arg("MAXLEN").arg("~").arg(max_len);
+        }
+        cmd.arg("*").arg("id").arg(message.id.to_string()).arg("topic").arg(&message.topic);
+        if let Some(key) = &message.key {
+            cmd.arg("key").arg(key);
+        }
+        let headers = serde_json::to_string(&message.headers).unwrap_or_else(|_| "{}".to_owned());
+        cmd.arg("headers").arg(headers).arg("payload").arg(&message.payload);
+        cmd
+    }
+
+    async fn run<T>(&self, query: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, PublishError> {
+        match tokio::time::timeout(self.options.timeout, query).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.error(&e)),
+            Err(_) => Err(PublishError::transient(format!("no Redis reply within {:?}", self.options.timeout))),
+        }
+    }
+}
+
+#[async_trait]
+impl Publisher for RedisPublisher {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        let conn = match self.connection().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                let text = e.to_string();
+                return batch.iter().map(|_| Err(PublishError::transient(text.clone()))).collect();
+            }
+        };
+        let mut outcomes: Vec<Option<Result<(), PublishError>>> = Vec::with_capacity(batch.len());
+        let mut pipe = redis::pipe();
+        let mut sent = Vec::with_capacity(batch.len());
+        for (index, message) in batch.iter().enumerate() {
+            if message.payload.len() > self.options.max_message_bytes {
+                outcomes.push(Some(Err(PublishError::permanent(format!(
+                    "message of {} bytes exceeds max_message_bytes {}",
+                    message.payload.len(),
+                    self.options.max_message_bytes
+                )))));
+                continue;
+            }
+            outcomes.push(None);
+            pipe.add_command(self.xadd(message));
+            sent.push(index);
+        }
+        if !sent.is_empty() {
+            let mut pipe_conn = conn.clone();
+            match self.run(pipe.query_async::<Vec<Value>>(&mut pipe_conn)).await {
+                Ok(_) => {
+                    for index in &sent {
+                        outcomes[*index] = Some(Ok(()));
+                    }
+                }
+                Err(e) if e.is_transient() => {
+                    let text = e.to_string();
+                    for index in &sent {
+                        outcomes[*index] = Some(Err(PublishError::transient(text.clone())));
+                    }
+                }
+                Err(_) => {
+                    // A server error fails the whole pipeline: find out which messages it was about.
+                    for index in &sent {
+                        let mut one = conn.clone();
+                        let cmd = self.xadd(&batch[*index]);
+                        outcomes[*index] = Some(self.run(cmd.query_async::<Value>(&mut one)).await.map(|_| ()));
+                    }
+                }
+            }
+        }
+        outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(PublishError::transient("not sent")))).collect()
+    }
+}
+
+/// Reads up to `expected` entries of `stream` from its start, waiting at most `timeout`.
+pub async fn read_back(url: &str, stream: &str, expected: usize, timeout: Duration) -> Result<Vec<Received>> {
+    let client = redis::Client::open(url).map_err(|e| invalid_url("Redis", url, e))?;
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(|e| Error::store("read_back", true, scrub(&e.to_string(), url)))?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(expected)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| Error::store("read_back", true, e))?;
+        if entries.len() >= expected || tokio::time::Instant::now() >= deadline {
+            return entries.into_iter().map(|(_, fields)| decode_entry(fields)).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn decode_entry(fields: Vec<(String, Vec<u8>)>) -> Result<Received> {
+    let mut headers = Headers::new();
+    let (mut key, mut payload, mut id) = (None, Vec::new(), None);
+    for (name, value) in fields {
+        match name.as_str() {
+            "id" => id = Some(String::from_utf8_lossy(&value).into_owned()),
+            "key" => key = Some(String::from_utf8_lossy(&value).into_owned()),
+            "payload" => payload = value,
+            "headers" => {
+                headers = serde_json::from_slice(&value)
+                    .map_err(|e| Error::store("read_back", false, format!("stream entry headers are not JSON: {e}")))?
+            }
+            _ => {}
+        }
+    }
+    if let Some(id) = id {
+        headers.insert(crate::MESSAGE_ID_HEADER.to_owned(), id);
+    }
+    Ok(Received::from_parts(headers, key, payload))
+}
