@@ -226,7 +226,7 @@ pub async fn read_back(url: &str, stream: &str, expected: usize, timeout: Durati
         .map_err(|e| Error::store("read_back", true, scrub(&e.to_string(), url)))?;
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let entries: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
             .arg(stream)
             .arg("-")
             .arg("+")
@@ -241,6 +241,9 @@ pub async fn read_back(url: &str, stream: &str, expected: usize, timeout: Durati
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// One `XRANGE` entry: its id and its field / value pairs.
+type StreamEntry = (String, Vec<(String, Vec<u8>)>);
 
 fn decode_entry(fields: Vec<(String, Vec<u8>)>) -> Result<Received> {
     let mut headers = Headers::new();

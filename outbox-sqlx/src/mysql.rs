@@ -18,7 +18,7 @@ use outbox_core::{
     Retry, Store,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
-use sqlx::{MySql, MySqlConnection, MySqlPool, Row};
+use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
 use tokio::sync::Notify;
 
 use crate::{connect_error, sql_error, StoreOptions};
@@ -342,6 +342,21 @@ impl MySqlStore {
     }
 }
 
+impl MySqlStore {
+    /// A connection whose next transaction runs at READ COMMITTED, for the relay's own statements:
+    /// InnoDB then takes no gap or next-key locks for them, so they do not deadlock with the
+    /// application's enqueueing inserts. The claim stays correct: it relies only on a predecessor's
+    /// absence, which is final.
+    async fn relay_conn(&self, operation: &'static str) -> Result<sqlx::pool::PoolConnection<MySql>> {
+        let mut conn = self.inner.pool.acquire().await.map_err(|e| sql_error(operation, e))?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| sql_error(operation, e))?;
+        Ok(conn)
+    }
+}
+
 impl Enqueue for MySqlStore {
     type Connection = MySqlConnection;
 
@@ -366,7 +381,8 @@ impl Store for MySqlStore {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
         let err = |e| sql_error("claim", e);
         let sql = &self.inner.sql;
-        let mut tx = self.inner.pool.begin().await.map_err(err)?;
+        let mut conn = self.relay_conn("claim").await?;
+        let mut tx = conn.begin().await.map_err(err)?;
         let candidates: Vec<i64> = sqlx::query_scalar(&sql.candidates)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
@@ -437,7 +453,8 @@ impl Store for MySqlStore {
     async fn reschedule(&self, owner: RelayId, retries: &[Retry]) -> Result<()> {
         let err = |e| sql_error("reschedule", e);
         let owner = owner.to_string();
-        let mut tx = self.inner.pool.begin().await.map_err(err)?;
+        let mut conn = self.relay_conn("reschedule").await?;
+        let mut tx = conn.begin().await.map_err(err)?;
         for retry in retries {
             sqlx::query(&self.inner.sql.reschedule)
                 .bind(micros(retry.delay))
@@ -454,7 +471,8 @@ impl Store for MySqlStore {
     async fn dead_letter(&self, owner: RelayId, failures: &[Failure]) -> Result<()> {
         let err = |e| sql_error("dead_letter", e);
         let owner = owner.to_string();
-        let mut tx = self.inner.pool.begin().await.map_err(err)?;
+        let mut conn = self.relay_conn("dead_letter").await?;
+        let mut tx = conn.begin().await.map_err(err)?;
         for failure in failures {
             let id = failure.id.to_string();
             let moved = sqlx::query(&self.inner.sql.to_dead)
@@ -498,7 +516,8 @@ impl Store for MySqlStore {
         let err = |e| sql_error("replay", e);
         let (m, d) = (&self.inner.sql.messages, &self.inner.sql.dead);
         let mut moved = 0;
-        let mut tx = self.inner.pool.begin().await.map_err(err)?;
+        let mut conn = self.relay_conn("replay").await?;
+        let mut tx = conn.begin().await.map_err(err)?;
         for chunk in ids.chunks(CHUNK) {
             let list = Sql::placeholders(chunk.len());
             let insert = format!(

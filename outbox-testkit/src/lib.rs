@@ -23,6 +23,7 @@ pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod publisher_suite;
+pub mod relay_suite;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod store_suite;

@@ -1,0 +1,300 @@
+//! The end-to-end relay suite: a store and a publisher together under the real [`Relay`], with faults.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use outbox_core::memory::MemoryPublisher;
+use outbox_core::{
+    CancellationToken, Dispatcher, Jitter, Message, MessageId, NewMessage, PublishError, Publisher, Relay, RetryPolicy,
+};
+
+use crate::publisher_suite::PublisherHarness;
+use crate::store_suite::StoreHarness;
+
+/// The header that makes [`FaultInjector`] fail a message permanently.
+pub const POISON_HEADER: &str = "x-outbox-test-poison";
+
+/// A [`Publisher`] wrapper that injects faults: a deterministic fraction of messages fail transiently
+/// (without reaching the inner publisher), every message with the [`POISON_HEADER`] fails permanently,
+/// and some batches are delayed. It counts what the inner publisher accepted.
+#[derive(Debug)]
+pub struct FaultInjector {
+    inner: Arc<dyn Publisher>,
+    fail_one_in: u64,
+    delay_one_in: u64,
+    delay: Duration,
+    calls: AtomicU64,
+    delivered: AtomicU64,
+    injected: AtomicU64,
+}
+
+impl FaultInjector {
+    /// Wraps `inner`; fails about one message in `fail_one_in` (0: never) and delays about one batch in
+    /// `delay_one_in` by `delay`.
+    pub fn new(inner: Arc<dyn Publisher>, fail_one_in: u64, delay_one_in: u64, delay: Duration) -> Self {
+        Self {
+            inner,
+            fail_one_in,
+            delay_one_in,
+            delay,
+            calls: AtomicU64::new(0),
+            delivered: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
+        }
+    }
+
+    /// Messages the inner publisher accepted (duplicates included).
+    pub fn delivered(&self) -> u64 {
+        self.delivered.load(Ordering::SeqCst)
+    }
+
+    /// Transient failures injected so far.
+    pub fn injected(&self) -> u64 {
+        self.injected.load(Ordering::SeqCst)
+    }
+
+    fn roll(&self, one_in: u64) -> bool {
+        let n = self.calls.fetch_add(1, Ordering::Relaxed);
+        one_in > 0 && n.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17) % one_in == 0
+    }
+}
+
+#[async_trait]
+impl Publisher for FaultInjector {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        if self.roll(self.delay_one_in) {
+            tokio::time::sleep(self.delay).await;
+        }
+        let mut outcomes: Vec<Option<Result<(), PublishError>>> = Vec::with_capacity(batch.len());
+        let mut forward = Vec::with_capacity(batch.len());
+        for message in batch {
+            if message.headers.contains_key(POISON_HEADER) {
+                outcomes.push(Some(Err(PublishError::permanent("poisoned message (injected)"))));
+            } else if self.roll(self.fail_one_in) {
+                self.injected.fetch_add(1, Ordering::SeqCst);
+                outcomes.push(Some(Err(PublishError::transient("injected transient failure"))));
+            } else {
+                outcomes.push(None);
+                forward.push(message.clone());
+            }
+        }
+        let mut forwarded = self.inner.publish(&forward).await.into_iter();
+        outcomes
+            .into_iter()
+            .map(|o| {
+                o.unwrap_or_else(|| {
+                    let outcome = forwarded.next().unwrap_or_else(|| Err(PublishError::transient("missing outcome")));
+                    if outcome.is_ok() {
+                        self.delivered.fetch_add(1, Ordering::SeqCst);
+                    }
+                    outcome
+                })
+            })
+            .collect()
+    }
+}
+
+/// A [`PublisherHarness`] over [`MemoryPublisher`] (the in-memory "broker" of the matrix).
+#[derive(Debug, Default)]
+pub struct MemoryPublisherHarness {
+    publisher: MemoryPublisher,
+}
+
+impl MemoryPublisherHarness {
+    /// A harness over an empty publisher.
+    pub async fn new() -> Option<Self> {
+        Some(Self::default())
+    }
+}
+
+#[async_trait]
+impl PublisherHarness for MemoryPublisherHarness {
+    fn publisher(&self) -> Arc<dyn Publisher> {
+        Arc::new(self.publisher.clone())
+    }
+    fn topic(&self) -> &str {
+        "memory"
+    }
+    async fn read_back(
+        &self,
+        expected: usize,
+        _timeout: Duration,
+    ) -> outbox_core::Result<Vec<outbox_brokers::Received>> {
+        Ok(self
+            .publisher
+            .published()
+            .into_iter()
+            .take(expected)
+            .map(|m| outbox_brokers::Received { id: Some(m.id), key: m.key, payload: m.payload, headers: m.headers })
+            .collect())
+    }
+    fn unreachable(&self) -> Arc<dyn Publisher> {
+        Arc::new(MemoryPublisher::new().failing_when(|_| Some(PublishError::transient("unreachable"))))
+    }
+    fn unroutable_topic(&self) -> String {
+        "memory-unroutable".to_owned()
+    }
+    async fn kill_connections(&self) {}
+}
+
+/// Sizes of a [`relay_suite`] run.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayScenario {
+    /// Concurrent producers.
+    pub producers: usize,
+    /// Messages per producer (each tenth is keyless).
+    pub per_producer: usize,
+    /// Keys shared by the producers.
+    pub keys: usize,
+    /// Poisoned (permanently failing) messages among them.
+    pub poisoned: usize,
+    /// Relays running at once (one more is started and crashed mid-batch).
+    pub relays: usize,
+}
+
+impl Default for RelayScenario {
+    fn default() -> Self {
+        Self { producers: 4, per_producer: 400, keys: 16, poisoned: 8, relays: 3 }
+    }
+}
+
+/// End to end with the real [`Relay`]: producers enqueue while `relays` relays (plus one that is
+/// crashed mid-batch) publish through a [`FaultInjector`]. Every message arrives at least once with its
+/// id, duplicates stay within the crashed relay's claims, each key arrives in order, nothing is left
+/// pending, and the dead letters are exactly the poisoned messages.
+pub async fn relay_suite<S, P>(store: &S, publisher: &P, scenario: RelayScenario)
+where
+    S: StoreHarness + ?Sized,
+    P: PublisherHarness + ?Sized,
+{
+    const BATCH: usize = 32;
+    const CONCURRENCY: usize = 2;
+    let faulty = Arc::new(FaultInjector::new(publisher.publisher(), 10, 7, Duration::from_millis(50)));
+    let policy = RetryPolicy::builder()
+        .initial_delay(Duration::from_millis(10))
+        .max_delay(Duration::from_millis(100))
+        .max_attempts(60)
+        .jitter(Jitter::Full)
+        .build()
+        .expect("policy");
+    let relay = |lease: Duration| {
+        Relay::builder_shared(store.store(), faulty.clone())
+            .batch_size(BATCH)
+            .concurrency(CONCURRENCY)
+            .lease(lease)
+            .poll_interval(Duration::from_millis(20))
+            .retry_policy(policy)
+            .build()
+            .expect("relay")
+    };
+    let shutdown = CancellationToken::new();
+
+    // The relay that crashes: it starts first, and is dropped while its first batches are in flight.
+    let doomed = relay(Duration::from_secs(1));
+    let doomed_task = tokio::spawn({
+        let (doomed, shutdown) = (doomed.clone(), shutdown.clone());
+        async move { doomed.run(shutdown).await }
+    });
+
+    let poison_every = (scenario.producers * scenario.per_producer / scenario.poisoned.max(1)).max(1);
+    let producers = (0..scenario.producers).map(|p| {
+        let mut messages = Vec::with_capacity(scenario.per_producer);
+        for n in 0..scenario.per_producer {
+            let global = p * scenario.per_producer + n;
+            let mut message = NewMessage::new(publisher.topic(), format!("{p}:{n}"));
+            if n % 10 != 9 {
+                message = message.key(format!("k{}-{}", p, n % scenario.keys));
+            }
+            if scenario.poisoned > 0 && global % poison_every == poison_every / 2 {
+                message = message.header(POISON_HEADER, "1");
+            }
+            messages.push(message);
+        }
+        messages
+    });
+    let mut expected: HashMap<MessageId, (Option<String>, bool)> = HashMap::new();
+    let mut enqueue = Vec::new();
+    for messages in producers {
+        for m in &messages {
+            expected.insert(m.id(), (m.message_key().map(str::to_owned), m.headers().contains_key(POISON_HEADER)));
+        }
+        // One producer commits its transactions one after another (that is what "enqueue order" means
+        // for a key); the producers run concurrently.
+        enqueue.push(async move {
+            for chunk in messages.chunks(20) {
+                store.enqueue(chunk.to_vec(), true).await.expect("enqueue");
+            }
+        });
+    }
+    let mut relays = Vec::new();
+    let enqueued = futures::future::join_all(enqueue);
+    let crash = async {
+        while doomed.metrics().batches == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        doomed_task.abort();
+    };
+    futures::join!(enqueued, crash);
+    for _ in 0..scenario.relays {
+        let relay = relay(Duration::from_secs(5));
+        let shutdown = shutdown.clone();
+        relays.push(tokio::spawn(async move { relay.run(shutdown).await }));
+    }
+
+    let handle = store.store();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    while handle.stats().await.expect("stats").pending > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the relays did not drain the outbox within 180 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    for relay in relays {
+        relay.await.expect("relay task").expect("relay");
+    }
+
+    let poisoned: HashSet<MessageId> = expected.iter().filter(|(_, (_, p))| *p).map(|(id, _)| *id).collect();
+    let dead: HashSet<MessageId> =
+        handle.dead_letters(10_000).await.expect("dead letters").into_iter().map(|d| d.message.id).collect();
+    assert_eq!(dead, poisoned, "the dead letters are exactly the poisoned messages");
+
+    let delivered = faulty.delivered() as usize;
+    let received = publisher.read_back(delivered, Duration::from_secs(60)).await.expect("read back");
+    assert_eq!(received.len(), delivered, "the broker holds every message it acknowledged");
+    let mut seen: HashMap<MessageId, usize> = HashMap::new();
+    let mut last_per_key: HashMap<String, usize> = HashMap::new();
+    for r in &received {
+        let id = r.id.expect("message id");
+        *seen.entry(id).or_default() += 1;
+        let (key, _) = expected.get(&id).expect("a message that was enqueued");
+        assert_eq!(&r.key, key);
+        if let Some(key) = key {
+            let text = String::from_utf8_lossy(&r.payload).into_owned();
+            let n: usize = text.split(':').nth(1).and_then(|s| s.parse().ok()).expect("payload p:n");
+            if let Some(previous) = last_per_key.insert(key.clone(), n) {
+                assert!(previous <= n, "{key}: {n} arrived after {previous}");
+            }
+        }
+    }
+    for (id, (_, poison)) in &expected {
+        if !poison {
+            assert!(seen.contains_key(id), "message {id} was never published");
+        }
+    }
+    let duplicates = delivered - seen.len();
+    assert!(
+        duplicates <= BATCH * CONCURRENCY,
+        "{duplicates} duplicates; only the crashed relay's claims ({}) may be published twice",
+        BATCH * CONCURRENCY
+    );
+    assert!(faulty.injected() > 0, "faults were injected");
+    eprintln!(
+        "relay_suite: {} messages, {} poisoned, {} transient faults injected, {} duplicates after a relay crash",
+        expected.len(),
+        poisoned.len(),
+        faulty.injected(),
+        duplicates
+    );
+}
