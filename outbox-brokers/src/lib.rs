@@ -8,7 +8,7 @@
 //! | `rabbitmq` | [`rabbitmq::RabbitMqPublisher`] (lapin) | publisher confirms, persistent messages, `mandatory` |
 //! | `redis` | [`redis::RedisPublisher`] (redis-rs) | Streams `XADD`, pipelined, reconnecting connection manager |
 //!
-//! Every publisher sends the outbox [`MessageId`](outbox_core::MessageId) with the message (Kafka header
+//! Every publisher sends the outbox `MessageId` with the message (Kafka header
 //! and AMQP header `outbox-message-id` plus the AMQP `message_id` property, stream field `id`), so that
 //! receivers can deduplicate, and maps the outbox topic to its destination through a [`TopicMap`].
 //! Errors are classified: a message the broker can never take (too large, unroutable, invalid name) is

@@ -101,7 +101,7 @@ pub async fn a_committed_message_is_claimed_once<H: StoreHarness + ?Sized>(h: &H
     assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "a leased message was claimed twice");
     store.acknowledge(&id).await.expect("acknowledge");
     assert!(claim(&*store, RelayId::new(), 10, Duration::ZERO).await.is_empty(), "an acknowledged message came back");
-    assert_eq!(store.stats().await.expect("stats").pending, 0);
+    assert_eq!(store.stats().await.expect("stats").pending, 0, "an acknowledged message is still pending");
 }
 
 /// Guarantee 2/3: four concurrent claimers over 10,000 messages never share one and miss none.
