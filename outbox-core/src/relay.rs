@@ -203,6 +203,7 @@ impl RelayBuilder {
                 hook: self.hook,
                 counters: Counters::default(),
                 in_flight: Mutex::new(HashSet::new()),
+                found_work: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -249,6 +250,7 @@ struct Inner {
     hook: Option<Arc<dyn DeadLetterHook>>,
     counters: Counters,
     in_flight: Mutex<HashSet<MessageId>>,
+    found_work: tokio::sync::Notify,
 }
 
 impl fmt::Debug for Relay {
@@ -308,7 +310,7 @@ impl Dispatcher for Relay {
             let inner = self.inner.clone();
             let shutdown = shutdown.clone();
             workers.spawn(
-                async move { inner.work(shutdown).await }
+                async move { inner.work(worker, shutdown).await }
                     .instrument(info_span!("outbox.relay.worker", relay = %self.inner.id, worker)),
             );
         }
@@ -347,17 +349,26 @@ impl Inner {
         self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    async fn work(&self, shutdown: CancellationToken) {
+    /// One worker's loop. Idle, only worker 0 polls the store every `poll_interval`; the others wait for
+    /// a store notification or for a peer that found work, so an idle relay costs one query per
+    /// interval however many workers it has.
+    async fn work(&self, worker: usize, shutdown: CancellationToken) {
         let options = &self.options;
+        let idle_wait = if worker == 0 { options.poll_interval } else { options.poll_interval * 30 };
         while !shutdown.is_cancelled() {
             match self.dispatch_once().await {
                 Ok(0) => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
-                        _ = self.store.wait_for_work(options.poll_interval) => {}
+                        _ = self.store.wait_for_work(idle_wait) => {}
+                        _ = self.found_work.notified() => {}
                     }
                 }
-                Ok(_) => {}
+                Ok(claimed) => {
+                    if claimed == options.batch_size {
+                        self.found_work.notify_waiters();
+                    }
+                }
                 Err(e) => {
                     bump(&self.counters.store_errors, 1);
                     error!(error = %e, "outbox relay: store error; backing off");

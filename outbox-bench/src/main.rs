@@ -1,0 +1,712 @@
+//! The outbox benchmark harness. One run measures, for a store and a publisher, the raw limits of
+//! each (the broker publishing alone, the database claiming and acknowledging alone), the relay's
+//! throughput and its ratio to the lower raw limit, commit -> broker-ack latency at a steady load,
+//! the enqueue overhead on a one-row business transaction, the claim cost with 1,000,000 old rows,
+//! and the queries an idle relay issues. Prints a table and writes JSON.
+//!
+//! ```text
+//! cargo run --release -p outbox-bench -- --store postgres --publisher kafka --messages 100000
+//! ```
+//! Options: `--store postgres|mysql|sqlite`, `--publisher kafka|rabbitmq|redis|memory`, `--messages N`,
+//! `--payload BYTES`, `--batch N`, `--concurrency N`, `--rate MSG_PER_S`, `--old-rows N`, `--json FILE`,
+//! `--skip NAME[,NAME]` (raw, relay, latency, enqueue, claim, idle). URLs come from the
+//! `OUTBOX_TEST_*` variables (`scripts/test-services.sh` sets them).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use outbox_brokers::{kafka, rabbitmq, redis as redis_pub};
+use outbox_core::memory::MemoryPublisher;
+use outbox_core::{
+    CancellationToken, DeadLetter, Dispatcher, Enqueue, Failure, Message, MessageId, NewMessage, OutboxStats,
+    PublishError, Publisher, Relay, RelayId, Retry, Store,
+};
+use outbox_sqlx::mysql::MySqlStore;
+use outbox_sqlx::postgres::PostgresStore;
+use outbox_sqlx::sqlite::SqliteStore;
+use outbox_sqlx::StoreOptions;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+#[derive(Debug, Clone)]
+struct Args {
+    store: String,
+    publisher: String,
+    messages: usize,
+    payload: usize,
+    batch: usize,
+    concurrency: usize,
+    rate: usize,
+    old_rows: usize,
+    json: Option<String>,
+    skip: Vec<String>,
+}
+
+fn parse_args() -> Result<Args, BoxError> {
+    let mut args = Args {
+        store: "postgres".into(),
+        publisher: "kafka".into(),
+        messages: 100_000,
+        payload: 256,
+        batch: 1000,
+        concurrency: 4,
+        rate: 1000,
+        old_rows: 1_000_000,
+        json: None,
+        skip: Vec::new(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--store" => args.store = value()?,
+            "--publisher" => args.publisher = value()?,
+            "--messages" => args.messages = number(value()?)?,
+            "--payload" => args.payload = number(value()?)?,
+            "--batch" => args.batch = number(value()?)?,
+            "--concurrency" => args.concurrency = number(value()?)?,
+            "--rate" => args.rate = number(value()?)?,
+            "--old-rows" => args.old_rows = number(value()?)?,
+            "--json" => args.json = Some(value()?),
+            "--skip" => args.skip = value()?.split(',').map(str::to_owned).collect(),
+            "--help" | "-h" => {
+                println!("see the crate docs: cargo doc -p outbox-bench --open");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    Ok(args)
+}
+
+fn env(var: &str) -> Result<String, BoxError> {
+    std::env::var(var).map_err(|_| format!("{var} is not set; run `source scripts/test-services.sh` first").into())
+}
+
+/// A store handle of any backend, with what the harness needs beyond `Store`.
+#[derive(Clone)]
+enum AnyStore {
+    Postgres(PostgresStore),
+    MySql(MySqlStore),
+    Sqlite(SqliteStore),
+}
+
+impl AnyStore {
+    async fn open(kind: &str, options: StoreOptions) -> Result<Self, BoxError> {
+        let prefix = format!("bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let options = options.table_prefix(&prefix)?;
+        let store = match kind {
+            "postgres" => {
+                Self::Postgres(PostgresStore::connect_with(&env("OUTBOX_TEST_POSTGRES_URL")?, options).await?)
+            }
+            "mysql" => Self::MySql(MySqlStore::connect_with(&env("OUTBOX_TEST_MYSQL_URL")?, options).await?),
+            "sqlite" => {
+                let path = std::env::temp_dir().join(format!("{prefix}.db"));
+                let base = SqliteStore::connect(&format!("sqlite://{}", path.display())).await?;
+                Self::Sqlite(SqliteStore::new(base.pool().clone(), options)?)
+            }
+            other => return Err(format!("unknown store {other}").into()),
+        };
+        match &store {
+            Self::Postgres(s) => s.migrate().await?,
+            Self::MySql(s) => s.migrate().await?,
+            Self::Sqlite(s) => s.migrate().await?,
+        }
+        Ok(store)
+    }
+
+    fn dyn_store(&self) -> Arc<dyn Store> {
+        match self {
+            Self::Postgres(s) => Arc::new(s.clone()),
+            Self::MySql(s) => Arc::new(s.clone()),
+            Self::Sqlite(s) => Arc::new(s.clone()),
+        }
+    }
+
+    /// Enqueues `messages` in transactions of `per_tx`, from `producers` concurrent producers.
+    async fn fill(&self, messages: Vec<NewMessage>, per_tx: usize, producers: usize) -> Result<(), BoxError> {
+        let chunks: Vec<Vec<NewMessage>> = messages.chunks(per_tx).map(<[NewMessage]>::to_vec).collect();
+        let queue = Arc::new(Mutex::new(chunks));
+        let mut tasks = Vec::new();
+        for _ in 0..producers {
+            let (queue, store) = (queue.clone(), self.clone());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let Some(chunk) = queue.lock().map_err(|_| "poisoned")?.pop() else {
+                        return Ok::<(), BoxError>(());
+                    };
+                    store.enqueue_tx(chunk, None).await?;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await??;
+        }
+        Ok(())
+    }
+
+    /// One transaction: an optional business row, then the messages.
+    async fn enqueue_tx(&self, messages: Vec<NewMessage>, business_row: Option<i64>) -> Result<(), BoxError> {
+        match self {
+            Self::Postgres(s) => {
+                let mut tx = s.pool().begin().await?;
+                if let Some(v) = business_row {
+                    sqlx::query("INSERT INTO bench_business (v) VALUES ($1)").bind(v).execute(&mut *tx).await?;
+                }
+                if !messages.is_empty() {
+                    s.enqueue_batch(&mut *tx, messages).await?;
+                }
+                tx.commit().await?;
+            }
+            Self::MySql(s) => {
+                let mut tx = s.pool().begin().await?;
+                if let Some(v) = business_row {
+                    sqlx::query("INSERT INTO bench_business (v) VALUES (?)").bind(v).execute(&mut *tx).await?;
+                }
+                if !messages.is_empty() {
+                    s.enqueue_batch(&mut *tx, messages).await?;
+                }
+                tx.commit().await?;
+            }
+            Self::Sqlite(s) => {
+                let mut tx = s.pool().begin().await?;
+                if let Some(v) = business_row {
+                    sqlx::query("INSERT INTO bench_business (v) VALUES (?)").bind(v).execute(&mut *tx).await?;
+                }
+                if !messages.is_empty() {
+                    s.enqueue_batch(&mut *tx, messages).await?;
+                }
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_business_table(&self) -> Result<(), BoxError> {
+        match self {
+            Self::Postgres(s) => {
+                sqlx::query("CREATE TABLE IF NOT EXISTS bench_business (id BIGSERIAL PRIMARY KEY, v BIGINT)")
+                    .execute(s.pool())
+                    .await?;
+            }
+            Self::MySql(s) => {
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS bench_business (id BIGINT AUTO_INCREMENT PRIMARY KEY, v BIGINT)",
+                )
+                .execute(s.pool())
+                .await?;
+            }
+            Self::Sqlite(s) => {
+                sqlx::query("CREATE TABLE IF NOT EXISTS bench_business (id INTEGER PRIMARY KEY, v INTEGER)")
+                    .execute(s.pool())
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts `n` already-published rows straight into the messages table (retention mode layout).
+    async fn add_old_rows(&self, n: usize, table: &str) -> Result<(), BoxError> {
+        match self {
+            Self::Postgres(s) => {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (id, topic, payload, published_at) \
+                     SELECT gen_random_uuid(), 'old', '\\x00', now() - interval '1 hour' FROM generate_series(1, $1)"
+                ))
+                .bind(n as i64)
+                .execute(s.pool())
+                .await?;
+                sqlx::query(&format!("ANALYZE {table}")).execute(s.pool()).await?;
+            }
+            Self::MySql(s) => {
+                sqlx::query(&format!(
+                    "INSERT INTO {table} (id, topic, payload, headers, created_at, available_at, published_at) \
+                     SELECT UUID(), 'old', x'00', '{{}}', UTC_TIMESTAMP(6), UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) \
+                     FROM seq_1_to_{n}"
+                ))
+                .execute(s.pool())
+                .await?;
+                sqlx::query(&format!("ANALYZE TABLE {table}")).execute(s.pool()).await?;
+            }
+            Self::Sqlite(s) => {
+                sqlx::query(&format!(
+                    "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?) \
+                     INSERT INTO {table} (id, topic, payload, headers, created_at, available_at, published_at) \
+                     SELECT 'old-' || i, 'old', x'00', '{{}}', 0, 0, 1 FROM n"
+                ))
+                .bind(n as i64)
+                .execute(s.pool())
+                .await?;
+                sqlx::query("ANALYZE").execute(s.pool()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn messages_table(&self, prefix_hint: &str) -> String {
+        match self {
+            Self::Postgres(s) => s.messages_table().to_owned(),
+            Self::MySql(_) | Self::Sqlite(_) => prefix_hint.to_owned(),
+        }
+    }
+}
+
+/// Counts the claims (the relay's queries when idle) and can turn notification wake-ups off.
+#[derive(Debug)]
+struct Instrumented {
+    inner: Arc<dyn Store>,
+    claims: AtomicU64,
+    notifications: bool,
+}
+
+#[async_trait]
+impl Store for Instrumented {
+    async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> outbox_core::Result<Vec<Message>> {
+        self.claims.fetch_add(1, Ordering::Relaxed);
+        self.inner.claim(owner, limit, lease).await
+    }
+    async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> outbox_core::Result<()> {
+        self.inner.extend_lease(owner, ids, lease).await
+    }
+    async fn release(&self, owner: RelayId, ids: &[MessageId]) -> outbox_core::Result<()> {
+        self.inner.release(owner, ids).await
+    }
+    async fn acknowledge(&self, ids: &[MessageId]) -> outbox_core::Result<()> {
+        self.inner.acknowledge(ids).await
+    }
+    async fn reschedule(&self, owner: RelayId, retries: &[Retry]) -> outbox_core::Result<()> {
+        self.inner.reschedule(owner, retries).await
+    }
+    async fn dead_letter(&self, owner: RelayId, failures: &[Failure]) -> outbox_core::Result<()> {
+        self.inner.dead_letter(owner, failures).await
+    }
+    async fn dead_letters(&self, limit: usize) -> outbox_core::Result<Vec<DeadLetter>> {
+        self.inner.dead_letters(limit).await
+    }
+    async fn replay_dead_letters(&self, ids: &[MessageId]) -> outbox_core::Result<u64> {
+        self.inner.replay_dead_letters(ids).await
+    }
+    async fn purge_dead_letters(&self, ids: &[MessageId]) -> outbox_core::Result<u64> {
+        self.inner.purge_dead_letters(ids).await
+    }
+    async fn purge_published(&self, older_than: Duration, limit: usize) -> outbox_core::Result<u64> {
+        self.inner.purge_published(older_than, limit).await
+    }
+    async fn stats(&self) -> outbox_core::Result<OutboxStats> {
+        self.inner.stats().await
+    }
+    async fn wait_for_work(&self, timeout: Duration) {
+        if self.notifications {
+            self.inner.wait_for_work(timeout).await;
+        } else {
+            tokio::time::sleep(timeout).await;
+        }
+    }
+}
+
+/// Records commit -> broker-ack latency from the send time carried in the payload's first 16 bytes.
+#[derive(Debug)]
+struct LatencyProbe {
+    inner: Arc<dyn Publisher>,
+    samples: Mutex<Vec<Duration>>,
+}
+
+fn now_nanos() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
+}
+
+#[async_trait]
+impl Publisher for LatencyProbe {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        let outcomes = self.inner.publish(batch).await;
+        let now = now_nanos();
+        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        for (message, outcome) in batch.iter().zip(&outcomes) {
+            if outcome.is_ok() && message.payload.len() >= 16 {
+                let mut sent = [0u8; 16];
+                sent.copy_from_slice(&message.payload[..16]);
+                samples.push(Duration::from_nanos(now.saturating_sub(u128::from_le_bytes(sent)) as u64));
+            }
+        }
+        outcomes
+    }
+}
+
+async fn make_publisher(kind: &str, topic: &str) -> Result<Arc<dyn Publisher>, BoxError> {
+    Ok(match kind {
+        "kafka" => Arc::new(kafka::KafkaPublisher::new(kafka::KafkaOptions::new(env("OUTBOX_TEST_KAFKA_BROKERS")?))?),
+        "rabbitmq" => {
+            let url = env("OUTBOX_TEST_AMQP_URL")?;
+            rabbitmq::declare_queue(&url, topic).await?;
+            Arc::new(rabbitmq::RabbitMqPublisher::new(rabbitmq::RabbitMqOptions::from_url(&url)?))
+        }
+        "redis" => Arc::new(redis_pub::RedisPublisher::new(
+            redis_pub::RedisOptions::from_url(&env("OUTBOX_TEST_REDIS_URL")?)?.max_len(200_000),
+        )?),
+        "memory" => Arc::new(MemoryPublisher::new()),
+        other => return Err(format!("unknown publisher {other}").into()),
+    })
+}
+
+async fn cleanup_broker(kind: &str, topic: &str) {
+    if kind == "rabbitmq" {
+        if let Ok(url) = env("OUTBOX_TEST_AMQP_URL") {
+            let _ = rabbitmq::delete_queue(&url, topic).await;
+        }
+    }
+}
+
+fn messages(topic: &str, n: usize, payload: usize) -> Vec<NewMessage> {
+    (0..n).map(|i| NewMessage::new(topic, vec![(i % 251) as u8; payload]).key(format!("k{}", i % 1024))).collect()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+struct Report {
+    rows: Vec<(String, String, String)>,
+    json: BTreeMap<String, serde_json::Value>,
+}
+
+impl Report {
+    fn add(&mut self, key: &str, label: &str, value: f64, unit: &str) {
+        println!("  {label:<58} {value:>12.2} {unit}");
+        self.rows.push((label.to_owned(), format!("{value:.2}"), unit.to_owned()));
+        self.json.insert(key.to_owned(), serde_json::json!(value));
+    }
+}
+
+/// The raw broker: the publisher alone, `concurrency` batches of `batch` in flight.
+async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str) -> Result<f64, BoxError> {
+    let now = outbox_core::Message {
+        id: MessageId::new(),
+        topic: topic.to_owned(),
+        key: None,
+        payload: Vec::new(),
+        headers: Default::default(),
+        created_at: Default::default(),
+        attempts: 1,
+        last_error: None,
+    };
+    let all: Vec<Message> = (0..args.messages)
+        .map(|i| Message {
+            id: MessageId::new(),
+            key: Some(format!("k{}", i % 1024)),
+            payload: vec![(i % 251) as u8; args.payload],
+            ..now.clone()
+        })
+        .collect();
+    // Warm up (connections, Kafka producer id).
+    let warm = publisher.publish(&all[..1.min(all.len())]).await;
+    if let Some(Err(e)) = warm.into_iter().next() {
+        return Err(format!("warm-up publish failed: {e}").into());
+    }
+    let batches: Vec<&[Message]> = all.chunks(args.batch).collect();
+    let started = Instant::now();
+    let mut failed = 0usize;
+    for group in batches.chunks(args.concurrency) {
+        for outcomes in futures::future::join_all(group.iter().map(|b| publisher.publish(b))).await {
+            failed += outcomes.iter().filter(|o| o.is_err()).count();
+        }
+    }
+    let rate = args.messages as f64 / started.elapsed().as_secs_f64();
+    if failed > 0 {
+        return Err(format!("{failed} raw publishes failed").into());
+    }
+    Ok(rate)
+}
+
+/// The raw database: claim + acknowledge a backlog with `concurrency` claimers.
+async fn raw_database(store: &AnyStore, args: &Args, topic: &str) -> Result<f64, BoxError> {
+    store.fill(messages(topic, args.messages, args.payload), 1000, 4).await?;
+    let dyn_store = store.dyn_store();
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (s, batch) = (dyn_store.clone(), args.batch);
+        tasks.push(tokio::spawn(async move {
+            let owner = RelayId::new();
+            let mut idle = 0;
+            loop {
+                let claimed = s.claim(owner, batch, Duration::from_secs(60)).await?;
+                if claimed.is_empty() {
+                    idle += 1;
+                    if idle > 3 {
+                        return Ok::<(), BoxError>(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                }
+                let ids: Vec<MessageId> = claimed.iter().map(|m| m.id).collect();
+                s.acknowledge(&ids).await?;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    Ok(args.messages as f64 / started.elapsed().as_secs_f64())
+}
+
+async fn relay_throughput(
+    store: &AnyStore,
+    publisher: Arc<dyn Publisher>,
+    args: &Args,
+    topic: &str,
+) -> Result<f64, BoxError> {
+    store.fill(messages(topic, args.messages, args.payload), 1000, 4).await?;
+    let relay = Relay::builder_shared(store.dyn_store(), publisher)
+        .batch_size(args.batch)
+        .concurrency(args.concurrency)
+        .build()?;
+    let shutdown = CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while (relay.metrics().published as usize) < args.messages {
+        if Instant::now() > deadline {
+            return Err("the relay did not drain the backlog within 10 minutes".into());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rate = args.messages as f64 / started.elapsed().as_secs_f64();
+    shutdown.cancel();
+    running.await??;
+    Ok(rate)
+}
+
+async fn latency(
+    store: &AnyStore,
+    publisher: Arc<dyn Publisher>,
+    args: &Args,
+    topic: &str,
+    notifications: bool,
+) -> Result<Vec<Duration>, BoxError> {
+    let probe = Arc::new(LatencyProbe { inner: publisher, samples: Mutex::new(Vec::new()) });
+    let instrumented = Arc::new(Instrumented { inner: store.dyn_store(), claims: AtomicU64::new(0), notifications });
+    let relay = Relay::builder_shared(instrumented, probe.clone()).batch_size(args.batch).concurrency(2).build()?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let producers = 4;
+    let total = args.rate * 5;
+    let interval = Duration::from_secs_f64(producers as f64 / args.rate as f64);
+    let mut tasks = Vec::new();
+    for _ in 0..producers {
+        let (store, topic, payload) = (store.clone(), topic.to_owned(), args.payload.max(16));
+        tasks.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            for _ in 0..total / producers {
+                tick.tick().await;
+                let mut body = vec![0u8; payload];
+                body[..16].copy_from_slice(&now_nanos().to_le_bytes());
+                store.enqueue_tx(vec![NewMessage::new(&topic, body)], None).await?;
+            }
+            Ok::<(), BoxError>(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (relay.metrics().published as usize) < total / producers * producers && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    running.await??;
+    let mut samples = probe.samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    samples.sort();
+    Ok(samples)
+}
+
+async fn enqueue_overhead(store: &AnyStore, topic: &str, payload: usize) -> Result<(Duration, Duration), BoxError> {
+    store.create_business_table().await?;
+    const N: usize = 1000;
+    let mut plain = Vec::with_capacity(N);
+    let mut with_outbox = Vec::with_capacity(N);
+    for i in 0..N * 2 {
+        let started = Instant::now();
+        if i % 2 == 0 {
+            store.enqueue_tx(Vec::new(), Some(i as i64)).await?;
+            plain.push(started.elapsed());
+        } else {
+            store.enqueue_tx(vec![NewMessage::new(topic, vec![1u8; payload])], Some(i as i64)).await?;
+            with_outbox.push(started.elapsed());
+        }
+    }
+    plain.sort();
+    with_outbox.sort();
+    Ok((percentile(&plain, 0.5), percentile(&with_outbox, 0.5)))
+}
+
+async fn claim_cost(kind: &str, args: &Args, topic: &str) -> Result<(Duration, Duration), BoxError> {
+    let store = AnyStore::open(kind, StoreOptions::default().retention(Duration::from_secs(3600))).await?;
+    let dyn_store = store.dyn_store();
+    store.fill(messages(topic, 5_000, args.payload), 1000, 2).await?;
+    let sample = || async {
+        let mut times = Vec::new();
+        for _ in 0..50 {
+            let owner = RelayId::new();
+            let started = Instant::now();
+            let claimed = dyn_store.claim(owner, 256, Duration::from_secs(60)).await?;
+            times.push(started.elapsed());
+            let ids: Vec<MessageId> = claimed.iter().map(|m| m.id).collect();
+            dyn_store.release(owner, &ids).await?;
+        }
+        times.sort();
+        Ok::<Duration, BoxError>(percentile(&times, 0.5))
+    };
+    let empty = sample().await?;
+    let table = match &store {
+        AnyStore::Postgres(s) => s.messages_table().to_owned(),
+        AnyStore::MySql(_) | AnyStore::Sqlite(_) => store.messages_table(&sqlite_or_mysql_table(&store)),
+    };
+    store.add_old_rows(args.old_rows, &table).await?;
+    let full = sample().await?;
+    Ok((empty, full))
+}
+
+fn sqlite_or_mysql_table(store: &AnyStore) -> String {
+    // The table name is in the schema SQL's first CREATE TABLE statement.
+    let schema = match store {
+        AnyStore::MySql(s) => s.schema_sql().to_owned(),
+        AnyStore::Sqlite(s) => s.schema_sql().to_owned(),
+        AnyStore::Postgres(s) => s.schema_sql().to_owned(),
+    };
+    schema.split_whitespace().skip_while(|w| *w != "EXISTS").nth(1).unwrap_or_default().to_owned()
+}
+
+async fn idle_queries(store: &AnyStore, args: &Args, notifications: bool) -> Result<f64, BoxError> {
+    let instrumented = Arc::new(Instrumented { inner: store.dyn_store(), claims: AtomicU64::new(0), notifications });
+    let relay = Relay::builder_shared(instrumented.clone(), Arc::new(MemoryPublisher::new()))
+        .concurrency(args.concurrency)
+        .build()?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = instrumented.claims.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let queries = instrumented.claims.load(Ordering::Relaxed) - before;
+    shutdown.cancel();
+    running.await??;
+    Ok(queries as f64 / 10.0)
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = parse_args()?;
+    let run = |name: &str| !args.skip.iter().any(|s| s == name);
+    let topic = format!("outbox_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+    println!(
+        "outbox-bench: store={} publisher={} messages={} payload={}B batch={} concurrency={} ({} cores)",
+        args.store,
+        args.publisher,
+        args.messages,
+        args.payload,
+        args.batch,
+        args.concurrency,
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
+    let publisher = make_publisher(&args.publisher, &topic).await?;
+
+    if run("raw") || run("relay") {
+        let broker = raw_broker(&publisher, &args, &topic).await?;
+        report.add("raw_broker_msgs_per_s", "raw broker: publisher alone (msg/s)", broker, "msg/s");
+        let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        let database = raw_database(&store, &args, &topic).await?;
+        report.add("raw_database_rows_per_s", "raw database: claim + acknowledge alone (rows/s)", database, "rows/s");
+        if run("relay") {
+            let relay = relay_throughput(&store, publisher.clone(), &args, &topic).await?;
+            report.add("relay_msgs_per_s", "relay: drain the backlog through the Relay (msg/s)", relay, "msg/s");
+            report.add("relay_ratio", "relay / min(raw broker, raw database)", relay / broker.min(database), "x");
+        }
+    }
+    if run("latency") {
+        let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        for (notifications, name) in [(true, "notify"), (false, "poll")] {
+            if !notifications && args.store != "postgres" {
+                continue;
+            }
+            let samples = latency(&store, publisher.clone(), &args, &topic, notifications).await?;
+            let label =
+                format!("latency at {} msg/s, {} wake-ups", args.rate, if notifications { "with" } else { "without" });
+            report.add(
+                &format!("latency_{name}_p50_ms"),
+                &format!("{label}: p50"),
+                ms(percentile(&samples, 0.5)),
+                "ms",
+            );
+            report.add(
+                &format!("latency_{name}_p99_ms"),
+                &format!("{label}: p99"),
+                ms(percentile(&samples, 0.99)),
+                "ms",
+            );
+            report.add(
+                &format!("latency_{name}_max_ms"),
+                &format!("{label}: max"),
+                ms(percentile(&samples, 1.0)),
+                "ms",
+            );
+        }
+    }
+    if run("enqueue") {
+        let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        let (plain, with_outbox) = enqueue_overhead(&store, &topic, args.payload).await?;
+        report.add("tx_plain_p50_ms", "one-row business transaction: p50", ms(plain), "ms");
+        report.add("tx_outbox_p50_ms", "the same plus one outbox message: p50", ms(with_outbox), "ms");
+        report.add("enqueue_overhead_pct", "enqueue overhead", (ms(with_outbox) / ms(plain) - 1.0) * 100.0, "%");
+    }
+    if run("claim") {
+        let (empty, full) = claim_cost(&args.store, &args, &topic).await?;
+        report.add("claim_p50_ms_fresh", "claim 256 of 5,000 pending: p50", ms(empty), "ms");
+        let label = format!("claim 256 with {} old published rows: p50", args.old_rows);
+        report.add("claim_p50_ms_old_rows", &label, ms(full), "ms");
+        report.add("claim_cost_ratio", "claim cost ratio (old rows / fresh)", ms(full) / ms(empty), "x");
+    }
+    if run("idle") {
+        let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        let qps = idle_queries(&store, &args, true).await?;
+        report.add(
+            "idle_queries_per_s",
+            &format!("idle relay ({} workers): claims per second", args.concurrency),
+            qps,
+            "q/s",
+        );
+    }
+    cleanup_broker(&args.publisher, &topic).await;
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "store": args.store, "publisher": args.publisher, "messages": args.messages,
+            "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency,
+            "results": report.json,
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+        println!("JSON written to {path}");
+    }
+    let _ = report.rows.len();
+    Ok(())
+}
