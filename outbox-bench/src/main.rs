@@ -8,7 +8,7 @@
 //! cargo run --release -p outbox-bench -- --store postgres --publisher kafka --messages 100000
 //! ```
 //! Options: `--store postgres|mysql|sqlite`, `--publisher kafka|rabbitmq|redis|memory`, `--messages N`,
-//! `--payload BYTES`, `--batch N`, `--concurrency N`, `--rate MSG_PER_S`, `--old-rows N`, `--json FILE`,
+//! `--keys N` (ordering keys, round robin; default 0 = keyless), `--payload BYTES`, `--batch N`, `--concurrency N`, `--rate MSG_PER_S`, `--old-rows N`, `--json FILE`,
 //! `--skip NAME[,NAME]` (raw, relay, latency, enqueue, claim, idle). URLs come from the
 //! `OUTBOX_TEST_*` variables (`scripts/test-services.sh` sets them).
 
@@ -41,6 +41,7 @@ struct Args {
     concurrency: usize,
     rate: usize,
     old_rows: usize,
+    keys: usize,
     json: Option<String>,
     skip: Vec<String>,
 }
@@ -55,6 +56,7 @@ fn parse_args() -> Result<Args, BoxError> {
         concurrency: 4,
         rate: 1000,
         old_rows: 1_000_000,
+        keys: 0,
         json: None,
         skip: Vec::new(),
     };
@@ -71,6 +73,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--concurrency" => args.concurrency = number(value()?)?,
             "--rate" => args.rate = number(value()?)?,
             "--old-rows" => args.old_rows = number(value()?)?,
+            "--keys" => args.keys = number(value()?)?,
             "--json" => args.json = Some(value()?),
             "--skip" => args.skip = value()?.split(',').map(str::to_owned).collect(),
             "--help" | "-h" => {
@@ -360,8 +363,18 @@ async fn cleanup_broker(kind: &str, topic: &str) {
     }
 }
 
-fn messages(topic: &str, n: usize, payload: usize) -> Vec<NewMessage> {
-    (0..n).map(|i| NewMessage::new(topic, vec![(i % 251) as u8; payload]).key(format!("k{}", i % 1024))).collect()
+/// `n` messages; with `keys > 0` each has one of `keys` ordering keys, round robin.
+fn messages(topic: &str, n: usize, payload: usize, keys: usize) -> Vec<NewMessage> {
+    (0..n)
+        .map(|i| {
+            let message = NewMessage::new(topic, vec![(i % 251) as u8; payload]);
+            if keys > 0 {
+                message.key(format!("k{}", i % keys))
+            } else {
+                message
+            }
+        })
+        .collect()
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -403,7 +416,7 @@ async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str) ->
     let all: Vec<Message> = (0..args.messages)
         .map(|i| Message {
             id: MessageId::new(),
-            key: Some(format!("k{}", i % 1024)),
+            key: (args.keys > 0).then(|| format!("k{}", i % args.keys)),
             payload: vec![(i % 251) as u8; args.payload],
             ..now.clone()
         })
@@ -430,7 +443,7 @@ async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str) ->
 
 /// The raw database: claim + acknowledge a backlog with `concurrency` claimers.
 async fn raw_database(store: &AnyStore, args: &Args, topic: &str) -> Result<f64, BoxError> {
-    store.fill(messages(topic, args.messages, args.payload), 1000, 4).await?;
+    store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
     let dyn_store = store.dyn_store();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -466,7 +479,7 @@ async fn relay_throughput(
     args: &Args,
     topic: &str,
 ) -> Result<f64, BoxError> {
-    store.fill(messages(topic, args.messages, args.payload), 1000, 4).await?;
+    store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
     let relay = Relay::builder_shared(store.dyn_store(), publisher)
         .batch_size(args.batch)
         .concurrency(args.concurrency)
@@ -561,7 +574,7 @@ async fn enqueue_overhead(store: &AnyStore, topic: &str, payload: usize) -> Resu
 async fn claim_cost(kind: &str, args: &Args, topic: &str) -> Result<(Duration, Duration), BoxError> {
     let store = AnyStore::open(kind, StoreOptions::default().retention(Duration::from_secs(3600))).await?;
     let dyn_store = store.dyn_store();
-    store.fill(messages(topic, 5_000, args.payload), 1000, 2).await?;
+    store.fill(messages(topic, 5_000, args.payload, args.keys), 1000, 2).await?;
     let sample = || async {
         let mut times = Vec::new();
         for _ in 0..50 {
@@ -620,10 +633,11 @@ async fn main() -> Result<(), BoxError> {
     let run = |name: &str| !args.skip.iter().any(|s| s == name);
     let topic = format!("outbox_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     println!(
-        "outbox-bench: store={} publisher={} messages={} payload={}B batch={} concurrency={} ({} cores)",
+        "outbox-bench: store={} publisher={} messages={} keys={} payload={}B batch={} concurrency={} ({} cores)",
         args.store,
         args.publisher,
         args.messages,
+        args.keys,
         args.payload,
         args.batch,
         args.concurrency,
@@ -700,7 +714,7 @@ async fn main() -> Result<(), BoxError> {
     cleanup_broker(&args.publisher, &topic).await;
     if let Some(path) = &args.json {
         let json = serde_json::json!({
-            "store": args.store, "publisher": args.publisher, "messages": args.messages,
+            "store": args.store, "publisher": args.publisher, "messages": args.messages, "keys": args.keys,
             "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency,
             "results": report.json,
         });

@@ -1,0 +1,150 @@
+//! Seed scenario "library integration" (PostgreSQL + Kafka + a custom handler):
+//!
+//! - the service applies the SDK's schema with its OWN migration tool: `examples/migrations/` holds the
+//!   SQL that `PostgresStore::schema_sql()` hands out (tables prefixed `library`), applied by
+//!   `sqlx::migrate!`;
+//! - it enqueues inside its own transactions, and starts the relay with a map from destination to
+//!   handler (a [`Router`]): `events.*` go to Kafka, `commands.*` to an invoice handler written here;
+//! - while the invoice service is down, the handler fails, so its messages end in the dead-letter table,
+//!   which `dead-letters` lists and `replay` sends again.
+//!
+//! ```text
+//! export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test KAFKA_BROKERS=127.0.0.1:9092
+//! cargo run -p outbox-examples --features seeds --bin library -- schema   # the SQL the SDK hands out
+//! cargo run -p outbox-examples --features seeds --bin library -- migrate
+//! cargo run -p outbox-examples --features seeds --bin library -- run --invoice-service down
+//! cargo run -p outbox-examples --features seeds --bin library -- dead-letters
+//! cargo run -p outbox-examples --features seeds --bin library -- replay --invoice-service up
+//! ```
+
+use std::time::Duration;
+
+use outbox_brokers::kafka::{KafkaOptions, KafkaPublisher};
+use outbox_brokers::TopicMap;
+use outbox_core::{
+    async_trait, CancellationToken, Dispatcher, Enqueue, Jitter, Message, NewMessage, PublishError, PublishOne, Relay,
+    RetryPolicy, Router, Store,
+};
+use outbox_sqlx::postgres::PostgresStore;
+use outbox_sqlx::{error_from, StoreOptions};
+use sqlx::PgPool;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The table prefix the checked-in migration was generated with.
+pub const PREFIX: &str = "library";
+
+/// The custom destination: an invoice service that is up or down.
+#[derive(Debug)]
+struct InvoiceHandler {
+    up: bool,
+}
+
+#[async_trait]
+impl PublishOne for InvoiceHandler {
+    async fn publish_one(&self, message: &Message) -> Result<(), PublishError> {
+        if !self.up {
+            return Err(PublishError::transient("invoice service unavailable (connection refused)"));
+        }
+        println!("invoice sent for {} ({})", message.id, String::from_utf8_lossy(&message.payload));
+        Ok(())
+    }
+}
+
+fn env(name: &str) -> Result<String, BoxError> {
+    std::env::var(name).map_err(|_| format!("set {name}").into())
+}
+
+fn invoice_service_up(args: &[String]) -> Result<bool, BoxError> {
+    match args.iter().position(|a| a == "--invoice-service").and_then(|i| args.get(i + 1)).map(String::as_str) {
+        None | Some("up") => Ok(true),
+        Some("down") => Ok(false),
+        Some(other) => Err(format!("--invoice-service takes up or down, not {other:?}").into()),
+    }
+}
+
+async fn relay_until_drained(store: &PostgresStore, invoice_up: bool, kafka_topic: &str) -> Result<(), BoxError> {
+    let kafka = KafkaPublisher::new(
+        KafkaOptions::new(env("KAFKA_BROKERS")?).topics(TopicMap::new().map("events.order_placed", kafka_topic)),
+    )?;
+    let router = Router::new().route("events.*", kafka)?.route("commands.*", InvoiceHandler { up: invoice_up })?;
+    let policy = RetryPolicy::builder()
+        .initial_delay(Duration::from_millis(50))
+        .max_delay(Duration::from_millis(200))
+        .max_attempts(3)
+        .jitter(Jitter::None)
+        .build()?;
+    let relay =
+        Relay::builder(store.clone(), router).retry_policy(policy).poll_interval(Duration::from_millis(50)).build()?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    while store.stats().await?.pending > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    running.await??;
+    let m = relay.metrics();
+    println!("relay: published {}, retried {}, dead-lettered {}", m.published, m.retried, m.dead_lettered);
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into())).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let pool = PgPool::connect(&env("DATABASE_URL")?).await.map_err(error_from("connect"))?;
+    let store = PostgresStore::new(pool.clone(), StoreOptions::default().table_prefix(PREFIX)?);
+    let kafka_topic = std::env::var("KAFKA_TOPIC").unwrap_or_else(|_| "library.orders".into());
+    match args.first().map(String::as_str) {
+        Some("schema") => print!("{}", store.schema_sql()),
+        Some("migrate") => {
+            // The service's own migration tool; the SDK only handed out the SQL.
+            let migrator = sqlx::migrate!("./migrations");
+            migrator.run(&pool).await?;
+            println!("migrations applied: {}", migrator.iter().count());
+        }
+        Some("run") => {
+            sqlx::query("CREATE TABLE IF NOT EXISTS library_orders (id BIGSERIAL PRIMARY KEY, total BIGINT NOT NULL)")
+                .execute(&pool)
+                .await?;
+            for n in 0..5i64 {
+                let mut tx = pool.begin().await?;
+                let id: i64 = sqlx::query_scalar("INSERT INTO library_orders (total) VALUES ($1) RETURNING id")
+                    .bind(100 * n)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let event = serde_json::json!({ "order": id, "total": 100 * n });
+                store.enqueue(&mut *tx, NewMessage::json("events.order_placed", &event)?.key(id.to_string())).await?;
+                if n % 2 == 0 {
+                    let command = serde_json::json!({ "invoice_for_order": id });
+                    store.enqueue(&mut *tx, NewMessage::json("commands.send_invoice", &command)?).await?;
+                }
+                tx.commit().await?;
+            }
+            println!("enqueued 5 events and 3 commands");
+            relay_until_drained(&store, invoice_service_up(&args)?, &kafka_topic).await?;
+        }
+        Some("dead-letters") => {
+            let dead = store.dead_letters(1000).await?;
+            println!("{} dead letters", dead.len());
+            for d in dead {
+                println!("{} {} attempts={} error={}", d.message.id, d.message.topic, d.message.attempts, d.error);
+            }
+        }
+        Some("replay") => {
+            let ids: Vec<_> = store.dead_letters(1000).await?.into_iter().map(|d| d.message.id).collect();
+            let replayed = store.replay_dead_letters(&ids).await?;
+            println!("replayed {replayed} dead letters");
+            relay_until_drained(&store, invoice_service_up(&args)?, &kafka_topic).await?;
+        }
+        _ => {
+            return Err(
+                "usage: library schema | migrate | run [--invoice-service up|down] | dead-letters | replay".into()
+            )
+        }
+    }
+    Ok(())
+}

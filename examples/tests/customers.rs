@@ -1,0 +1,94 @@
+//! End to end: 1,000 customers created while the relay process is killed with `kill -9` and restarted
+//! twice; the worker applies exactly 1,000 events (duplicate deliveries are skipped by the inbox).
+#![cfg(feature = "seeds")]
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+fn urls() -> Option<(String, String)> {
+    let require = std::env::var("OUTBOX_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1");
+    match (std::env::var("OUTBOX_TEST_MYSQL_URL"), std::env::var("OUTBOX_TEST_AMQP_URL")) {
+        (Ok(db), Ok(amqp)) => Some((db, amqp)),
+        _ if require => {
+            panic!("OUTBOX_TEST_MYSQL_URL and OUTBOX_TEST_AMQP_URL are required (OUTBOX_TEST_REQUIRE_ALL=1)")
+        }
+        _ => {
+            eprintln!("NOT RUN: set OUTBOX_TEST_MYSQL_URL and OUTBOX_TEST_AMQP_URL (scripts/test-services.sh)");
+            None
+        }
+    }
+}
+
+fn spawn(db: &str, amqp: &str, args: &[&str]) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_customers"))
+        .args(args)
+        .env("DATABASE_URL", db)
+        .env("AMQP_URL", amqp)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn customers")
+}
+
+fn output(child: Child) -> String {
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "process failed: {:?}", out.status);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_killed_twice_loses_nothing_and_the_worker_applies_each_event_once() {
+    let Some((db, amqp)) = urls() else { return };
+    let mut conn = sqlx::MySqlConnection::connect(&db).await.unwrap();
+    for table in ["customers", "customer_welcomes", "outbox_messages", "outbox_dead_letters", "outbox_inbox"] {
+        sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(&mut conn).await.unwrap();
+    }
+    let queue = format!("customers_e2e_{}", std::process::id());
+    let relay_args = ["relay", "--queue", &queue, "--lease-secs", "2"];
+
+    let worker = spawn(&db, &amqp, &["worker", "--queue", &queue, "--expect", "1000"]);
+    let mut relay = spawn(&db, &amqp, &relay_args);
+    std::thread::sleep(Duration::from_millis(1500));
+    let app = spawn(&db, &amqp, &["app", "--queue", &queue, "--count", "1000"]);
+    for _ in 0..2 {
+        std::thread::sleep(Duration::from_millis(1200));
+        relay.kill().unwrap(); // SIGKILL: no shutdown, claims left leased
+        relay.wait().unwrap();
+        relay = spawn(&db, &amqp, &relay_args);
+    }
+    assert!(output(app).contains("created 1000 customers"));
+
+    let started = Instant::now();
+    let mut applied: i64 = 0;
+    while applied < 1000 && started.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        applied = sqlx::query_scalar("SELECT COUNT(*) FROM customer_welcomes").fetch_one(&mut conn).await.unwrap();
+    }
+    // Wait for the worker on every path (it exits by itself once all 1,000 are applied).
+    let worker_out = if applied < 1000 {
+        let mut worker = worker;
+        worker.kill().unwrap();
+        worker.wait().unwrap();
+        String::new()
+    } else {
+        output(worker)
+    };
+    assert_eq!(applied, 1000, "events applied after {:?}", started.elapsed());
+    println!("{worker_out}");
+    assert!(worker_out.contains("applied 1000 events"), "{worker_out}");
+
+    let welcomed: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM customer_welcomes").fetch_one(&mut conn).await.unwrap();
+    let customers: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM customers").fetch_one(&mut conn).await.unwrap();
+    let pending: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox_messages").fetch_one(&mut conn).await.unwrap();
+    assert_eq!((customers, welcomed, pending), (1000, 1000, 0));
+
+    // The last relay stops gracefully on SIGTERM.
+    let status = Command::new("kill").args(["-TERM", &relay.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = output(relay);
+    assert!(out.contains("relay: stopped"), "{out}");
+    outbox_brokers::rabbitmq::delete_queue(&amqp, &queue).await.unwrap();
+}
