@@ -1,0 +1,214 @@
+//! Seed scenario "outbox and inbox" (PostgreSQL + Redis Streams):
+//!
+//! - `outbox_inbox producer --count N`: writes N notes, each with a `NoteCreated` message in the same
+//!   transaction, relays them to the Redis stream, and prints the outbox backlog and failure counts;
+//! - `outbox_inbox consumer [--expect N] [--crash-after K]`: reads the stream in a consumer group and
+//!   records each message id in the inbox table in the same transaction as its effect, so a redelivered
+//!   message is processed once. It acknowledges (`XACK`) in batches of 10; `--crash-after K` exits
+//!   abruptly after K messages, before acknowledging the last batch, so those are delivered again.
+//!
+//! ```text
+//! export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379
+//! cargo run -p outbox-examples --features seeds --bin outbox_inbox -- producer --count 100
+//! cargo run -p outbox-examples --features seeds --bin outbox_inbox -- consumer --expect 100
+//! ```
+//! Options: `--stream NAME` (default `notes`).
+
+use std::time::Duration;
+
+use outbox_brokers::redis::{RedisOptions, RedisPublisher};
+use outbox_brokers::TopicMap;
+use outbox_core::{CancellationToken, Dispatcher, Enqueue, Inbox, MessageId, NewMessage, Relay, Store};
+use outbox_sqlx::postgres::PostgresStore;
+use outbox_sqlx::{error_from, StoreOptions};
+use redis::streams::StreamReadReply;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const GROUP: &str = "notes-consumers";
+
+struct Options {
+    stream: String,
+    count: usize,
+    expect: Option<usize>,
+    crash_after: Option<usize>,
+}
+
+fn options(args: &[String]) -> Result<Options, BoxError> {
+    let mut o = Options { stream: "notes".into(), count: 10, expect: None, crash_after: None };
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = || value.parse::<usize>().map_err(|e| format!("{flag} {value:?}: {e}"));
+        match flag.as_str() {
+            "--stream" => o.stream = value.clone(),
+            "--count" => o.count = number()?,
+            "--expect" => o.expect = Some(number()?),
+            "--crash-after" => o.crash_after = Some(number()?),
+            other => return Err(format!("unknown option {other}").into()),
+        }
+    }
+    Ok(o)
+}
+
+fn env(name: &str) -> Result<String, BoxError> {
+    std::env::var(name).map_err(|_| format!("set {name}").into())
+}
+
+async fn store() -> Result<PostgresStore, BoxError> {
+    let store =
+        PostgresStore::connect_with(&env("DATABASE_URL")?, StoreOptions::default().table_prefix("notes")?).await?;
+    store.migrate().await?;
+    for ddl in [
+        "CREATE TABLE IF NOT EXISTS notes (id BIGSERIAL PRIMARY KEY, body TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS note_projections (note_id BIGINT PRIMARY KEY, body TEXT NOT NULL)",
+    ] {
+        sqlx::query(ddl).execute(store.pool()).await?;
+    }
+    Ok(store)
+}
+
+async fn producer(o: &Options) -> Result<(), BoxError> {
+    let store = store().await?;
+    for n in 0..o.count {
+        let mut tx = store.pool().begin().await.map_err(error_from("begin"))?;
+        let body = format!("note {n} from {}", std::process::id());
+        let id: i64 = sqlx::query_scalar("INSERT INTO notes (body) VALUES ($1) RETURNING id")
+            .bind(&body)
+            .fetch_one(&mut *tx)
+            .await?;
+        let event = serde_json::json!({ "note_id": id, "body": body });
+        store.enqueue(&mut *tx, NewMessage::json("NoteCreated", &event)?).await?;
+        tx.commit().await.map_err(error_from("commit"))?;
+    }
+    let stats = store.stats().await?;
+    println!(
+        "producer: wrote {} notes; outbox backlog {} pending, {} dead letters",
+        o.count, stats.pending, stats.dead_letters
+    );
+
+    let publisher = RedisPublisher::new(
+        RedisOptions::from_url(&env("REDIS_URL")?)?.streams(TopicMap::new().map("NoteCreated", &o.stream)),
+    )?;
+    let relay = Relay::builder(store.clone(), publisher).build()?;
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    while store.stats().await?.pending > 0 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    running.await??;
+    let (m, stats) = (relay.metrics(), store.stats().await?);
+    println!(
+        "producer: relayed {} (retries {}, dead letters {}); backlog now {} pending",
+        m.published, m.retried, m.dead_lettered, stats.pending
+    );
+    Ok(())
+}
+
+async fn consumer(o: &Options) -> Result<(), BoxError> {
+    let store = store().await?;
+    let client = redis::Client::open(env("REDIS_URL")?)?;
+    // XREADGROUP blocks up to 500 ms: allow replies well beyond that.
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(5)));
+    let mut conn = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&o.stream)
+        .arg(GROUP)
+        .arg("0")
+        .arg("MKSTREAM")
+        .query_async(&mut conn)
+        .await;
+    if let Err(e) = created {
+        if e.code() != Some("BUSYGROUP") {
+            return Err(e.into());
+        }
+    }
+    let (mut processed, mut duplicates, mut handled) = (0usize, 0usize, 0usize);
+    let mut unacked: Vec<String> = Vec::new();
+    // First our own pending entries (delivered before a crash, never acknowledged), then new ones.
+    let mut cursor = "0".to_owned();
+    let mut idle_rounds = 0;
+    loop {
+        let reply: StreamReadReply = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg("consumer-1")
+            .arg("COUNT")
+            .arg(10)
+            .arg("BLOCK")
+            .arg(500)
+            .arg("STREAMS")
+            .arg(&o.stream)
+            .arg(&cursor)
+            .query_async(&mut conn)
+            .await?;
+        let entries: Vec<_> = reply.keys.into_iter().flat_map(|k| k.ids).collect();
+        if entries.is_empty() {
+            if cursor == "0" {
+                cursor = ">".to_owned();
+                continue;
+            }
+            idle_rounds += 1;
+            if o.expect.is_some_and(|n| processed >= n) || idle_rounds > 20 {
+                break;
+            }
+            continue;
+        }
+        idle_rounds = 0;
+        for entry in entries {
+            let id: MessageId = entry
+                .get::<String>("id")
+                .and_then(|s| s.parse().ok())
+                .ok_or("a stream entry without an outbox message id")?;
+            let payload: Vec<u8> = entry.get("payload").unwrap_or_default();
+            let event: serde_json::Value = serde_json::from_slice(&payload)?;
+            let mut tx = store.pool().begin().await.map_err(error_from("begin"))?;
+            if store.process_once(&mut *tx, "notes-consumer", id).await? {
+                sqlx::query("INSERT INTO note_projections (note_id, body) VALUES ($1, $2)")
+                    .bind(event["note_id"].as_i64().unwrap_or_default())
+                    .bind(event["body"].as_str().unwrap_or_default())
+                    .execute(&mut *tx)
+                    .await?;
+                processed += 1;
+            } else {
+                duplicates += 1;
+            }
+            tx.commit().await.map_err(error_from("commit"))?;
+            unacked.push(entry.id);
+            handled += 1;
+            if o.crash_after.is_some_and(|k| handled >= k) {
+                println!("consumer: crashing after {handled} messages, {} not acknowledged", unacked.len());
+                std::process::exit(3);
+            }
+        }
+        let _: i64 = redis::cmd("XACK").arg(&o.stream).arg(GROUP).arg(&unacked).query_async(&mut conn).await?;
+        unacked.clear();
+    }
+    let pending: (i64, redis::Value, redis::Value, redis::Value) =
+        redis::cmd("XPENDING").arg(&o.stream).arg(GROUP).query_async(&mut conn).await?;
+    println!(
+        "consumer: processed {processed}, skipped {duplicates} duplicates; {} unacknowledged in the group",
+        pending.0
+    );
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((command, rest)) = args.split_first() else {
+        return Err("usage: outbox_inbox producer|consumer [options]".into());
+    };
+    let o = options(rest)?;
+    match command.as_str() {
+        "producer" => producer(&o).await,
+        "consumer" => consumer(&o).await,
+        other => Err(format!("unknown command {other}").into()),
+    }
+}
