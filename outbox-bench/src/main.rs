@@ -189,6 +189,24 @@ impl AnyStore {
         Ok(())
     }
 
+    /// Refreshes the planner statistics after a bulk fill, as autovacuum does for a table in steady use
+    /// (a never-analyzed table of 100,000 fresh rows gets a sort-based claim plan: see docs/benchmarks.md).
+    async fn analyze(&self) -> Result<(), BoxError> {
+        match self {
+            Self::Postgres(s) => {
+                sqlx::query(&format!("ANALYZE {}", s.messages_table())).execute(s.pool()).await?;
+            }
+            Self::MySql(s) => {
+                let table = sqlite_or_mysql_table(self);
+                sqlx::query(&format!("ANALYZE TABLE {table}")).execute(s.pool()).await?;
+            }
+            Self::Sqlite(s) => {
+                sqlx::query("ANALYZE").execute(s.pool()).await?;
+            }
+        }
+        Ok(())
+    }
+
     async fn create_business_table(&self) -> Result<(), BoxError> {
         match self {
             Self::Postgres(s) => {
@@ -444,6 +462,7 @@ async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str) ->
 /// The raw database: claim + acknowledge a backlog with `concurrency` claimers.
 async fn raw_database(store: &AnyStore, args: &Args, topic: &str) -> Result<f64, BoxError> {
     store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
+    store.analyze().await?;
     let dyn_store = store.dyn_store();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -480,6 +499,7 @@ async fn relay_throughput(
     topic: &str,
 ) -> Result<f64, BoxError> {
     store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
+    store.analyze().await?;
     let relay = Relay::builder_shared(store.dyn_store(), publisher)
         .batch_size(args.batch)
         .concurrency(args.concurrency)

@@ -98,6 +98,7 @@ pub struct Received {
 }
 
 impl Received {
+    #[cfg_attr(not(any(feature = "kafka", feature = "rabbitmq", feature = "redis")), allow(dead_code))]
     fn from_parts(mut headers: Headers, key: Option<String>, payload: Vec<u8>) -> Self {
         let id = headers.remove(MESSAGE_ID_HEADER).and_then(|id| id.parse().ok());
         let key = key.or_else(|| headers.remove(KEY_HEADER));

@@ -90,6 +90,7 @@ impl Sql {
     locked_until TIMESTAMPTZ,
     published_at TIMESTAMPTZ
 );
+ALTER TABLE {m} SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 CREATE INDEX IF NOT EXISTS "{p}_messages_pending" ON {m} (seq) WHERE published_at IS NULL;
 CREATE INDEX IF NOT EXISTS "{p}_messages_key" ON {m} (msg_key, seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "{p}_messages_published" ON {m} (published_at) WHERE published_at IS NOT NULL;

@@ -10,6 +10,8 @@
 //!
 //! A backend that is not configured is reported on stderr and its tests return early; with
 //! `OUTBOX_TEST_REQUIRE_ALL=1` (set by `scripts/test-services.sh` and CI) it fails the test instead.
+//! With the `testcontainers` feature, an unset variable starts a container instead (once per test
+//! process; Docker required), and a container that cannot start is a failure.
 
 /// Whether every backend must be present (`OUTBOX_TEST_REQUIRE_ALL=1`).
 pub fn require_all() -> bool {
@@ -20,6 +22,9 @@ pub fn require_all() -> bool {
 pub fn backend(var: &str, backend: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(value) if !value.trim().is_empty() => Some(value),
+        #[cfg(feature = "testcontainers")]
+        _ => Some(crate::containers::url(var).unwrap_or_else(|e| panic!("{backend}: {e}"))),
+        #[cfg(not(feature = "testcontainers"))]
         _ => {
             let message = format!(
                 "{backend} is not configured: set {var} (scripts/test-services.sh starts the local services and sets it)"
