@@ -185,6 +185,51 @@ impl StoreOptions {
     }
 }
 
+/// Checks an inbox consumer name (1 to 255 bytes) before it is bound.
+#[allow(dead_code)]
+pub(crate) fn check_consumer(consumer: &str) -> Result<()> {
+    if consumer.is_empty() || consumer.len() > 255 {
+        return Err(Error::invalid_message("inbox consumer name must be 1 to 255 bytes"));
+    }
+    Ok(())
+}
+
+/// `impl Enqueue` for a store with an inherent `insert(&self, conn, message)`: a batch is validated
+/// whole before anything is written, then inserted in order in the caller's transaction.
+#[allow(unused_macros)]
+macro_rules! impl_enqueue {
+    ($store:ty, $conn:ty) => {
+        impl outbox_core::Enqueue for $store {
+            type Connection = $conn;
+
+            async fn enqueue(
+                &self,
+                conn: &mut $conn,
+                message: outbox_core::NewMessage,
+            ) -> outbox_core::Result<outbox_core::MessageId> {
+                self.insert(conn, message).await
+            }
+
+            async fn enqueue_batch(
+                &self,
+                conn: &mut $conn,
+                messages: Vec<outbox_core::NewMessage>,
+            ) -> outbox_core::Result<Vec<outbox_core::MessageId>> {
+                for message in &messages {
+                    message.validate(&self.inner.options.limits)?;
+                }
+                let mut ids = Vec::with_capacity(messages.len());
+                for message in messages {
+                    ids.push(self.insert(conn, message).await?);
+                }
+                Ok(ids)
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use impl_enqueue;
+
 /// Turns a sqlx error into an [`outbox_core::Error`], classifying it as transient (connection lost,
 /// pool timeout, deadlock, serialization failure) or not. For `map_err` in application code.
 pub fn error_from(operation: &'static str) -> impl Fn(sqlx::Error) -> Error {

@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use outbox_core::{
-    DeadLetter, Enqueue, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result,
-    Retry, Store,
+    DeadLetter, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry,
+    Store,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
@@ -357,24 +357,7 @@ impl MySqlStore {
     }
 }
 
-impl Enqueue for MySqlStore {
-    type Connection = MySqlConnection;
-
-    async fn enqueue(&self, conn: &mut MySqlConnection, message: NewMessage) -> Result<MessageId> {
-        self.insert(conn, message).await
-    }
-
-    async fn enqueue_batch(&self, conn: &mut MySqlConnection, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
-        for message in &messages {
-            message.validate(&self.inner.options.limits)?;
-        }
-        let mut ids = Vec::with_capacity(messages.len());
-        for message in messages {
-            ids.push(self.insert(conn, message).await?);
-        }
-        Ok(ids)
-    }
-}
+crate::impl_enqueue!(MySqlStore, MySqlConnection);
 
 #[async_trait]
 impl Store for MySqlStore {
@@ -585,9 +568,7 @@ impl Inbox for MySqlStore {
     type Connection = MySqlConnection;
 
     async fn process_once(&self, conn: &mut MySqlConnection, consumer: &str, id: MessageId) -> Result<bool> {
-        if consumer.is_empty() || consumer.len() > 255 {
-            return Err(Error::invalid_message("inbox consumer name must be 1 to 255 bytes"));
-        }
+        crate::check_consumer(consumer)?;
         let done = sqlx::query(&self.inner.sql.inbox)
             .bind(consumer.to_owned())
             .bind(id.to_string())

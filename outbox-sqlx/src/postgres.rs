@@ -10,8 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::{
-    DeadLetter, Enqueue, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result,
-    Retry, Store,
+    DeadLetter, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry, Store,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::types::Json;
@@ -382,24 +381,7 @@ async fn listen(pool: &PgPool, channel: &str, wake: &Notify) -> std::result::Res
     }
 }
 
-impl Enqueue for PostgresStore {
-    type Connection = PgConnection;
-
-    async fn enqueue(&self, conn: &mut PgConnection, message: NewMessage) -> Result<MessageId> {
-        self.insert(conn, message).await
-    }
-
-    async fn enqueue_batch(&self, conn: &mut PgConnection, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
-        for message in &messages {
-            message.validate(&self.inner.options.limits)?;
-        }
-        let mut ids = Vec::with_capacity(messages.len());
-        for message in messages {
-            ids.push(self.insert(conn, message).await?);
-        }
-        Ok(ids)
-    }
-}
+crate::impl_enqueue!(PostgresStore, PgConnection);
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -551,9 +533,7 @@ impl Inbox for PostgresStore {
     type Connection = PgConnection;
 
     async fn process_once(&self, conn: &mut PgConnection, consumer: &str, id: MessageId) -> Result<bool> {
-        if consumer.is_empty() || consumer.len() > 255 {
-            return Err(Error::invalid_message("inbox consumer name must be 1 to 255 bytes"));
-        }
+        crate::check_consumer(consumer)?;
         let done = sqlx::query(&self.inner.sql.inbox)
             .bind(consumer)
             .bind(id.as_uuid())

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::{
-    DeadLetter, Enqueue, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result,
-    Retry, Store,
+    DeadLetter, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry,
+    Store,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -299,24 +299,7 @@ impl SqliteStore {
     }
 }
 
-impl Enqueue for SqliteStore {
-    type Connection = SqliteConnection;
-
-    async fn enqueue(&self, conn: &mut SqliteConnection, message: NewMessage) -> Result<MessageId> {
-        self.insert(conn, message).await
-    }
-
-    async fn enqueue_batch(&self, conn: &mut SqliteConnection, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
-        for message in &messages {
-            message.validate(&self.inner.options.limits)?;
-        }
-        let mut ids = Vec::with_capacity(messages.len());
-        for message in messages {
-            ids.push(self.insert(conn, message).await?);
-        }
-        Ok(ids)
-    }
-}
+crate::impl_enqueue!(SqliteStore, SqliteConnection);
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -497,9 +480,7 @@ impl Inbox for SqliteStore {
     type Connection = SqliteConnection;
 
     async fn process_once(&self, conn: &mut SqliteConnection, consumer: &str, id: MessageId) -> Result<bool> {
-        if consumer.is_empty() || consumer.len() > 255 {
-            return Err(Error::invalid_message("inbox consumer name must be 1 to 255 bytes"));
-        }
+        crate::check_consumer(consumer)?;
         let done = sqlx::query(&self.inner.sql.inbox)
             .bind(consumer)
             .bind(id.to_string())

@@ -1,16 +1,15 @@
 //! A [`StoreHarness`] over [`MySqlStore`]: unique tables in the database named by `OUTBOX_TEST_MYSQL_URL`
 //! (`scripts/test-services.sh` recreates `outbox_test` before a run).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use outbox_core::{Enqueue, Inbox, MessageId, NewMessage, Result, Store};
+use outbox_core::Result;
 use outbox_sqlx::mysql::MySqlStore;
-use outbox_sqlx::{error_from, StoreOptions};
+use outbox_sqlx::StoreOptions;
 use sqlx::mysql::MySqlPoolOptions;
 
 use crate::env::{backend, unique_name};
+#[allow(unused_imports)]
 use crate::StoreHarness;
 
 /// A harness on unique tables.
@@ -45,32 +44,9 @@ impl MySqlHarness {
     }
 }
 
-#[async_trait]
-impl StoreHarness for MySqlHarness {
-    fn store(&self) -> Arc<dyn Store> {
-        Arc::new(self.store.clone())
-    }
-
+crate::store_suite::sqlx_harness!(MySqlHarness, store, {
     async fn with_retention(&self, retention: Duration) -> Box<dyn StoreHarness> {
         Box::new(Self::with_options(StoreOptions::default().retention(retention)).await.expect("configured"))
-    }
-
-    async fn enqueue(&self, messages: Vec<NewMessage>, commit: bool) -> Result<Vec<MessageId>> {
-        let mut tx = self.store.pool().begin().await.map_err(error_from("begin"))?;
-        let ids = self.store.enqueue_batch(&mut *tx, messages).await?;
-        if commit {
-            tx.commit().await.map_err(error_from("commit"))?;
-        }
-        Ok(ids)
-    }
-
-    async fn process_once(&self, consumer: &str, id: MessageId, commit: bool) -> Result<bool> {
-        let mut tx = self.store.pool().begin().await.map_err(error_from("begin"))?;
-        let first = self.store.process_once(&mut *tx, consumer, id).await?;
-        if commit {
-            tx.commit().await.map_err(error_from("commit"))?;
-        }
-        Ok(first)
     }
 
     fn store_with_prefix(&self, prefix: &str) -> Result<()> {
@@ -78,4 +54,4 @@ impl StoreHarness for MySqlHarness {
         let _ = MySqlStore::new(self.store.pool().clone(), options);
         Ok(())
     }
-}
+});

@@ -62,6 +62,54 @@ harness_is_itself!(crate::memory::MemoryHarness);
 #[cfg(feature = "sqlite")]
 harness_is_itself!(crate::sqlite::SqliteHarness);
 
+/// The transaction plumbing every sqlx-based harness shares: `store()`, `enqueue` and `process_once` in
+/// a transaction of the store's own pool that commits or rolls back (dropping a sqlx transaction rolls
+/// it back).
+#[allow(unused_macros)]
+macro_rules! sqlx_harness {
+    ($harness:ty, $field:ident, { $($backend_specific:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::StoreHarness for $harness {
+        fn store(&self) -> std::sync::Arc<dyn outbox_core::Store> {
+            std::sync::Arc::new(self.$field.clone())
+        }
+
+        async fn enqueue(
+            &self,
+            messages: Vec<outbox_core::NewMessage>,
+            commit: bool,
+        ) -> outbox_core::Result<Vec<outbox_core::MessageId>> {
+            use outbox_core::Enqueue as _;
+            let mut tx = self.$field.pool().begin().await.map_err(outbox_sqlx::error_from("begin"))?;
+            let ids = self.$field.enqueue_batch(&mut *tx, messages).await?;
+            if commit {
+                tx.commit().await.map_err(outbox_sqlx::error_from("commit"))?;
+            }
+            Ok(ids)
+        }
+
+        async fn process_once(
+            &self,
+            consumer: &str,
+            id: outbox_core::MessageId,
+            commit: bool,
+        ) -> outbox_core::Result<bool> {
+            use outbox_core::Inbox as _;
+            let mut tx = self.$field.pool().begin().await.map_err(outbox_sqlx::error_from("begin"))?;
+            let first = self.$field.process_once(&mut *tx, consumer, id).await?;
+            if commit {
+                tx.commit().await.map_err(outbox_sqlx::error_from("commit"))?;
+            }
+            Ok(first)
+        }
+
+        $($backend_specific)*
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use sqlx_harness;
+
 const LEASE: Duration = Duration::from_secs(60);
 
 async fn commit<H: StoreHarness + ?Sized>(h: &H, messages: Vec<NewMessage>) -> Vec<MessageId> {
