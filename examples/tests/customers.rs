@@ -1,6 +1,6 @@
 //! End to end: 1,000 customers created while the relay process is killed with `kill -9` and restarted
 //! twice; the worker applies exactly 1,000 events (duplicate deliveries are skipped by the inbox).
-#![cfg(feature = "seeds")]
+#![cfg(feature = "seed-customers")]
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Child, Command, Stdio};

@@ -1,5 +1,5 @@
 //! End to end: the library-integration scenario on a fresh PostgreSQL database.
-#![cfg(feature = "seeds")]
+#![cfg(feature = "seed-library")]
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;

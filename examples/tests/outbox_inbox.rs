@@ -1,6 +1,6 @@
 //! End to end: every message is processed once although some are delivered twice (the consumer crashes
 //! before acknowledging, and its unacknowledged entries are delivered again).
-#![cfg(feature = "seeds")]
+#![cfg(feature = "seed-outbox-inbox")]
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;

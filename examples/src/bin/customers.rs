@@ -9,9 +9,9 @@
 //!
 //! ```text
 //! export DATABASE_URL=mysql://root@127.0.0.1:3306/test AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f
-//! cargo run -p outbox-examples --features seeds --bin customers -- relay &
-//! cargo run -p outbox-examples --features seeds --bin customers -- worker &
-//! cargo run -p outbox-examples --features seeds --bin customers -- app --count 10
+//! cargo run -p outbox-examples --features seed-customers --bin customers -- relay &
+//! cargo run -p outbox-examples --features seed-customers --bin customers -- worker &
+//! cargo run -p outbox-examples --features seed-customers --bin customers -- app --count 10
 //! ```
 //! Options: `--queue NAME` (default `customers`), `--lease-secs N` (relay), `--expect N` (worker: exit
 //! after N events applied and the queue is idle for 2 s).

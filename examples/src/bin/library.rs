@@ -10,11 +10,11 @@
 //!
 //! ```text
 //! export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test KAFKA_BROKERS=127.0.0.1:9092
-//! cargo run -p outbox-examples --features seeds --bin library -- schema   # the SQL the SDK hands out
-//! cargo run -p outbox-examples --features seeds --bin library -- migrate
-//! cargo run -p outbox-examples --features seeds --bin library -- run --invoice-service down
-//! cargo run -p outbox-examples --features seeds --bin library -- dead-letters
-//! cargo run -p outbox-examples --features seeds --bin library -- replay --invoice-service up
+//! cargo run -p outbox-examples --features seed-library --bin library -- schema   # the SQL the SDK hands out
+//! cargo run -p outbox-examples --features seed-library --bin library -- migrate
+//! cargo run -p outbox-examples --features seed-library --bin library -- run --invoice-service down
+//! cargo run -p outbox-examples --features seed-library --bin library -- dead-letters
+//! cargo run -p outbox-examples --features seed-library --bin library -- replay --invoice-service up
 //! ```
 
 use std::time::Duration;

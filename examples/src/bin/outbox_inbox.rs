@@ -9,8 +9,8 @@
 //!
 //! ```text
 //! export DATABASE_URL=postgres://postgres@127.0.0.1:5432/test REDIS_URL=redis://127.0.0.1:6379
-//! cargo run -p outbox-examples --features seeds --bin outbox_inbox -- producer --count 100
-//! cargo run -p outbox-examples --features seeds --bin outbox_inbox -- consumer --expect 100
+//! cargo run -p outbox-examples --features seed-outbox-inbox --bin outbox_inbox -- producer --count 100
+//! cargo run -p outbox-examples --features seed-outbox-inbox --bin outbox_inbox -- consumer --expect 100
 //! ```
 //! Options: `--stream NAME` (default `notes`).
 
