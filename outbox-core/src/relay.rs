@@ -4,6 +4,7 @@
 //! A relay worker loops over: claim a batch (one statement that sets a lease; no transaction stays
 //! open) -> publish it (renewing the lease if the publish runs long) -> settle it (acknowledge the
 //! published, reschedule the transient failures, dead-letter the permanent ones and the exhausted).
+//! When a batch comes back full, the worker claims the next one while it publishes the current one.
 //! `concurrency` workers run at once; each waits for [`Store::wait_for_work`] when there is nothing to do.
 
 use std::collections::HashSet;
@@ -349,51 +350,128 @@ impl Inner {
         self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// One worker's loop. Idle, only worker 0 polls the store every `poll_interval`; the others wait for
-    /// a store notification or for a peer that found work, so an idle relay costs one query per
-    /// interval however many workers it has.
+    /// One worker's loop. While a full batch is published and settled, the worker already claims the
+    /// next one, so the store's claim overlaps the broker's round trip. Idle, only worker 0 polls the
+    /// store every `poll_interval`; the others wait for a store notification or for a peer that found
+    /// work, so an idle relay costs one query per interval however many workers it has.
     async fn work(&self, worker: usize, shutdown: CancellationToken) {
         let options = &self.options;
         let idle_wait = if worker == 0 { options.poll_interval } else { options.poll_interval * 30 };
+        let mut prefetched: Option<(Vec<Message>, tokio::time::Instant)> = None;
         while !shutdown.is_cancelled() {
-            match self.dispatch_once().await {
-                Ok(0) => {
+            let claimed = match prefetched.take() {
+                Some((batch, claimed_at)) => {
+                    self.refresh_lease(&batch, claimed_at).await;
+                    Ok(batch)
+                }
+                None => self.claim().await,
+            };
+            let batch = match claimed {
+                Ok(batch) if batch.is_empty() => {
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = self.store.wait_for_work(idle_wait) => {}
                         _ = self.found_work.notified() => {}
                     }
+                    continue;
                 }
-                Ok(claimed) => {
-                    if claimed == options.batch_size {
-                        self.found_work.notify_waiters();
-                    }
-                }
+                Ok(batch) => batch,
                 Err(e) => {
-                    bump(&self.counters.store_errors, 1);
-                    error!(error = %e, "outbox relay: store error; backing off");
+                    self.store_error(&e);
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(options.error_backoff) => {}
                     }
+                    continue;
                 }
+            };
+            let full = batch.len() == options.batch_size;
+            if full {
+                self.found_work.notify_waiters();
+            }
+            let span = info_span!("outbox.batch", relay = %self.id, size = batch.len());
+            let settle = self.publish_and_settle(batch).instrument(span);
+            let (settled, next) = if full && !shutdown.is_cancelled() {
+                let claimed_at = tokio::time::Instant::now();
+                let (settled, next) = tokio::join!(settle, self.claim());
+                (settled, Some(next.map(|batch| (batch, claimed_at))))
+            } else {
+                (settle.await, None)
+            };
+            let mut failed = settled.err();
+            match next {
+                Some(Ok((batch, claimed_at))) if !batch.is_empty() => prefetched = Some((batch, claimed_at)),
+                Some(Err(e)) => failed = failed.or(Some(e)),
+                _ => {}
+            }
+            if let Some(e) = failed {
+                self.store_error(&e);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(options.error_backoff) => {}
+                }
+            }
+        }
+        if let Some((batch, _)) = prefetched {
+            self.hand_back(&batch).await;
+        }
+    }
+
+    /// A prefetched batch waited for the previous publish; if that took a third of the lease, renew
+    /// the lease before publishing so it cannot lapse mid-publish.
+    async fn refresh_lease(&self, batch: &[Message], claimed_at: tokio::time::Instant) {
+        let lease = self.options.lease;
+        if claimed_at.elapsed() < lease / 3 {
+            return;
+        }
+        let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
+        if let Err(e) = self.store.extend_lease(self.id, &ids, lease).await {
+            warn!(error = %e, "outbox relay could not extend the lease of a prefetched batch; another relay may take over");
+        }
+    }
+
+    fn store_error(&self, e: &Error) {
+        bump(&self.counters.store_errors, 1);
+        error!(error = %e, "outbox relay: store error; backing off");
+    }
+
+    /// Claims a batch and records it as in flight.
+    async fn claim(&self) -> Result<Vec<Message>> {
+        let options = &self.options;
+        let batch = self.store.claim(self.id, options.batch_size, options.lease).await?;
+        if !batch.is_empty() {
+            bump(&self.counters.batches, 1);
+            bump(&self.counters.claimed, batch.len());
+            self.lock_in_flight().extend(batch.iter().map(|m| m.id));
+        }
+        Ok(batch)
+    }
+
+    /// Releases a claimed batch that will not be published (a prefetched batch at shutdown), so another
+    /// relay can take it at once instead of waiting for the lease to expire.
+    async fn hand_back(&self, batch: &[Message]) {
+        let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
+        match self.store.release(self.id, &ids).await {
+            Ok(()) => {
+                let mut in_flight = self.lock_in_flight();
+                for id in &ids {
+                    in_flight.remove(id);
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, messages = ids.len(), "outbox relay could not hand back a prefetched batch; its lease will expire")
             }
         }
     }
 
     async fn dispatch_once(&self) -> Result<usize> {
-        let options = &self.options;
-        let batch = self.store.claim(self.id, options.batch_size, options.lease).await?;
+        let batch = self.claim().await?;
         let claimed = batch.len();
         if claimed == 0 {
             return Ok(0);
         }
-        bump(&self.counters.batches, 1);
-        bump(&self.counters.claimed, claimed);
-        self.lock_in_flight().extend(batch.iter().map(|m| m.id));
         let span = info_span!("outbox.batch", relay = %self.id, size = claimed);
-        let result = self.publish_and_settle(batch).instrument(span).await;
-        result.map(|()| claimed)
+        self.publish_and_settle(batch).instrument(span).await.map(|()| claimed)
     }
 
     async fn publish_and_settle(&self, batch: Vec<Message>) -> Result<()> {

@@ -189,6 +189,32 @@ async fn shutdown_finishes_in_flight_batches_and_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_claims_the_next_batch_while_publishing_and_hands_it_back_at_shutdown() {
+    let store = MemoryStore::new();
+    for n in 0..50 {
+        store.enqueue_committed(NewMessage::new("t", format!("{n}"))).unwrap();
+    }
+    let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
+    let relay = Relay::builder(store.clone(), publisher.clone()).batch_size(10).concurrency(1).build().unwrap();
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let metrics = relay.metrics();
+    assert_eq!((metrics.batches, metrics.claimed), (2, 20), "the next batch is claimed during the first publish");
+    assert_eq!(publisher.published_len(), 0);
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+
+    assert_eq!(publisher.published_len(), 10, "only the batch being published is finished");
+    let rest = store.claim(RelayId::new(), 1000, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(rest.len(), 40, "the prefetched batch was handed back, not left leased");
+    assert!(rest.iter().all(|m| m.attempts == 1), "a handed-back prefetch does not count as an attempt");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_timeout_hands_back_claims() {
     let store = MemoryStore::new();
     for n in 0..5 {
