@@ -9,13 +9,14 @@
 //! ```
 //! Options: `--store postgres|mysql|sqlite`, `--publisher kafka|rabbitmq|redis|memory`, `--messages N`,
 //! `--keys N` (ordering keys, round robin; default 0 = keyless), `--payload BYTES`, `--batch N`, `--concurrency N`, `--rate MSG_PER_S`, `--old-rows N`, `--json FILE`,
-//! `--skip NAME[,NAME]` (raw, relay, latency, enqueue, claim, idle). URLs come from the
+//! `--repeat N` (throughput rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput at each
+//! batch size) with `--plot FILE.svg`, `--skip NAME[,NAME]` (raw, relay, latency, enqueue, claim, idle). URLs come from the
 //! `OUTBOX_TEST_*` variables (`scripts/test-services.sh` sets them).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox_brokers::{kafka, rabbitmq, redis as redis_pub};
@@ -42,6 +43,9 @@ struct Args {
     rate: usize,
     old_rows: usize,
     keys: usize,
+    repeat: usize,
+    sweep: Vec<usize>,
+    plot: Option<String>,
     json: Option<String>,
     skip: Vec<String>,
 }
@@ -57,6 +61,9 @@ fn parse_args() -> Result<Args, BoxError> {
         rate: 1000,
         old_rows: 1_000_000,
         keys: 0,
+        repeat: 3,
+        sweep: Vec::new(),
+        plot: None,
         json: None,
         skip: Vec::new(),
     };
@@ -74,6 +81,11 @@ fn parse_args() -> Result<Args, BoxError> {
             "--rate" => args.rate = number(value()?)?,
             "--old-rows" => args.old_rows = number(value()?)?,
             "--keys" => args.keys = number(value()?)?,
+            "--repeat" => args.repeat = number(value()?)?.max(1),
+            "--sweep-batch" => {
+                args.sweep = value()?.split(',').map(|v| number(v.trim().to_owned())).collect::<Result<_, _>>()?
+            }
+            "--plot" => args.plot = Some(value()?),
             "--json" => args.json = Some(value()?),
             "--skip" => args.skip = value()?.split(',').map(str::to_owned).collect(),
             "--help" | "-h" => {
@@ -82,6 +94,9 @@ fn parse_args() -> Result<Args, BoxError> {
             }
             other => return Err(format!("unknown option {other}").into()),
         }
+    }
+    if args.batch == 0 || args.concurrency == 0 || args.rate == 0 || args.sweep.contains(&0) {
+        return Err("--batch, --concurrency, --rate and --sweep-batch values must be positive".into());
     }
     Ok(args)
 }
@@ -189,6 +204,31 @@ impl AnyStore {
         Ok(())
     }
 
+    /// One transaction: a business row, then a bare `SELECT 1` (one more round trip, no outbox).
+    async fn round_trip_tx(&self, business_row: i64) -> Result<(), BoxError> {
+        match self {
+            Self::Postgres(s) => {
+                let mut tx = s.pool().begin().await?;
+                sqlx::query("INSERT INTO bench_business (v) VALUES ($1)").bind(business_row).execute(&mut *tx).await?;
+                sqlx::query("SELECT 1").execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            Self::MySql(s) => {
+                let mut tx = s.pool().begin().await?;
+                sqlx::query("INSERT INTO bench_business (v) VALUES (?)").bind(business_row).execute(&mut *tx).await?;
+                sqlx::query("SELECT 1").execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+            Self::Sqlite(s) => {
+                let mut tx = s.pool().begin().await?;
+                sqlx::query("INSERT INTO bench_business (v) VALUES (?)").bind(business_row).execute(&mut *tx).await?;
+                sqlx::query("SELECT 1").execute(&mut *tx).await?;
+                tx.commit().await?;
+            }
+        }
+        Ok(())
+    }
+
     /// Refreshes the planner statistics after a bulk fill, as autovacuum does for a table in steady use
     /// (a never-analyzed table of 100,000 fresh rows gets a sort-based claim plan: see docs/benchmarks.md).
     async fn analyze(&self) -> Result<(), BoxError> {
@@ -226,6 +266,40 @@ impl AnyStore {
                     .execute(s.pool())
                     .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Drops the tables this store created (the benchmark's tables are throwaway, named per run).
+    async fn drop_tables(&self) -> Result<(), BoxError> {
+        let schema = match self {
+            Self::MySql(s) => s.schema_sql().to_owned(),
+            Self::Sqlite(s) => s.schema_sql().to_owned(),
+            Self::Postgres(s) => s.schema_sql().to_owned(),
+        };
+        let words: Vec<&str> = schema.split_whitespace().collect();
+        let tables: Vec<&str> =
+            words.windows(6).filter(|w| w[..5] == ["CREATE", "TABLE", "IF", "NOT", "EXISTS"]).map(|w| w[5]).collect();
+        for table in tables {
+            let drop = format!("DROP TABLE IF EXISTS {table}");
+            match self {
+                Self::Postgres(s) => sqlx::query(&drop).execute(s.pool()).await.map(|_| ())?,
+                Self::MySql(s) => sqlx::query(&drop).execute(s.pool()).await.map(|_| ())?,
+                Self::Sqlite(s) => sqlx::query(&drop).execute(s.pool()).await.map(|_| ())?,
+            }
+        }
+        if let Self::Sqlite(s) = self {
+            sqlx::query("VACUUM").execute(s.pool()).await?;
+        }
+        Ok(())
+    }
+
+    async fn drop_business_table(&self) -> Result<(), BoxError> {
+        let drop = "DROP TABLE IF EXISTS bench_business";
+        match self {
+            Self::Postgres(s) => sqlx::query(drop).execute(s.pool()).await.map(|_| ())?,
+            Self::MySql(s) => sqlx::query(drop).execute(s.pool()).await.map(|_| ())?,
+            Self::Sqlite(s) => sqlx::query(drop).execute(s.pool()).await.map(|_| ())?,
         }
         Ok(())
     }
@@ -329,28 +403,22 @@ impl Store for Instrumented {
     }
 }
 
-/// Records commit -> broker-ack latency from the send time carried in the payload's first 16 bytes.
+/// Records when the broker acknowledged each message; the producers record when each committed.
 #[derive(Debug)]
 struct LatencyProbe {
     inner: Arc<dyn Publisher>,
-    samples: Mutex<Vec<Duration>>,
-}
-
-fn now_nanos() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()
+    acked: Mutex<HashMap<MessageId, Instant>>,
 }
 
 #[async_trait]
 impl Publisher for LatencyProbe {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
         let outcomes = self.inner.publish(batch).await;
-        let now = now_nanos();
-        let mut samples = self.samples.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let mut acked = self.acked.lock().unwrap_or_else(|p| p.into_inner());
         for (message, outcome) in batch.iter().zip(&outcomes) {
-            if outcome.is_ok() && message.payload.len() >= 16 {
-                let mut sent = [0u8; 16];
-                sent.copy_from_slice(&message.payload[..16]);
-                samples.push(Duration::from_nanos(now.saturating_sub(u128::from_le_bytes(sent)) as u64));
+            if outcome.is_ok() {
+                acked.insert(message.id, now);
             }
         }
         outcomes
@@ -420,7 +488,7 @@ impl Report {
 }
 
 /// The raw broker: the publisher alone, `concurrency` batches of `batch` in flight.
-async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str) -> Result<f64, BoxError> {
+async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str, batch: usize) -> Result<f64, BoxError> {
     let now = outbox_core::Message {
         id: MessageId::new(),
         topic: topic.to_owned(),
@@ -444,7 +512,7 @@ async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str) ->
     if let Some(Err(e)) = warm.into_iter().next() {
         return Err(format!("warm-up publish failed: {e}").into());
     }
-    let batches: Vec<&[Message]> = all.chunks(args.batch).collect();
+    let batches: Vec<&[Message]> = all.chunks(batch).collect();
     let started = Instant::now();
     let mut failed = 0usize;
     for group in batches.chunks(args.concurrency) {
@@ -460,14 +528,14 @@ async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str) ->
 }
 
 /// The raw database: claim + acknowledge a backlog with `concurrency` claimers.
-async fn raw_database(store: &AnyStore, args: &Args, topic: &str) -> Result<f64, BoxError> {
+async fn raw_database(store: &AnyStore, args: &Args, topic: &str, batch: usize) -> Result<f64, BoxError> {
     store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
     store.analyze().await?;
     let dyn_store = store.dyn_store();
     let started = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (s, batch) = (dyn_store.clone(), args.batch);
+        let s = dyn_store.clone();
         tasks.push(tokio::spawn(async move {
             let owner = RelayId::new();
             let mut idle = 0;
@@ -497,13 +565,12 @@ async fn relay_throughput(
     publisher: Arc<dyn Publisher>,
     args: &Args,
     topic: &str,
+    batch: usize,
 ) -> Result<f64, BoxError> {
     store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
     store.analyze().await?;
-    let relay = Relay::builder_shared(store.dyn_store(), publisher)
-        .batch_size(args.batch)
-        .concurrency(args.concurrency)
-        .build()?;
+    let relay =
+        Relay::builder_shared(store.dyn_store(), publisher).batch_size(batch).concurrency(args.concurrency).build()?;
     let shutdown = CancellationToken::new();
     let started = Instant::now();
     let running = tokio::spawn({
@@ -523,6 +590,136 @@ async fn relay_throughput(
     Ok(rate)
 }
 
+/// Throughput medians over `--repeat` rounds (raw broker, raw database, relay), interleaved so that
+/// each round sees the same machine state.
+struct Throughput {
+    broker: f64,
+    database: f64,
+    relay: Option<f64>,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
+}
+
+async fn throughput(
+    store: &AnyStore,
+    publisher: &Arc<dyn Publisher>,
+    args: &Args,
+    topic: &str,
+    batch: usize,
+    with_relay: bool,
+) -> Result<Throughput, BoxError> {
+    let (mut broker, mut database, mut relay) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..args.repeat {
+        broker.push(raw_broker(publisher, args, topic, batch).await?);
+        database.push(raw_database(store, args, topic, batch).await?);
+        if with_relay {
+            relay.push(relay_throughput(store, publisher.clone(), args, topic, batch).await?);
+        }
+    }
+    Ok(Throughput { broker: median(broker), database: median(database), relay: with_relay.then(|| median(relay)) })
+}
+
+/// Picks one series' value out of a throughput point.
+type Pick = fn(&Throughput) -> Option<f64>;
+
+/// The smallest 1, 2 or 5 times a power of ten that is at least `v`.
+fn nice_ceiling(v: f64) -> f64 {
+    let magnitude = 10f64.powf(v.log10().floor());
+    [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * magnitude).find(|c| *c >= v).unwrap_or(v)
+}
+
+/// Writes a line chart of throughput against batch size (log scale) as SVG. Hand-written: plotting
+/// crates need a font stack (fontconfig) to lay out text, which the harness should not require.
+fn write_plot(path: &str, title: &str, points: &[(usize, Throughput)]) -> Result<(), BoxError> {
+    use std::fmt::Write as _;
+    let (w, h, left, right, top, bottom) = (760.0, 420.0, 80.0, 230.0, 40.0, 50.0);
+    let (pw, ph) = (w - left - right, h - top - bottom);
+    let ymax = points
+        .iter()
+        .flat_map(|(_, t)| [t.database, t.relay.unwrap_or(0.0), t.broker.min(t.database * 2.0)])
+        .fold(1.0f64, f64::max);
+    let ymax = nice_ceiling(ymax * 1.05);
+    let (xmin, xmax) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), (b, _)| {
+        let x = (*b as f64).ln();
+        (lo.min(x), hi.max(x))
+    });
+    let span = if xmax > xmin { xmax - xmin } else { 1.0 };
+    let x = |b: usize| left + ((b as f64).ln() - xmin) / span * pw;
+    let y = |v: f64| top + ph - v / ymax * ph;
+    let mut svg = String::new();
+    write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{left}" y="24" font-size="14">{title}</text>
+<line x1="{left}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/><line x1="{left}" y1="{top}" x2="{left}" y2="{y0}" stroke="black"/>
+<text x="{xl}" y="{yl}" text-anchor="middle">batch size (messages per claim)</text>
+"#,
+        y0 = top + ph,
+        x1 = left + pw,
+        xl = left + pw / 2.0,
+        yl = h - 10.0,
+    )?;
+    for tick in 0..=5 {
+        let v = ymax / 5.0 * f64::from(tick);
+        writeln!(
+            svg,
+            r##"<line x1="{left}" y1="{py}" x2="{x2}" y2="{py}" stroke="#ddd"/><text x="{tx}" y="{ty}" text-anchor="end">{label}k/s</text>"##,
+            py = y(v),
+            x2 = left + pw,
+            tx = left - 6.0,
+            ty = y(v) + 4.0,
+            label = (v / 1000.0).round()
+        )?;
+    }
+    for (batch, _) in points {
+        writeln!(svg, r#"<text x="{}" y="{}" text-anchor="middle">{batch}</text>"#, x(*batch), top + ph + 18.0)?;
+    }
+    let series: [(&str, &str, Pick); 3] = [
+        ("relay", "#d62728", |t| t.relay),
+        ("raw database", "#1f77b4", |t| Some(t.database)),
+        ("raw broker", "#2ca02c", |t| Some(t.broker)),
+    ];
+    for (n, (name, color, value)) in series.iter().enumerate() {
+        let visible: Vec<(f64, f64)> =
+            points.iter().filter_map(|(b, t)| value(t).filter(|v| *v <= ymax).map(|v| (x(*b), y(v)))).collect();
+        let ly = top + 20.0 * n as f64;
+        if visible.is_empty() {
+            let lowest = points.iter().filter_map(|(_, t)| value(t)).fold(f64::MAX, f64::min);
+            if lowest < f64::MAX {
+                writeln!(
+                    svg,
+                    r#"<text x="{}" y="{}">{name}: off scale (&gt;= {:.0}k/s)</text>"#,
+                    left + pw + 15.0,
+                    ly + 4.0,
+                    lowest / 1000.0
+                )?;
+            }
+            continue;
+        }
+        let path: Vec<String> = visible.iter().map(|(px, py)| format!("{px:.1},{py:.1}")).collect();
+        writeln!(svg, r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#, path.join(" "))?;
+        for (px, py) in &visible {
+            writeln!(svg, r#"<circle cx="{px:.1}" cy="{py:.1}" r="3" fill="{color}"/>"#)?;
+        }
+        writeln!(
+            svg,
+            r#"<line x1="{a}" y1="{ly}" x2="{b}" y2="{ly}" stroke="{color}" stroke-width="2"/><text x="{c}" y="{t}">{name}</text>"#,
+            a = left + pw + 15.0,
+            b = left + pw + 35.0,
+            c = left + pw + 40.0,
+            t = ly + 4.0
+        )?;
+    }
+    svg.push_str("</svg>\n");
+    std::fs::write(path, svg)?;
+    Ok(())
+}
+
+/// Commit -> broker-ack latency at a steady `--rate`, one message per transaction from 4 producers.
 async fn latency(
     store: &AnyStore,
     publisher: Arc<dyn Publisher>,
@@ -530,7 +727,7 @@ async fn latency(
     topic: &str,
     notifications: bool,
 ) -> Result<Vec<Duration>, BoxError> {
-    let probe = Arc::new(LatencyProbe { inner: publisher, samples: Mutex::new(Vec::new()) });
+    let probe = Arc::new(LatencyProbe { inner: publisher, acked: Mutex::new(HashMap::new()) });
     let instrumented = Arc::new(Instrumented { inner: store.dyn_store(), claims: AtomicU64::new(0), notifications });
     let relay = Relay::builder_shared(instrumented, probe.clone()).batch_size(args.batch).concurrency(2).build()?;
     let shutdown = CancellationToken::new();
@@ -539,20 +736,90 @@ async fn latency(
         async move { relay.run(shutdown).await }
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let producers = 4;
-    let total = args.rate * 5;
-    let interval = Duration::from_secs_f64(producers as f64 / args.rate as f64);
+    let committed = Arc::new(Mutex::new(HashMap::new()));
+    let sent = steady_load(args, |_| {
+        let (store, topic, payload, committed) = (store.clone(), topic.to_owned(), args.payload, committed.clone());
+        async move {
+            let message = NewMessage::new(&topic, vec![7u8; payload]);
+            let id = message.id();
+            store.enqueue_tx(vec![message], None).await?;
+            committed.lock().map_err(|_| "poisoned")?.insert(id, Instant::now());
+            Ok(())
+        }
+    })
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (relay.metrics().published as usize) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    shutdown.cancel();
+    running.await??;
+    let acked = probe.acked.lock().unwrap_or_else(|p| p.into_inner());
+    let committed = committed.lock().map_err(|_| "poisoned")?;
+    let mut samples: Vec<Duration> = committed
+        .iter()
+        .filter_map(|(id, at)| acked.get(id).map(|acked_at| acked_at.saturating_duration_since(*at)))
+        .collect();
+    if samples.len() < sent {
+        return Err(format!("only {} of {sent} messages reached the broker within 60 s", samples.len()).into());
+    }
+    samples.sort();
+    Ok(samples)
+}
+
+/// The broker alone at the same steady rate: one message per publish call from 4 producers; publish
+/// -> acknowledgement latency. The floor under the relay's commit -> ack latency.
+async fn raw_broker_latency(
+    publisher: &Arc<dyn Publisher>,
+    args: &Args,
+    topic: &str,
+) -> Result<Vec<Duration>, BoxError> {
+    let samples = Arc::new(Mutex::new(Vec::new()));
+    steady_load(args, |i| {
+        let (publisher, samples) = (publisher.clone(), samples.clone());
+        let message = Message {
+            id: MessageId::new(),
+            topic: topic.to_owned(),
+            key: None,
+            payload: vec![(i % 251) as u8; args.payload],
+            headers: Default::default(),
+            created_at: Default::default(),
+            attempts: 1,
+            last_error: None,
+        };
+        async move {
+            let started = Instant::now();
+            if let Some(Err(e)) = publisher.publish(std::slice::from_ref(&message)).await.pop() {
+                return Err(format!("raw publish failed: {e}").into());
+            }
+            samples.lock().map_err(|_| "poisoned")?.push(started.elapsed());
+            Ok(())
+        }
+    })
+    .await?;
+    let mut samples = samples.lock().map_err(|_| "poisoned")?.clone();
+    samples.sort();
+    Ok(samples)
+}
+
+/// Runs `one(i)` `--rate` times a second for 5 seconds from 4 producers; returns how many ran.
+async fn steady_load<F, Fut>(args: &Args, one: F) -> Result<usize, BoxError>
+where
+    F: Fn(usize) -> Fut,
+    Fut: std::future::Future<Output = Result<(), BoxError>> + Send + 'static,
+{
+    const PRODUCERS: usize = 4;
+    let per_producer = args.rate * 5 / PRODUCERS;
+    let interval = Duration::from_secs_f64(PRODUCERS as f64 / args.rate as f64);
     let mut tasks = Vec::new();
-    for _ in 0..producers {
-        let (store, topic, payload) = (store.clone(), topic.to_owned(), args.payload.max(16));
+    for producer in 0..PRODUCERS {
+        let calls: Vec<Fut> = (0..per_producer).map(|n| one(producer * per_producer + n)).collect();
         tasks.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-            for _ in 0..total / producers {
+            for call in calls {
                 tick.tick().await;
-                let mut body = vec![0u8; payload];
-                body[..16].copy_from_slice(&now_nanos().to_le_bytes());
-                store.enqueue_tx(vec![NewMessage::new(&topic, body)], None).await?;
+                call.await?;
             }
             Ok::<(), BoxError>(())
         }));
@@ -560,35 +827,29 @@ async fn latency(
     for task in tasks {
         task.await??;
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while (relay.metrics().published as usize) < total / producers * producers && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    shutdown.cancel();
-    running.await??;
-    let mut samples = probe.samples.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    samples.sort();
-    Ok(samples)
+    Ok(per_producer * PRODUCERS)
 }
 
-async fn enqueue_overhead(store: &AnyStore, topic: &str, payload: usize) -> Result<(Duration, Duration), BoxError> {
+/// p50 of a one-row business transaction: alone, plus one outbox message, and plus a bare `SELECT 1`
+/// (the cost of any second statement: one more round trip). The three alternate, 2,000 of each.
+async fn enqueue_overhead(store: &AnyStore, topic: &str, payload: usize) -> Result<[Duration; 3], BoxError> {
     store.create_business_table().await?;
-    const N: usize = 1000;
-    let mut plain = Vec::with_capacity(N);
-    let mut with_outbox = Vec::with_capacity(N);
-    for i in 0..N * 2 {
+    const N: usize = 2000;
+    let mut samples: [Vec<Duration>; 3] = Default::default();
+    for i in 0..N * 3 {
         let started = Instant::now();
-        if i % 2 == 0 {
-            store.enqueue_tx(Vec::new(), Some(i as i64)).await?;
-            plain.push(started.elapsed());
-        } else {
-            store.enqueue_tx(vec![NewMessage::new(topic, vec![1u8; payload])], Some(i as i64)).await?;
-            with_outbox.push(started.elapsed());
+        match i % 3 {
+            0 => store.enqueue_tx(Vec::new(), Some(i as i64)).await?,
+            1 => store.enqueue_tx(vec![NewMessage::new(topic, vec![1u8; payload])], Some(i as i64)).await?,
+            _ => store.round_trip_tx(i as i64).await?,
         }
+        samples[i % 3].push(started.elapsed());
     }
-    plain.sort();
-    with_outbox.sort();
-    Ok((percentile(&plain, 0.5), percentile(&with_outbox, 0.5)))
+    store.drop_business_table().await?;
+    Ok(samples.map(|mut s| {
+        s.sort();
+        percentile(&s, 0.5)
+    }))
 }
 
 async fn claim_cost(kind: &str, args: &Args, topic: &str) -> Result<(Duration, Duration), BoxError> {
@@ -615,6 +876,7 @@ async fn claim_cost(kind: &str, args: &Args, topic: &str) -> Result<(Duration, D
     };
     store.add_old_rows(args.old_rows, &table).await?;
     let full = sample().await?;
+    store.drop_tables().await?;
     Ok((empty, full))
 }
 
@@ -665,21 +927,57 @@ async fn main() -> Result<(), BoxError> {
     );
     let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
     let publisher = make_publisher(&args.publisher, &topic).await?;
+    let mut opened: Vec<AnyStore> = Vec::new();
 
     if run("raw") || run("relay") {
-        let broker = raw_broker(&publisher, &args, &topic).await?;
-        report.add("raw_broker_msgs_per_s", "raw broker: publisher alone (msg/s)", broker, "msg/s");
         let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
-        let database = raw_database(&store, &args, &topic).await?;
-        report.add("raw_database_rows_per_s", "raw database: claim + acknowledge alone (rows/s)", database, "rows/s");
-        if run("relay") {
-            let relay = relay_throughput(&store, publisher.clone(), &args, &topic).await?;
-            report.add("relay_msgs_per_s", "relay: drain the backlog through the Relay (msg/s)", relay, "msg/s");
-            report.add("relay_ratio", "relay / min(raw broker, raw database)", relay / broker.min(database), "x");
+        opened.push(store.clone());
+        let t = throughput(&store, &publisher, &args, &topic, args.batch, run("relay")).await?;
+        let rounds = if args.repeat > 1 { format!(", median of {}", args.repeat) } else { String::new() };
+        report.add("raw_broker_msgs_per_s", &format!("raw broker: publisher alone (msg/s{rounds})"), t.broker, "msg/s");
+        report.add(
+            "raw_database_rows_per_s",
+            &format!("raw database: claim + acknowledge alone (rows/s{rounds})"),
+            t.database,
+            "rows/s",
+        );
+        if let Some(relay) = t.relay {
+            report.add("relay_msgs_per_s", &format!("relay: drain the backlog (msg/s{rounds})"), relay, "msg/s");
+            report.add("relay_ratio", "relay / min(raw broker, raw database)", relay / t.broker.min(t.database), "x");
+        }
+    }
+    if !args.sweep.is_empty() {
+        let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        opened.push(store.clone());
+        let mut points = Vec::new();
+        let mut sweep = Vec::new();
+        for &batch in &args.sweep {
+            let t = throughput(&store, &publisher, &args, &topic, batch, true).await?;
+            let relay = t.relay.unwrap_or(0.0);
+            println!(
+                "  batch {batch:>5}: relay {relay:>10.0} msg/s   raw database {:>10.0} rows/s   raw broker {:>10.0} msg/s",
+                t.database, t.broker
+            );
+            sweep.push(
+                serde_json::json!({"batch": batch, "relay": relay, "raw_database": t.database, "raw_broker": t.broker}),
+            );
+            points.push((batch, t));
+        }
+        report.json.insert("batch_sweep".into(), serde_json::Value::Array(sweep));
+        if let Some(path) = &args.plot {
+            let title =
+                format!("{} -> {}: throughput vs batch size ({} messages)", args.store, args.publisher, args.messages);
+            write_plot(path, &title, &points)?;
+            println!("plot written to {path}");
         }
     }
     if run("latency") {
+        let raw = raw_broker_latency(&publisher, &args, &topic).await?;
+        let label = format!("raw broker at {} msg/s, one message per publish", args.rate);
+        report.add("raw_broker_latency_p50_ms", &format!("{label}: p50"), ms(percentile(&raw, 0.5)), "ms");
+        report.add("raw_broker_latency_p99_ms", &format!("{label}: p99"), ms(percentile(&raw, 0.99)), "ms");
         let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        opened.push(store.clone());
         for (notifications, name) in [(true, "notify"), (false, "poll")] {
             if !notifications && args.store != "postgres" {
                 continue;
@@ -709,10 +1007,18 @@ async fn main() -> Result<(), BoxError> {
     }
     if run("enqueue") {
         let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
-        let (plain, with_outbox) = enqueue_overhead(&store, &topic, args.payload).await?;
+        opened.push(store.clone());
+        let [plain, with_outbox, round_trip] = enqueue_overhead(&store, &topic, args.payload).await?;
         report.add("tx_plain_p50_ms", "one-row business transaction: p50", ms(plain), "ms");
         report.add("tx_outbox_p50_ms", "the same plus one outbox message: p50", ms(with_outbox), "ms");
+        report.add("tx_round_trip_p50_ms", "the same plus a bare SELECT 1 instead: p50", ms(round_trip), "ms");
         report.add("enqueue_overhead_pct", "enqueue overhead", (ms(with_outbox) / ms(plain) - 1.0) * 100.0, "%");
+        report.add(
+            "round_trip_overhead_pct",
+            "overhead of any second statement (SELECT 1)",
+            (ms(round_trip) / ms(plain) - 1.0) * 100.0,
+            "%",
+        );
     }
     if run("claim") {
         let (empty, full) = claim_cost(&args.store, &args, &topic).await?;
@@ -723,6 +1029,7 @@ async fn main() -> Result<(), BoxError> {
     }
     if run("idle") {
         let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        opened.push(store.clone());
         let qps = idle_queries(&store, &args, true).await?;
         report.add(
             "idle_queries_per_s",
@@ -732,6 +1039,9 @@ async fn main() -> Result<(), BoxError> {
         );
     }
     cleanup_broker(&args.publisher, &topic).await;
+    for store in &opened {
+        store.drop_tables().await?;
+    }
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "store": args.store, "publisher": args.publisher, "messages": args.messages, "keys": args.keys,
