@@ -15,7 +15,8 @@ CREATE TABLE IF NOT EXISTS "library_messages" (
     published_at TIMESTAMPTZ
 );
 ALTER TABLE "library_messages" SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
-CREATE INDEX IF NOT EXISTS "library_messages_pending" ON "library_messages" (seq) WHERE published_at IS NULL;
+CREATE INDEX IF NOT EXISTS "library_messages_pending_keyless" ON "library_messages" (seq) WHERE published_at IS NULL AND msg_key IS NULL;
+CREATE INDEX IF NOT EXISTS "library_messages_pending_keyed" ON "library_messages" (seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "library_messages_key" ON "library_messages" (msg_key, seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "library_messages_published" ON "library_messages" (published_at) WHERE published_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS "library_dead_letters" (

@@ -254,6 +254,11 @@ impl MySqlStore {
         Self { inner: Arc::new(Inner { pool, options, sql, wake: Notify::new() }) }
     }
 
+    /// The options in force (table names, limits, retention).
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
+    }
+
     /// The pool, for your own transactions.
     pub fn pool(&self) -> &MySqlPool {
         &self.inner.pool

@@ -60,16 +60,42 @@ impl Sql {
         let create_schema =
             t.schema().map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};\n", s.quoted('"'))).unwrap_or_default();
         let cols = "id, topic, msg_key, payload, headers, created_at, attempts, last_error";
+        // A claim must never scan the whole backlog. Keyless rows come oldest first from their own
+        // partial index. Keyed rows come from a window of the oldest claimable keyed rows (limit + 25%,
+        // locked with SKIP LOCKED so concurrent claimers take disjoint windows): those that are key
+        // heads (no older unfinished row of the same key) are taken. Only when the window is full yet
+        // holds fewer than `limit` heads (it is clogged with rows queued behind in-flight or retrying
+        // heads) is the head of every key looked up, with a loose index scan over (msg_key, seq):
+        // O(keys) instead of O(backlog). The window's other rows are unlocked when the statement ends.
+        let ready = |alias: &str| {
+            format!(
+                "{alias}.published_at IS NULL AND {alias}.available_at <= now() \
+                 AND ({alias}.locked_until IS NULL OR {alias}.locked_until <= now())"
+            )
+        };
         let claimable = format!(
-            "SELECT o.seq FROM {m} o WHERE o.published_at IS NULL AND o.available_at <= now() \
-             AND (o.locked_until IS NULL OR o.locked_until <= now()) \
-             AND (o.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM {m} e \
-                  WHERE e.msg_key = o.msg_key AND e.seq < o.seq AND e.published_at IS NULL)) \
-             ORDER BY o.seq LIMIT $3 FOR UPDATE SKIP LOCKED"
+            "WITH RECURSIVE \
+             keyless AS (SELECT k.seq FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             win AS MATERIALIZED (SELECT w.seq, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} \
+               ORDER BY w.seq LIMIT $3 + $3 / 4 FOR UPDATE SKIP LOCKED), \
+             win_heads AS MATERIALIZED (SELECT w.seq FROM win w WHERE w.msg_key IS NULL OR NOT EXISTS \
+               (SELECT 1 FROM {m} e WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL)), \
+             clogged AS MATERIALIZED (SELECT (SELECT count(*) FROM win) = $3 + $3 / 4 AND (SELECT count(*) FROM win_heads) < $3 AS yes), \
+             keys(k) AS (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL AND (SELECT yes FROM clogged) \
+               UNION ALL SELECT (SELECT min(n.msg_key) FROM {m} n WHERE n.msg_key > keys.k AND n.published_at IS NULL) \
+               FROM keys WHERE keys.k IS NOT NULL), \
+             heads AS (SELECT (SELECT h.ctid FROM {m} h WHERE h.msg_key = keys.k AND h.published_at IS NULL ORDER BY h.seq LIMIT 1) AS ctid \
+               FROM keys WHERE keys.k IS NOT NULL), \
+             more_heads AS (SELECT o.seq FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM heads)) \
+               AND o.msg_key IS NOT NULL AND {ready_o} ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
+             SELECT seq FROM keyless UNION SELECT seq FROM win_heads UNION SELECT seq FROM more_heads ORDER BY seq LIMIT $3",
+            ready_k = ready("k"),
+            ready_w = ready("w"),
+            ready_o = ready("o"),
         );
         let claim = format!(
-            "UPDATE {m} SET locked_by = $1, locked_until = now() + $2 * {MS}, attempts = attempts + 1 \
-             WHERE seq IN ({claimable}) RETURNING seq, {cols}"
+            "WITH picked AS ({claimable}) UPDATE {m} SET locked_by = $1, locked_until = now() + $2 * {MS}, attempts = attempts + 1 \
+             WHERE seq IN (SELECT seq FROM picked) RETURNING seq, {cols}"
         );
         Self {
             schema: format!(
@@ -90,7 +116,8 @@ impl Sql {
     published_at TIMESTAMPTZ
 );
 ALTER TABLE {m} SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
-CREATE INDEX IF NOT EXISTS "{p}_messages_pending" ON {m} (seq) WHERE published_at IS NULL;
+CREATE INDEX IF NOT EXISTS "{p}_messages_pending_keyless" ON {m} (seq) WHERE published_at IS NULL AND msg_key IS NULL;
+CREATE INDEX IF NOT EXISTS "{p}_messages_pending_keyed" ON {m} (seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "{p}_messages_key" ON {m} (msg_key, seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "{p}_messages_published" ON {m} (published_at) WHERE published_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {d} (
@@ -122,10 +149,7 @@ CREATE TABLE IF NOT EXISTS {i} (
             ),
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = $1"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = $1"),
-            explain_claim: format!(
-                "EXPLAIN UPDATE {m} SET locked_by = NULL WHERE seq IN ({})",
-                claimable.replace("$3", "$1")
-            ),
+            explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint")),
             claim,
             extend: format!(
                 "UPDATE {m} SET locked_until = now() + $3 * {MS} \
@@ -261,6 +285,11 @@ impl PostgresStore {
         Self {
             inner: Arc::new(Inner { pool, options, sql, wake: Arc::new(Notify::new()), listener: Mutex::new(None) }),
         }
+    }
+
+    /// The options in force (table names, limits, retention).
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.options
     }
 
     /// The pool, for your own transactions.

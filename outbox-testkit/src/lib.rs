@@ -88,6 +88,7 @@ macro_rules! store_suite {
                 dead_letters_are_listed_replayed_and_purged,
                 idempotency_key_stores_one_message,
                 one_message_per_key_in_flight_in_enqueue_order,
+                heads_behind_a_long_queue_of_one_key_are_claimed,
                 payloads_and_headers_round_trip,
                 invalid_messages_are_rejected_and_change_nothing,
                 retention_keeps_then_purges_published_messages,

@@ -328,6 +328,24 @@ pub async fn one_message_per_key_in_flight_in_enqueue_order<H: StoreHarness + ?S
     }
 }
 
+/// Guarantee 4, at depth: the heads of other keys and keyless messages are claimed even when the
+/// oldest pending rows are a long queue of one key whose head is in flight (a claim must look past
+/// that queue, not give up on it or scan it all).
+pub async fn heads_behind_a_long_queue_of_one_key_are_claimed<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let hot = commit(h, (0..40).map(|n| msg("t", n).key("hot")).collect()).await;
+    let cold = commit(h, vec![msg("t", 0).key("cold")]).await;
+    let keyless = commit(h, vec![msg("t", 0)]).await;
+    let first = claim(&*store, RelayId::new(), 1, LEASE).await;
+    assert_eq!(ids(&first), vec![hot[0]], "the oldest head first");
+    let second = claim(&*store, RelayId::new(), 2, LEASE).await;
+    assert_eq!(ids(&second), vec![cold[0], keyless[0]], "the rows queued behind the in-flight head are skipped");
+    assert!(claim(&*store, RelayId::new(), 5, LEASE).await.is_empty(), "nothing else is claimable");
+    store.acknowledge(&[hot[0], cold[0], keyless[0]]).await.expect("acknowledge");
+    let third = claim(&*store, RelayId::new(), 5, LEASE).await;
+    assert_eq!(ids(&third), vec![hot[1]], "the next of the queue once its head is done");
+}
+
 /// Binary, empty, large and unicode payloads, keys and headers come back byte for byte.
 pub async fn payloads_and_headers_round_trip<H: StoreHarness + ?Sized>(h: &H) {
     let store = h.store();
