@@ -7,11 +7,16 @@
 //! ```text
 //! cargo run --release -p outbox-bench -- --store postgres --publisher kafka --messages 100000
 //! ```
-//! Options: `--store postgres|mysql|sqlite`, `--publisher kafka|rabbitmq|redis|memory`, `--messages N`,
-//! `--keys N` (ordering keys, round robin; default 0 = keyless), `--payload BYTES`, `--batch N`, `--concurrency N`, `--rate MSG_PER_S`, `--old-rows N`, `--json FILE`,
-//! `--repeat N` (throughput rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput at each
-//! batch size) with `--plot FILE.svg`, `--skip NAME[,NAME]` (raw, relay, latency, enqueue, claim, idle). URLs come from the
-//! `OUTBOX_TEST_*` variables (`scripts/test-services.sh` sets them).
+//! Options:
+//! - `--store postgres|mysql|sqlite`, `--publisher kafka|rabbitmq|redis|memory`;
+//! - `--messages N`, `--payload BYTES`, `--keys N` (ordering keys, round robin; default 0 = keyless);
+//! - `--batch N`, `--concurrency N` (workers per relay), `--relays N` (relay instances, each with its
+//!   own pool; default 1), `--rate MSG_PER_S` (latency load), `--old-rows N` (claim-cost test);
+//! - `--repeat N` (throughput rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput
+//!   at each batch size) with `--plot FILE.svg`;
+//! - `--json FILE`, `--skip NAME[,NAME]` (raw, relay, latency, enqueue, claim, idle).
+//!
+//! URLs come from the `OUTBOX_TEST_*` variables (`scripts/test-services.sh` sets them).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +48,7 @@ struct Args {
     rate: usize,
     old_rows: usize,
     keys: usize,
+    relays: usize,
     repeat: usize,
     sweep: Vec<usize>,
     plot: Option<String>,
@@ -61,6 +67,7 @@ fn parse_args() -> Result<Args, BoxError> {
         rate: 1000,
         old_rows: 1_000_000,
         keys: 0,
+        relays: 1,
         repeat: 3,
         sweep: Vec::new(),
         plot: None,
@@ -81,6 +88,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--rate" => args.rate = number(value()?)?,
             "--old-rows" => args.old_rows = number(value()?)?,
             "--keys" => args.keys = number(value()?)?,
+            "--relays" => args.relays = number(value()?)?,
             "--repeat" => args.repeat = number(value()?)?.max(1),
             "--sweep-batch" => {
                 args.sweep = value()?.split(',').map(|v| number(v.trim().to_owned())).collect::<Result<_, _>>()?
@@ -95,8 +103,8 @@ fn parse_args() -> Result<Args, BoxError> {
             other => return Err(format!("unknown option {other}").into()),
         }
     }
-    if args.batch == 0 || args.concurrency == 0 || args.rate == 0 || args.sweep.contains(&0) {
-        return Err("--batch, --concurrency, --rate and --sweep-batch values must be positive".into());
+    if args.batch == 0 || args.concurrency == 0 || args.rate == 0 || args.relays == 0 || args.sweep.contains(&0) {
+        return Err("--batch, --concurrency, --relays, --rate and --sweep-batch values must be positive".into());
     }
     Ok(args)
 }
@@ -270,6 +278,20 @@ impl AnyStore {
         Ok(())
     }
 
+    /// Another handle on the same tables with its own connection pool (SQLite: the same pool, as
+    /// SQLite has one writer anyway).
+    async fn reopen(&self) -> Result<Self, BoxError> {
+        Ok(match self {
+            Self::Postgres(s) => Self::Postgres(
+                PostgresStore::connect_with(&env("OUTBOX_TEST_POSTGRES_URL")?, s.options().clone()).await?,
+            ),
+            Self::MySql(s) => {
+                Self::MySql(MySqlStore::connect_with(&env("OUTBOX_TEST_MYSQL_URL")?, s.options().clone()).await?)
+            }
+            Self::Sqlite(s) => Self::Sqlite(SqliteStore::new(s.pool().clone(), s.options().clone())?),
+        })
+    }
+
     /// Drops the tables this store created (the benchmark's tables are throwaway, named per run).
     async fn drop_tables(&self) -> Result<(), BoxError> {
         let schema = match self {
@@ -441,6 +463,17 @@ async fn make_publisher(kind: &str, topic: &str) -> Result<Arc<dyn Publisher>, B
     })
 }
 
+/// Empties the RabbitMQ queue between rounds: a queue that keeps growing by 100,000 messages a round
+/// slows RabbitMQ down and would skew later rounds. (Redis streams are capped; Kafka keeps its log.)
+async fn reset_broker(kind: &str, topic: &str) -> Result<(), BoxError> {
+    if kind == "rabbitmq" {
+        let url = env("OUTBOX_TEST_AMQP_URL")?;
+        rabbitmq::delete_queue(&url, topic).await?;
+        rabbitmq::declare_queue(&url, topic).await?;
+    }
+    Ok(())
+}
+
 async fn cleanup_broker(kind: &str, topic: &str) {
     if kind == "rabbitmq" {
         if let Ok(url) = env("OUTBOX_TEST_AMQP_URL") {
@@ -569,24 +602,38 @@ async fn relay_throughput(
 ) -> Result<f64, BoxError> {
     store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
     store.analyze().await?;
-    let relay =
-        Relay::builder_shared(store.dyn_store(), publisher).batch_size(batch).concurrency(args.concurrency).build()?;
+    // Each relay gets its own connection pool, as separate relay processes would.
+    let mut relays = Vec::new();
+    for _ in 0..args.relays {
+        let own = store.reopen().await?;
+        relays.push(
+            Relay::builder_shared(own.dyn_store(), publisher.clone())
+                .batch_size(batch)
+                .concurrency(args.concurrency)
+                .build()?,
+        );
+    }
     let shutdown = CancellationToken::new();
     let started = Instant::now();
-    let running = tokio::spawn({
-        let (relay, shutdown) = (relay.clone(), shutdown.clone());
-        async move { relay.run(shutdown).await }
-    });
+    let running: Vec<_> = relays
+        .iter()
+        .map(|relay| {
+            let (relay, shutdown) = (relay.clone(), shutdown.clone());
+            tokio::spawn(async move { relay.run(shutdown).await })
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(600);
-    while (relay.metrics().published as usize) < args.messages {
+    while relays.iter().map(|r| r.metrics().published as usize).sum::<usize>() < args.messages {
         if Instant::now() > deadline {
-            return Err("the relay did not drain the backlog within 10 minutes".into());
+            return Err("the relays did not drain the backlog within 10 minutes".into());
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     let rate = args.messages as f64 / started.elapsed().as_secs_f64();
     shutdown.cancel();
-    running.await??;
+    for relay in running {
+        relay.await??;
+    }
     Ok(rate)
 }
 
@@ -614,9 +661,11 @@ async fn throughput(
     let (mut broker, mut database, mut relay) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.repeat {
         broker.push(raw_broker(publisher, args, topic, batch).await?);
+        reset_broker(&args.publisher, topic).await?;
         database.push(raw_database(store, args, topic, batch).await?);
         if with_relay {
             relay.push(relay_throughput(store, publisher.clone(), args, topic, batch).await?);
+            reset_broker(&args.publisher, topic).await?;
         }
     }
     Ok(Throughput { broker: median(broker), database: median(database), relay: with_relay.then(|| median(relay)) })
@@ -915,7 +964,7 @@ async fn main() -> Result<(), BoxError> {
     let run = |name: &str| !args.skip.iter().any(|s| s == name);
     let topic = format!("outbox_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     println!(
-        "outbox-bench: store={} publisher={} messages={} keys={} payload={}B batch={} concurrency={} ({} cores)",
+        "outbox-bench: store={} publisher={} messages={} keys={} payload={}B batch={} concurrency={} relays={} ({} cores)",
         args.store,
         args.publisher,
         args.messages,
@@ -923,6 +972,7 @@ async fn main() -> Result<(), BoxError> {
         args.payload,
         args.batch,
         args.concurrency,
+        args.relays,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
@@ -1045,7 +1095,7 @@ async fn main() -> Result<(), BoxError> {
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "store": args.store, "publisher": args.publisher, "messages": args.messages, "keys": args.keys,
-            "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency,
+            "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency, "relays": args.relays,
             "results": report.json,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
