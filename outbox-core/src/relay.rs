@@ -529,24 +529,48 @@ impl Inner {
 
     async fn settle(&self, acks: &[MessageId], retries: &[Retry], dead: &[(Message, String)]) -> Result<()> {
         if !acks.is_empty() {
-            self.store.acknowledge(acks).await?;
+            self.settle_step("acknowledge", || self.store.acknowledge(acks)).await?;
             bump(&self.counters.published, acks.len());
             debug!(count = acks.len(), "outbox messages published");
         }
         if !retries.is_empty() {
-            self.store.reschedule(self.id, retries).await?;
+            self.settle_step("reschedule", || self.store.reschedule(self.id, retries)).await?;
             bump(&self.counters.retried, retries.len());
         }
         if !dead.is_empty() {
             let failures: Vec<Failure> =
                 dead.iter().map(|(m, error)| Failure { id: m.id, error: error.clone() }).collect();
-            self.store.dead_letter(self.id, &failures).await?;
+            self.settle_step("dead_letter", || self.store.dead_letter(self.id, &failures)).await?;
             bump(&self.counters.dead_lettered, dead.len());
             for (message, error) in dead {
                 error!(message_id = %message.id, topic = %message.topic, attempts = message.attempts, %error, "outbox message dead-lettered");
             }
         }
         Ok(())
+    }
+
+    /// Runs one settle statement, retrying transient store errors (a deadlock, a dropped connection)
+    /// a few times: an acknowledgement lost to one would leave the batch leased until the lease runs
+    /// out and then publish it a second time. Each statement is idempotent, so a retry is safe.
+    async fn settle_step<'a, F, Fut>(&self, operation: &'static str, step: F) -> Result<()>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<()>> + 'a,
+    {
+        const BACKOFF_MS: [u64; 3] = [10, 50, 250];
+        let mut backoff = BACKOFF_MS.iter();
+        loop {
+            match step().await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    let Some(ms) = backoff.next() else { return Err(e) };
+                    bump(&self.counters.store_errors, 1);
+                    warn!(error = %e, operation, retry_in_ms = ms, "outbox relay: settling a batch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(*ms)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     async fn publish_renewing_lease(&self, batch: &[Message]) -> Vec<std::result::Result<(), PublishError>> {
