@@ -2,8 +2,10 @@
 //! polling plus in-process wake-ups.
 //!
 //! A claim is one short transaction: a consistent (non-locking) read picks candidates with the per-key
-//! rule, a locking read with `SKIP LOCKED` re-checks and locks them, an `UPDATE` sets the lease, and the
-//! transaction commits before anything is published. (MariaDB rejects `IN (SELECT ... LIMIT n)`, and a
+//! rule (the oldest keyless rows, and the key heads in a window of the oldest keyed rows; every key's
+//! head via a loose index scan only when that window is clogged, as on PostgreSQL), a locking read
+//! with `SKIP LOCKED` re-checks and locks them, an `UPDATE` sets the lease, and the transaction
+//! commits before anything is published. (MariaDB rejects `IN (SELECT ... LIMIT n)`, and a
 //! derived table makes every claim a full scan, so the claim is not a single statement.)
 
 use std::fmt;
@@ -35,6 +37,7 @@ struct Sql {
     existing: String,
     existing_dead: String,
     candidates: String,
+    key_heads: String,
     reschedule: String,
     to_dead: String,
     delete_owned: String,
@@ -51,6 +54,12 @@ impl Sql {
         let (m, d, i) =
             (t.qualified(&t.messages(), '`'), t.qualified(&t.dead_letters(), '`'), t.qualified(&t.inbox(), '`'));
         let table_options = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+        let ready = |alias: &str| {
+            format!(
+                "{alias}.published_at IS NULL AND {alias}.available_at <= {NOW} \
+                 AND ({alias}.locked_until IS NULL OR {alias}.locked_until <= {NOW})"
+            )
+        };
         Self {
             schema: format!(
                 r#"CREATE TABLE IF NOT EXISTS {m} (
@@ -101,12 +110,24 @@ CREATE TABLE IF NOT EXISTS {i} (
             ),
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = ?"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = ?"),
+            // Candidates (a consistent read, no locks): the oldest claimable keyless rows, and a window
+            // of the oldest claimable keyed rows, each flagged whether it is its key's head (no older
+            // unfinished row of the same key). `kind` tells the two apart.
             candidates: format!(
-                "SELECT o.seq FROM {m} o WHERE o.published_at IS NULL AND o.available_at <= {NOW} \
-                 AND (o.locked_until IS NULL OR o.locked_until <= {NOW}) \
-                 AND (o.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM {m} e \
-                      WHERE e.msg_key = o.msg_key AND e.published_at IS NULL AND e.seq < o.seq)) \
-                 ORDER BY o.seq LIMIT ?"
+                "(SELECT k.seq, CAST(0 AS SIGNED) AS kind, CAST(1 AS SIGNED) AS head FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT ?) \
+                 UNION ALL \
+                 (SELECT w.seq, CAST(1 AS SIGNED) AS kind, CAST(NOT EXISTS (SELECT 1 FROM {m} e WHERE e.msg_key = w.msg_key \
+                    AND e.published_at IS NULL AND e.seq < w.seq) AS SIGNED) AS head \
+                  FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} ORDER BY w.seq LIMIT ?)",
+                ready_k = ready("k"),
+                ready_w = ready("w"),
+            ),
+            // Every key's head, with a loose index scan over (msg_key, published_at, seq) (`GROUP BY`
+            // with `MIN`): O(keys), used only when the window is clogged with rows queued behind heads.
+            key_heads: format!(
+                "SELECT h.seq FROM (SELECT MIN(seq) AS seq FROM {m} WHERE published_at IS NULL AND msg_key IS NOT NULL \
+                 GROUP BY msg_key) heads JOIN {m} h ON h.seq = heads.seq WHERE {ready_h} ORDER BY h.seq LIMIT ?",
+                ready_h = ready("h"),
             ),
             reschedule: format!(
                 "UPDATE {m} SET locked_by = NULL, locked_until = NULL, \
@@ -371,11 +392,25 @@ impl Store for MySqlStore {
         let sql = &self.inner.sql;
         let mut conn = self.relay_conn("claim").await?;
         let mut tx = conn.begin().await.map_err(err)?;
-        let candidates: Vec<i64> = sqlx::query_scalar(&sql.candidates)
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
+        let window = limit.saturating_add(limit / 4);
+        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(&sql.candidates)
+            .bind(limit_i64)
+            .bind(i64::try_from(window).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await
             .map_err(err)?;
+        let in_window = rows.iter().filter(|(_, kind, _)| *kind == 1).count();
+        let window_heads = rows.iter().filter(|(_, kind, head)| *kind == 1 && *head != 0).count();
+        let mut candidates: Vec<i64> = rows.iter().filter(|(_, _, head)| *head != 0).map(|(seq, _, _)| *seq).collect();
+        if in_window == window && window_heads < limit {
+            let heads: Vec<i64> =
+                sqlx::query_scalar(&sql.key_heads).bind(limit_i64).fetch_all(&mut *tx).await.map_err(err)?;
+            candidates.extend(heads);
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates.truncate(limit);
         if candidates.is_empty() {
             tx.commit().await.map_err(err)?;
             return Ok(Vec::new());

@@ -56,6 +56,12 @@ impl Sql {
         let p = t.prefix().as_str();
         let ids = "(SELECT value FROM json_each(?))";
         let cols = "id, topic, msg_key, payload, headers, created_at, attempts, last_error";
+        let ready = |alias: &str| {
+            format!(
+                "{alias}.published_at IS NULL AND {alias}.available_at <= ?3 \
+                 AND ({alias}.locked_until IS NULL OR {alias}.locked_until <= ?3)"
+            )
+        };
         Ok(Self {
             schema: format!(
                 r#"CREATE TABLE IF NOT EXISTS {m} (
@@ -74,7 +80,8 @@ impl Sql {
     locked_until INTEGER,
     published_at INTEGER
 );
-CREATE INDEX IF NOT EXISTS "{p}_messages_pending" ON {m} (seq) WHERE published_at IS NULL;
+CREATE INDEX IF NOT EXISTS "{p}_messages_pending_keyless" ON {m} (seq) WHERE published_at IS NULL AND msg_key IS NULL;
+CREATE INDEX IF NOT EXISTS "{p}_messages_pending_keyed" ON {m} (seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "{p}_messages_key" ON {m} (msg_key, seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "{p}_messages_published" ON {m} (published_at) WHERE published_at IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {d} (
@@ -104,14 +111,29 @@ CREATE TABLE IF NOT EXISTS {i} (
             ),
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = ?"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = ?"),
+            // Same candidate sources as the PostgreSQL claim (see there): keyless rows from their own
+            // index, key heads from a window of the oldest claimable keyed rows, and the head of every
+            // key (loose index scan) only when that window is clogged with queued rows.
             claim: format!(
                 "UPDATE {m} SET locked_by = ?1, locked_until = ?2, attempts = attempts + 1 WHERE seq IN (\
-                   SELECT o.seq FROM {m} o WHERE o.published_at IS NULL AND o.available_at <= ?3 \
-                   AND (o.locked_until IS NULL OR o.locked_until <= ?3) \
-                   AND (o.msg_key IS NULL OR NOT EXISTS (SELECT 1 FROM {m} e \
-                        WHERE e.msg_key = o.msg_key AND e.seq < o.seq AND e.published_at IS NULL)) \
-                   ORDER BY o.seq LIMIT ?4) \
-                 RETURNING seq, {cols}"
+                   WITH RECURSIVE \
+                   keyless AS (SELECT k.seq FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT ?4), \
+                   win AS MATERIALIZED (SELECT w.seq, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} \
+                     ORDER BY w.seq LIMIT ?4 + ?4 / 4), \
+                   win_heads AS MATERIALIZED (SELECT w.seq FROM win w WHERE NOT EXISTS (SELECT 1 FROM {m} e \
+                     WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL)), \
+                   keys(k) AS (SELECT (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL) \
+                       WHERE (SELECT count(*) FROM win) = ?4 + ?4 / 4 AND (SELECT count(*) FROM win_heads) < ?4 \
+                     UNION ALL SELECT (SELECT min(n.msg_key) FROM {m} n WHERE n.msg_key IS NOT NULL AND n.msg_key > keys.k \
+                       AND n.published_at IS NULL) FROM keys WHERE keys.k IS NOT NULL), \
+                   heads AS (SELECT h.seq FROM keys JOIN {m} h ON h.seq = (SELECT min(x.seq) FROM {m} x \
+                       WHERE x.msg_key IS NOT NULL AND x.msg_key = keys.k AND x.published_at IS NULL) \
+                     WHERE keys.k IS NOT NULL AND {ready_h}) \
+                   SELECT seq FROM keyless UNION SELECT seq FROM win_heads UNION SELECT seq FROM heads ORDER BY seq LIMIT ?4) \
+                 RETURNING seq, {cols}",
+                ready_k = ready("k"),
+                ready_w = ready("w"),
+                ready_h = ready("h"),
             ),
             extend: format!(
                 "UPDATE {m} SET locked_until = ? WHERE locked_by = ? AND published_at IS NULL AND id IN {ids}"
