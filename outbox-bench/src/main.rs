@@ -14,6 +14,7 @@
 //!   own pool; default 1), `--rate MSG_PER_S` (latency load), `--old-rows N` (claim-cost test);
 //! - `--repeat N` (throughput rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput
 //!   at each batch size) with `--plot FILE.svg`;
+//! - `--kafka-setting KEY=VALUE` (repeatable; a librdkafka producer setting such as `linger.ms=1`);
 //! - `--json FILE`, `--skip NAME[,NAME]` (raw, relay, latency, enqueue, claim, idle).
 //!
 //! URLs come from the `OUTBOX_TEST_*` variables (`scripts/test-services.sh` sets them).
@@ -49,6 +50,7 @@ struct Args {
     old_rows: usize,
     keys: usize,
     relays: usize,
+    kafka_settings: Vec<(String, String)>,
     repeat: usize,
     sweep: Vec<usize>,
     plot: Option<String>,
@@ -68,6 +70,7 @@ fn parse_args() -> Result<Args, BoxError> {
         old_rows: 1_000_000,
         keys: 0,
         relays: 1,
+        kafka_settings: Vec::new(),
         repeat: 3,
         sweep: Vec::new(),
         plot: None,
@@ -89,6 +92,12 @@ fn parse_args() -> Result<Args, BoxError> {
             "--old-rows" => args.old_rows = number(value()?)?,
             "--keys" => args.keys = number(value()?)?,
             "--relays" => args.relays = number(value()?)?,
+            "--kafka-setting" => {
+                let setting = value()?;
+                let (key, val) =
+                    setting.split_once('=').ok_or_else(|| format!("{flag} takes key=value, got {setting}"))?;
+                args.kafka_settings.push((key.to_owned(), val.to_owned()));
+            }
             "--repeat" => args.repeat = number(value()?)?.max(1),
             "--sweep-batch" => {
                 args.sweep = value()?.split(',').map(|v| number(v.trim().to_owned())).collect::<Result<_, _>>()?
@@ -447,9 +456,19 @@ impl Publisher for LatencyProbe {
     }
 }
 
-async fn make_publisher(kind: &str, topic: &str) -> Result<Arc<dyn Publisher>, BoxError> {
+async fn make_publisher(
+    kind: &str,
+    topic: &str,
+    kafka_settings: &[(String, String)],
+) -> Result<Arc<dyn Publisher>, BoxError> {
     Ok(match kind {
-        "kafka" => Arc::new(kafka::KafkaPublisher::new(kafka::KafkaOptions::new(env("OUTBOX_TEST_KAFKA_BROKERS")?))?),
+        "kafka" => {
+            let mut options = kafka::KafkaOptions::new(env("OUTBOX_TEST_KAFKA_BROKERS")?);
+            for (key, value) in kafka_settings {
+                options = options.setting(key, value);
+            }
+            Arc::new(kafka::KafkaPublisher::new(options)?)
+        }
         "rabbitmq" => {
             let url = env("OUTBOX_TEST_AMQP_URL")?;
             rabbitmq::declare_queue(&url, topic).await?;
@@ -803,6 +822,10 @@ async fn latency(
     }
     shutdown.cancel();
     running.await??;
+    let store_errors = relay.metrics().store_errors;
+    if store_errors > 0 {
+        println!("  (the relay hit {store_errors} store errors during the latency run; see the max)");
+    }
     let acked = probe.acked.lock().unwrap_or_else(|p| p.into_inner());
     let committed = committed.lock().map_err(|_| "poisoned")?;
     let mut samples: Vec<Duration> = committed
@@ -976,7 +999,7 @@ async fn main() -> Result<(), BoxError> {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
-    let publisher = make_publisher(&args.publisher, &topic).await?;
+    let publisher = make_publisher(&args.publisher, &topic, &args.kafka_settings).await?;
     let mut opened: Vec<AnyStore> = Vec::new();
 
     if run("raw") || run("relay") {
