@@ -752,10 +752,10 @@ fn write_plot(path: &str, title: &str, points: &[(usize, Throughput)]) -> Result
         ("raw broker", "#2ca02c", |t| Some(t.broker)),
     ];
     for (n, (name, color, value)) in series.iter().enumerate() {
-        let visible: Vec<(f64, f64)> =
-            points.iter().filter_map(|(b, t)| value(t).filter(|v| *v <= ymax).map(|v| (x(*b), y(v)))).collect();
+        let values: Vec<(usize, f64)> = points.iter().filter_map(|(b, t)| value(t).map(|v| (*b, v))).collect();
+        let visible: Vec<(f64, f64)> = values.iter().map(|(b, v)| (x(*b), y(*v))).collect();
         let ly = top + 20.0 * n as f64;
-        if visible.is_empty() {
+        if values.iter().any(|(_, v)| *v > ymax) {
             let lowest = points.iter().filter_map(|(_, t)| value(t)).fold(f64::MAX, f64::min);
             if lowest < f64::MAX {
                 writeln!(

@@ -81,7 +81,8 @@ fn bump(counter: &AtomicU64, by: usize) {
 pub struct RelayOptions {
     /// Messages claimed per batch (default 256).
     pub batch_size: usize,
-    /// Batches in flight at once (default 2).
+    /// Workers (default 2). Each publishes one batch at a time and, while a backlog lasts, claims the
+    /// next one ahead.
     pub concurrency: usize,
     /// How long a claim is held before another relay may take it over (default 30 s). Renewed while a
     /// publish runs long.
@@ -157,7 +158,7 @@ impl RelayBuilder {
         self.options.batch_size = n;
         self
     }
-    /// Batches in flight at once.
+    /// Workers (see [`RelayOptions::concurrency`]).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.options.concurrency = n;
         self
