@@ -22,6 +22,25 @@ fn policy(max_attempts: u32, initial_ms: u64) -> RetryPolicy {
         .unwrap()
 }
 
+/// A memory store holding `n` committed messages on topic `t`.
+fn store_with(n: usize) -> MemoryStore {
+    let store = MemoryStore::new();
+    for i in 0..n {
+        store.enqueue_committed(NewMessage::new("t", format!("{i}"))).unwrap();
+    }
+    store
+}
+
+/// Runs `relay` in the background; cancel the token to stop it.
+fn start(relay: &Relay) -> (CancellationToken, tokio::task::JoinHandle<outbox_core::Result<()>>) {
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    (shutdown, running)
+}
+
 #[tokio::test(start_paused = true)]
 async fn retry_scheduling_follows_the_policy() {
     let store = MemoryStore::new();
@@ -136,11 +155,7 @@ async fn per_key_order_holds_with_four_concurrent_batches_and_failures() {
         .retry_policy(policy(1000, 1))
         .build()
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let (relay, shutdown) = (relay.clone(), shutdown.clone());
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, running) = start(&relay);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while store.pending_len() > 0 {
         assert!(tokio::time::Instant::now() < deadline, "relay did not drain");
@@ -165,17 +180,10 @@ async fn per_key_order_holds_with_four_concurrent_batches_and_failures() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_finishes_in_flight_batches_and_loses_nothing() {
-    let store = MemoryStore::new();
-    for n in 0..100 {
-        store.enqueue_committed(NewMessage::new("t", format!("{n}"))).unwrap();
-    }
+    let store = store_with(100);
     let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
     let relay = Relay::builder(store.clone(), publisher.clone()).batch_size(10).concurrency(2).build().unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let (relay, shutdown) = (relay.clone(), shutdown.clone());
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, running) = start(&relay);
     tokio::time::sleep(Duration::from_millis(100)).await;
     shutdown.cancel();
     running.await.unwrap().unwrap();
@@ -190,17 +198,10 @@ async fn shutdown_finishes_in_flight_batches_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_claims_the_next_batch_while_publishing_and_hands_it_back_at_shutdown() {
-    let store = MemoryStore::new();
-    for n in 0..50 {
-        store.enqueue_committed(NewMessage::new("t", format!("{n}"))).unwrap();
-    }
+    let store = store_with(50);
     let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
     let relay = Relay::builder(store.clone(), publisher.clone()).batch_size(10).concurrency(1).build().unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let (relay, shutdown) = (relay.clone(), shutdown.clone());
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, running) = start(&relay);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let metrics = relay.metrics();
     assert_eq!((metrics.batches, metrics.claimed), (2, 20), "the next batch is claimed during the first publish");
@@ -216,21 +217,14 @@ async fn a_worker_claims_the_next_batch_while_publishing_and_hands_it_back_at_sh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_timeout_hands_back_claims() {
-    let store = MemoryStore::new();
-    for n in 0..5 {
-        store.enqueue_committed(NewMessage::new("t", format!("{n}"))).unwrap();
-    }
+    let store = store_with(5);
     let publisher = MemoryPublisher::new().with_delay(Duration::from_secs(3600));
     let relay = Relay::builder(store.clone(), publisher)
         .shutdown_timeout(Duration::from_millis(100))
         .lease(Duration::from_secs(600))
         .build()
         .unwrap();
-    let shutdown = CancellationToken::new();
-    let running = tokio::spawn({
-        let (relay, shutdown) = (relay.clone(), shutdown.clone());
-        async move { relay.run(shutdown).await }
-    });
+    let (shutdown, running) = start(&relay);
     tokio::time::sleep(Duration::from_millis(100)).await;
     shutdown.cancel();
     running.await.unwrap().unwrap();
