@@ -378,10 +378,8 @@ impl Inner {
                 }
                 Ok(batch) => batch,
                 Err(e) => {
-                    self.store_error(&e);
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = tokio::time::sleep(options.error_backoff) => {}
+                    if self.back_off(&e, &shutdown).await {
+                        break;
                     }
                     continue;
                 }
@@ -406,10 +404,8 @@ impl Inner {
                 _ => {}
             }
             if let Some(e) = failed {
-                self.store_error(&e);
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(options.error_backoff) => {}
+                if self.back_off(&e, &shutdown).await {
+                    break;
                 }
             }
         }
@@ -431,9 +427,22 @@ impl Inner {
         }
     }
 
-    fn store_error(&self, e: &Error) {
+    /// Counts and logs a store error, then waits `error_backoff`; true if shutdown came first.
+    async fn back_off(&self, e: &Error, shutdown: &CancellationToken) -> bool {
         bump(&self.counters.store_errors, 1);
         error!(error = %e, "outbox relay: store error; backing off");
+        tokio::select! {
+            _ = shutdown.cancelled() => true,
+            _ = tokio::time::sleep(self.options.error_backoff) => false,
+        }
+    }
+
+    /// Drops finished (or handed-back) messages from the in-flight set.
+    fn forget_in_flight<'a>(&self, ids: impl IntoIterator<Item = &'a MessageId>) {
+        let mut in_flight = self.lock_in_flight();
+        for id in ids {
+            in_flight.remove(id);
+        }
     }
 
     /// Claims a batch and records it as in flight.
@@ -453,12 +462,7 @@ impl Inner {
     async fn hand_back(&self, batch: &[Message]) {
         let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
         match self.store.release(self.id, &ids).await {
-            Ok(()) => {
-                let mut in_flight = self.lock_in_flight();
-                for id in &ids {
-                    in_flight.remove(id);
-                }
-            }
+            Ok(()) => self.forget_in_flight(&ids),
             Err(e) => {
                 warn!(error = %e, messages = ids.len(), "outbox relay could not hand back a prefetched batch; its lease will expire")
             }
@@ -513,12 +517,7 @@ impl Inner {
         }
 
         let settled = self.settle(&acks, &retries, &dead).await;
-        {
-            let mut in_flight = self.lock_in_flight();
-            for id in acks.iter().chain(retries.iter().map(|r| &r.id)).chain(dead.iter().map(|(m, _)| &m.id)) {
-                in_flight.remove(id);
-            }
-        }
+        self.forget_in_flight(acks.iter().chain(retries.iter().map(|r| &r.id)).chain(dead.iter().map(|(m, _)| &m.id)));
         settled?;
         if let Some(hook) = &self.hook {
             for (message, error) in &dead {
