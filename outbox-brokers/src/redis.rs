@@ -220,8 +220,11 @@ impl Publisher for RedisPublisher {
 /// Reads up to `expected` entries of `stream` from its start, waiting at most `timeout`.
 pub async fn read_back(url: &str, stream: &str, expected: usize, timeout: Duration) -> Result<Vec<Received>> {
     let client = redis::Client::open(url).map_err(|e| invalid_url("Redis", url, e))?;
+    // One XRANGE returns every expected entry; allow it the whole `timeout`, not redis-rs's default
+    // 500 ms per response (10,000 entries take longer than that to decode on a busy machine).
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
     let mut conn = client
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .map_err(|e| Error::store("read_back", true, scrub(&e.to_string(), url)))?;
     let deadline = tokio::time::Instant::now() + timeout;

@@ -60,6 +60,7 @@ macro_rules! publisher_suite {
                     eprintln!("NOT APPLICABLE to this backend: {}: {why}", stringify!($check));
                     return;
                 }
+                let _guard = $crate::publisher_suite::check_guard(stringify!($check)).await;
                 if let Some(harness) = ($make)().await {
                     $crate::publisher_suite::$check(&harness).await;
                 }

@@ -9,6 +9,33 @@ use async_trait::async_trait;
 use chrono::Utc;
 use outbox_brokers::Received;
 use outbox_core::{Headers, Message, MessageId, PublishError, Publisher, Result};
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+/// `kill_connections` may drop every client of the broker (Redis cannot single out one publisher's
+/// connection), which would fail whatever another check of the same test binary was doing with the
+/// broker at that moment. [`crate::publisher_suite!`] runs the check that kills connections alone:
+/// it holds this lock for writing from before its harness is made, every other check for reading.
+static CONNECTION_KILLS: RwLock<()> = RwLock::const_new(());
+
+/// What a check of [`crate::publisher_suite!`] holds while it runs (see `CONNECTION_KILLS`).
+#[doc(hidden)]
+#[derive(Debug)]
+pub enum CheckGuard {
+    /// Other checks may run alongside.
+    Shared(RwLockReadGuard<'static, ()>),
+    /// This check kills connections and runs alone.
+    Alone(RwLockWriteGuard<'static, ()>),
+}
+
+/// Waits until the check named `check` may run; used by [`crate::publisher_suite!`].
+#[doc(hidden)]
+pub async fn check_guard(check: &str) -> CheckGuard {
+    if check == "recovers_after_the_connection_is_killed" {
+        CheckGuard::Alone(CONNECTION_KILLS.write().await)
+    } else {
+        CheckGuard::Shared(CONNECTION_KILLS.read().await)
+    }
+}
 
 /// What the suite needs from a broker: a publisher, a fresh destination, and a way to read it back.
 #[async_trait]
