@@ -76,7 +76,7 @@ impl MemoryTransaction {
         }
         state.inbox.extend(self.inbox_marks);
         drop(state);
-        self.store.shared.wake.notify_waiters();
+        self.store.shared.wake.notify_one();
         Ok(())
     }
 
@@ -158,7 +158,7 @@ impl MemoryStore {
     pub fn enqueue_committed(&self, message: NewMessage) -> Result<MessageId> {
         message.validate(&self.shared.limits)?;
         let id = self.state().insert(message);
-        self.shared.wake.notify_waiters();
+        self.shared.wake.notify_one();
         Ok(id)
     }
 
@@ -267,7 +267,7 @@ impl Store for MemoryStore {
             }
         }
         drop(state);
-        self.shared.wake.notify_waiters();
+        self.shared.wake.notify_one();
         Ok(())
     }
 
@@ -345,7 +345,7 @@ impl Store for MemoryStore {
             moved += 1;
         }
         drop(state);
-        self.shared.wake.notify_waiters();
+        self.shared.wake.notify_one();
         Ok(moved)
     }
 

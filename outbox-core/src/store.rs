@@ -141,7 +141,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn stats(&self) -> Result<OutboxStats>;
 
     /// Waits until new messages may have been committed, or `timeout` passes. Stores with commit
-    /// notifications return early; the default just sleeps.
+    /// notifications return early; the default just sleeps. A commit needs to wake only one waiter
+    /// (the relay wakes its other workers when a claim comes back full), and a wake-up with nobody
+    /// waiting should make the next call return at once (as `tokio::sync::Notify::notify_one` does).
     async fn wait_for_work(&self, timeout: Duration) {
         tokio::time::sleep(timeout).await;
     }

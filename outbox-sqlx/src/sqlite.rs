@@ -279,9 +279,9 @@ impl SqliteStore {
         Ok(())
     }
 
-    /// Wakes waiting relays of this process (enqueue does it for you).
+    /// Wakes one waiting relay worker of this process (enqueue does it for you). With no worker
+    /// waiting, the next one to wait returns at once, so a wake-up is never lost.
     pub fn notify(&self) {
-        self.inner.wake.notify_waiters();
         self.inner.wake.notify_one();
     }
 
