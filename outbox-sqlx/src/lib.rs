@@ -158,6 +158,14 @@ pub struct StoreOptions {
     /// Keep published messages this long (purged by `purge_published`) instead of deleting them on
     /// acknowledgement (the default).
     pub retention: Option<Duration>,
+    /// PostgreSQL: make the relay's claims and acknowledgements wait for the WAL flush like any
+    /// other commit. Off by default: they commit with `synchronous_commit = off` (for that statement
+    /// only), which takes a disk flush off every batch's path. A database crash can then forget the
+    /// last moments of acknowledgements, and those messages are published again, which at-least-once
+    /// delivery allows; messages themselves are written in the caller's transaction and keep its
+    /// durability. Turn this on to pay one flush per claim and per acknowledgement instead of those
+    /// repeats. MySQL and SQLite ignore it (their flush setting is server- or connection-wide).
+    pub durable_relay_commits: bool,
 }
 
 impl StoreOptions {
@@ -181,6 +189,11 @@ impl StoreOptions {
     /// Keeps published messages for `retention`.
     pub fn retention(mut self, retention: Duration) -> Self {
         self.retention = Some(retention);
+        self
+    }
+    /// See [`StoreOptions::durable_relay_commits`] (PostgreSQL).
+    pub fn durable_relay_commits(mut self, durable: bool) -> Self {
+        self.durable_relay_commits = durable;
         self
     }
 }

@@ -53,6 +53,14 @@ impl Sql {
         let (m, d, i) =
             (t.qualified(&t.messages(), '"'), t.qualified(&t.dead_letters(), '"'), t.qualified(&t.inbox(), '"'));
         let p = t.prefix().as_str();
+        // Claims and acknowledgements commit without waiting for the WAL flush unless asked to (see
+        // `StoreOptions::durable_relay_commits`). `set_config(.., true)` lasts until the end of the
+        // statement's own transaction, so the connection keeps its setting.
+        let relay_commit = if options.durable_relay_commits {
+            "true"
+        } else {
+            "(SELECT set_config('synchronous_commit', 'off', true)) = 'off'"
+        };
         let channel = match t.schema() {
             Some(schema) => format!("{schema}_{p}_outbox"),
             None => format!("{p}_outbox"),
@@ -95,7 +103,7 @@ impl Sql {
         );
         let claim = format!(
             "WITH picked AS ({claimable}) UPDATE {m} SET locked_by = $1, locked_until = now() + $2 * {MS}, attempts = attempts + 1 \
-             WHERE seq IN (SELECT seq FROM picked) RETURNING seq, {cols}"
+             WHERE seq IN (SELECT seq FROM picked) AND {relay_commit} RETURNING seq, {cols}"
         );
         Self {
             schema: format!(
@@ -159,10 +167,10 @@ CREATE TABLE IF NOT EXISTS {i} (
                 "UPDATE {m} SET locked_by = NULL, locked_until = NULL, attempts = GREATEST(attempts - 1, 0) \
                  WHERE locked_by = $1 AND published_at IS NULL AND id = ANY($2)"
             ),
-            ack_delete: format!("DELETE FROM {m} WHERE id = ANY($1)"),
+            ack_delete: format!("DELETE FROM {m} WHERE id = ANY($1) AND {relay_commit}"),
             ack_retain: format!(
                 "UPDATE {m} SET published_at = now(), locked_by = NULL, locked_until = NULL \
-                 WHERE published_at IS NULL AND id = ANY($1)"
+                 WHERE published_at IS NULL AND id = ANY($1) AND {relay_commit}"
             ),
             reschedule: format!(
                 "UPDATE {m} AS m SET locked_by = NULL, locked_until = NULL, \

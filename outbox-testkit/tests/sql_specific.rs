@@ -32,6 +32,36 @@ async fn postgres_claim_uses_the_partial_index_with_many_published_rows() {
     assert!(!plan.contains("Seq Scan on"), "the claim scans the table:\n{plan}");
 }
 
+/// Claims and acknowledgements commit with `synchronous_commit = off` by default (or durably when
+/// asked); either way the setting is the statement's own and the connection keeps its default.
+#[tokio::test]
+async fn postgres_relay_commits_leave_the_connection_setting_alone() {
+    let Some(url) = backend("OUTBOX_TEST_POSTGRES_URL", "PostgreSQL") else { return };
+    for durable in [false, true] {
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&url).await.expect("connect");
+        let options = StoreOptions::default()
+            .durable_relay_commits(durable)
+            .schema(TEST_SCHEMA)
+            .and_then(|o| o.table_prefix(&unique_name("sc")))
+            .expect("names");
+        let store = PostgresStore::new(pool.clone(), options);
+        store.migrate().await.expect("migrate");
+        let mut tx = pool.begin().await.expect("begin");
+        for i in 0..3 {
+            store.enqueue(&mut *tx, NewMessage::new("t", vec![i])).await.expect("enqueue");
+        }
+        tx.commit().await.expect("commit");
+        let owner = RelayId::new();
+        let claimed = store.claim(owner, 10, Duration::from_secs(30)).await.expect("claim");
+        assert_eq!(claimed.len(), 3, "durable: {durable}");
+        let ids: Vec<_> = claimed.iter().map(|m| m.id).collect();
+        store.acknowledge(&ids).await.expect("acknowledge");
+        assert_eq!(store.stats().await.expect("stats").pending, 0, "durable: {durable}");
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit").fetch_one(&pool).await.expect("show");
+        assert_eq!(setting, "on", "the relay's statement changed the connection's setting (durable: {durable})");
+    }
+}
+
 #[tokio::test]
 async fn postgres_schema_and_table_names_are_validated_before_sql() {
     for bad in ["outbox; DROP TABLE x", "public.x", "x\"y"] {
