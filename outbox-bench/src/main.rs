@@ -15,6 +15,8 @@
 //! - `--repeat N` (throughput rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput
 //!   at each batch size) with `--plot FILE.svg`;
 //! - `--kafka-setting KEY=VALUE` (repeatable; a librdkafka producer setting such as `linger.ms=1`);
+//! - `--durable-relay-commits` (PostgreSQL: claims and acknowledgements wait for the WAL flush; see
+//!   `StoreOptions::durable_relay_commits`);
 //! - `--json FILE`, `--skip NAME[,NAME]` (raw, relay, latency, enqueue, claim, idle).
 //!
 //! URLs come from the `OUTBOX_TEST_*` variables (`scripts/test-services.sh` sets them).
@@ -56,6 +58,12 @@ struct Args {
     plot: Option<String>,
     json: Option<String>,
     skip: Vec<String>,
+    durable_relay_commits: bool,
+}
+
+/// Store options from the command line.
+fn store_options(args: &Args) -> StoreOptions {
+    StoreOptions::default().durable_relay_commits(args.durable_relay_commits)
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -76,6 +84,7 @@ fn parse_args() -> Result<Args, BoxError> {
         plot: None,
         json: None,
         skip: Vec::new(),
+        durable_relay_commits: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -105,6 +114,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--plot" => args.plot = Some(value()?),
             "--json" => args.json = Some(value()?),
             "--skip" => args.skip = value()?.split(',').map(str::to_owned).collect(),
+            "--durable-relay-commits" => args.durable_relay_commits = true,
             "--help" | "-h" => {
                 println!("see the crate docs: cargo doc -p outbox-bench --open");
                 std::process::exit(0);
@@ -381,19 +391,33 @@ impl AnyStore {
     }
 }
 
-/// Counts the claims (the relay's queries when idle) and can turn notification wake-ups off.
+/// Counts the claims (the relay's queries when idle), records when each message was claimed, and can
+/// turn notification wake-ups off.
 #[derive(Debug)]
 struct Instrumented {
     inner: Arc<dyn Store>,
     claims: AtomicU64,
+    claimed_at: Mutex<HashMap<MessageId, Instant>>,
     notifications: bool,
+}
+
+impl Instrumented {
+    fn new(inner: Arc<dyn Store>, notifications: bool) -> Self {
+        Self { inner, claims: AtomicU64::new(0), claimed_at: Mutex::new(HashMap::new()), notifications }
+    }
 }
 
 #[async_trait]
 impl Store for Instrumented {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> outbox_core::Result<Vec<Message>> {
         self.claims.fetch_add(1, Ordering::Relaxed);
-        self.inner.claim(owner, limit, lease).await
+        let batch = self.inner.claim(owner, limit, lease).await?;
+        if !batch.is_empty() {
+            let now = Instant::now();
+            let mut claimed_at = self.claimed_at.lock().unwrap_or_else(|p| p.into_inner());
+            claimed_at.extend(batch.iter().map(|m| (m.id, now)));
+        }
+        Ok(batch)
     }
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> outbox_core::Result<()> {
         self.inner.extend_lease(owner, ids, lease).await
@@ -787,6 +811,12 @@ fn write_plot(path: &str, title: &str, points: &[(usize, Throughput)]) -> Result
     Ok(())
 }
 
+/// Latency samples, each sorted: commit -> broker ack, and the part of it up to the claim.
+struct LatencySamples {
+    acked: Vec<Duration>,
+    claimed: Vec<Duration>,
+}
+
 /// Commit -> broker-ack latency at a steady `--rate`, one message per transaction from 4 producers.
 async fn latency(
     store: &AnyStore,
@@ -794,10 +824,11 @@ async fn latency(
     args: &Args,
     topic: &str,
     notifications: bool,
-) -> Result<Vec<Duration>, BoxError> {
+) -> Result<LatencySamples, BoxError> {
     let probe = Arc::new(LatencyProbe { inner: publisher, acked: Mutex::new(HashMap::new()) });
-    let instrumented = Arc::new(Instrumented { inner: store.dyn_store(), claims: AtomicU64::new(0), notifications });
-    let relay = Relay::builder_shared(instrumented, probe.clone()).batch_size(args.batch).concurrency(2).build()?;
+    let instrumented = Arc::new(Instrumented::new(store.dyn_store(), notifications));
+    let relay =
+        Relay::builder_shared(instrumented.clone(), probe.clone()).batch_size(args.batch).concurrency(2).build()?;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
@@ -826,17 +857,21 @@ async fn latency(
     if store_errors > 0 {
         println!("  (the relay hit {store_errors} store errors during the latency run; see the max)");
     }
-    let acked = probe.acked.lock().unwrap_or_else(|p| p.into_inner());
     let committed = committed.lock().map_err(|_| "poisoned")?;
-    let mut samples: Vec<Duration> = committed
-        .iter()
-        .filter_map(|(id, at)| acked.get(id).map(|acked_at| acked_at.saturating_duration_since(*at)))
-        .collect();
-    if samples.len() < sent {
-        return Err(format!("only {} of {sent} messages reached the broker within 60 s", samples.len()).into());
+    let since_commit = |events: &HashMap<MessageId, Instant>| {
+        let mut samples: Vec<Duration> = committed
+            .iter()
+            .filter_map(|(id, at)| events.get(id).map(|event| event.saturating_duration_since(*at)))
+            .collect();
+        samples.sort();
+        samples
+    };
+    let acked = since_commit(&probe.acked.lock().unwrap_or_else(|p| p.into_inner()));
+    if acked.len() < sent {
+        return Err(format!("only {} of {sent} messages reached the broker within 60 s", acked.len()).into());
     }
-    samples.sort();
-    Ok(samples)
+    let claimed = since_commit(&instrumented.claimed_at.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(LatencySamples { acked, claimed })
 }
 
 /// The broker alone at the same steady rate: one message per publish call from 4 producers; publish
@@ -925,7 +960,7 @@ async fn enqueue_overhead(store: &AnyStore, topic: &str, payload: usize) -> Resu
 }
 
 async fn claim_cost(kind: &str, args: &Args, topic: &str) -> Result<(Duration, Duration), BoxError> {
-    let store = AnyStore::open(kind, StoreOptions::default().retention(Duration::from_secs(3600))).await?;
+    let store = AnyStore::open(kind, store_options(args).retention(Duration::from_secs(3600))).await?;
     let dyn_store = store.dyn_store();
     store.fill(messages(topic, 5_000, args.payload, args.keys), 1000, 2).await?;
     let sample = || async {
@@ -963,7 +998,7 @@ fn sqlite_or_mysql_table(store: &AnyStore) -> String {
 }
 
 async fn idle_queries(store: &AnyStore, args: &Args, notifications: bool) -> Result<f64, BoxError> {
-    let instrumented = Arc::new(Instrumented { inner: store.dyn_store(), claims: AtomicU64::new(0), notifications });
+    let instrumented = Arc::new(Instrumented::new(store.dyn_store(), notifications));
     let relay = Relay::builder_shared(instrumented.clone(), Arc::new(MemoryPublisher::new()))
         .concurrency(args.concurrency)
         .build()?;
@@ -1003,7 +1038,7 @@ async fn main() -> Result<(), BoxError> {
     let mut opened: Vec<AnyStore> = Vec::new();
 
     if run("raw") || run("relay") {
-        let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
         let t = throughput(&store, &publisher, &args, &topic, args.batch, run("relay")).await?;
         let rounds = if args.repeat > 1 { format!(", median of {}", args.repeat) } else { String::new() };
@@ -1020,7 +1055,7 @@ async fn main() -> Result<(), BoxError> {
         }
     }
     if !args.sweep.is_empty() {
-        let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
         let mut points = Vec::new();
         let mut sweep = Vec::new();
@@ -1049,15 +1084,28 @@ async fn main() -> Result<(), BoxError> {
         let label = format!("raw broker at {} msg/s, one message per publish", args.rate);
         report.add("raw_broker_latency_p50_ms", &format!("{label}: p50"), ms(percentile(&raw, 0.5)), "ms");
         report.add("raw_broker_latency_p99_ms", &format!("{label}: p99"), ms(percentile(&raw, 0.99)), "ms");
-        let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
         for (notifications, name) in [(true, "notify"), (false, "poll")] {
             if !notifications && args.store != "postgres" {
                 continue;
             }
-            let samples = latency(&store, publisher.clone(), &args, &topic, notifications).await?;
+            let LatencySamples { acked: samples, claimed } =
+                latency(&store, publisher.clone(), &args, &topic, notifications).await?;
             let label =
                 format!("latency at {} msg/s, {} wake-ups", args.rate, if notifications { "with" } else { "without" });
+            report.add(
+                &format!("claim_latency_{name}_p50_ms"),
+                &format!("{label}: commit -> claimed p50"),
+                ms(percentile(&claimed, 0.5)),
+                "ms",
+            );
+            report.add(
+                &format!("claim_latency_{name}_p99_ms"),
+                &format!("{label}: commit -> claimed p99"),
+                ms(percentile(&claimed, 0.99)),
+                "ms",
+            );
             report.add(
                 &format!("latency_{name}_p50_ms"),
                 &format!("{label}: p50"),
@@ -1079,7 +1127,7 @@ async fn main() -> Result<(), BoxError> {
         }
     }
     if run("enqueue") {
-        let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
         let [plain, with_outbox, round_trip] = enqueue_overhead(&store, &topic, args.payload).await?;
         report.add("tx_plain_p50_ms", "one-row business transaction: p50", ms(plain), "ms");
@@ -1101,7 +1149,7 @@ async fn main() -> Result<(), BoxError> {
         report.add("claim_cost_ratio", "claim cost ratio (old rows / fresh)", ms(full) / ms(empty), "x");
     }
     if run("idle") {
-        let store = AnyStore::open(&args.store, StoreOptions::default()).await?;
+        let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
         let qps = idle_queries(&store, &args, true).await?;
         report.add(
