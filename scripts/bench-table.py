@@ -12,6 +12,8 @@ ROWS = [
     ("relay_msgs_per_s", "relay, draining the backlog (msg/s)", "{:,.0f}"),
     ("relay_ratio", "relay / min(raw broker, raw database)", "{:.2f}x"),
     ("raw_broker_latency_p99_ms", "raw broker p99 at 1,000 msg/s, one message per publish (ms)", "{:.1f}"),
+    ("raw_broker_latency_loaded_p99_ms", "the same while the database commits 1,000 tx/s (ms)", "{:.1f}"),
+    ("claim_latency_notify_p50_ms", "commit -> claimed p50 at 1,000 msg/s, notifications (ms)", "{:.1f}"),
     ("latency_notify_p50_ms", "commit -> ack p50 at 1,000 msg/s, notifications (ms)", "{:.1f}"),
     ("latency_notify_p99_ms", "commit -> ack p99, notifications (ms)", "{:.1f}"),
     ("latency_notify_max_ms", "commit -> ack max, notifications (ms)", "{:.1f}"),

@@ -10,7 +10,7 @@
 //! Options:
 //! - `--store postgres|mysql|sqlite`, `--publisher kafka|rabbitmq|redis|memory`;
 //! - `--messages N`, `--payload BYTES`, `--keys N` (ordering keys, round robin; default 0 = keyless);
-//! - `--batch N`, `--concurrency N` (workers per relay), `--relays N` (relay instances, each with its
+//! - `--batch N`, `--concurrency N` (workers per relay; default the relay's, 2), `--relays N` (relay instances, each with its
 //!   own pool; default 1), `--rate MSG_PER_S` (latency load), `--old-rows N` (claim-cost test);
 //! - `--repeat N` (throughput rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput
 //!   at each batch size) with `--plot FILE.svg`;
@@ -31,7 +31,7 @@ use outbox_brokers::{kafka, rabbitmq, redis as redis_pub};
 use outbox_core::memory::MemoryPublisher;
 use outbox_core::{
     CancellationToken, DeadLetter, Dispatcher, Enqueue, Failure, Message, MessageId, NewMessage, OutboxStats,
-    PublishError, Publisher, Relay, RelayId, Retry, Store,
+    PublishError, Publisher, Relay, RelayId, RelayOptions, Retry, Store,
 };
 use outbox_sqlx::mysql::MySqlStore;
 use outbox_sqlx::postgres::PostgresStore;
@@ -73,7 +73,7 @@ fn parse_args() -> Result<Args, BoxError> {
         messages: 100_000,
         payload: 256,
         batch: 1000,
-        concurrency: 4,
+        concurrency: RelayOptions::default().concurrency,
         rate: 1000,
         old_rows: 1_000_000,
         keys: 0,
@@ -909,6 +909,26 @@ async fn raw_broker_latency(
     Ok(samples)
 }
 
+/// The raw broker latency again, while 4 other producers commit one-row business transactions at the
+/// same rate (the producers' database load of the relay's latency run, without outbox or relay): how
+/// much of the relay's latency the shared machine alone explains.
+async fn raw_broker_latency_under_load(
+    store: &AnyStore,
+    publisher: &Arc<dyn Publisher>,
+    args: &Args,
+    topic: &str,
+) -> Result<Vec<Duration>, BoxError> {
+    store.create_business_table().await?;
+    let load = steady_load(args, |i| {
+        let store = store.clone();
+        async move { store.enqueue_tx(Vec::new(), Some(i as i64)).await }
+    });
+    let (samples, load) = tokio::join!(raw_broker_latency(publisher, args, topic), load);
+    store.drop_business_table().await?;
+    load?;
+    samples
+}
+
 /// Runs `one(i)` `--rate` times a second for 5 seconds from 4 producers; returns how many ran.
 async fn steady_load<F, Fut>(args: &Args, one: F) -> Result<usize, BoxError>
 where
@@ -997,11 +1017,10 @@ fn sqlite_or_mysql_table(store: &AnyStore) -> String {
     schema.split_whitespace().skip_while(|w| *w != "EXISTS").nth(1).unwrap_or_default().to_owned()
 }
 
-async fn idle_queries(store: &AnyStore, args: &Args, notifications: bool) -> Result<f64, BoxError> {
+async fn idle_queries(store: &AnyStore, notifications: bool) -> Result<f64, BoxError> {
     let instrumented = Arc::new(Instrumented::new(store.dyn_store(), notifications));
-    let relay = Relay::builder_shared(instrumented.clone(), Arc::new(MemoryPublisher::new()))
-        .concurrency(args.concurrency)
-        .build()?;
+    // 4 workers whatever --concurrency says: idle, only one of them may poll.
+    let relay = Relay::builder_shared(instrumented.clone(), Arc::new(MemoryPublisher::new())).concurrency(4).build()?;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
@@ -1086,6 +1105,10 @@ async fn main() -> Result<(), BoxError> {
         report.add("raw_broker_latency_p99_ms", &format!("{label}: p99"), ms(percentile(&raw, 0.99)), "ms");
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
+        let loaded = raw_broker_latency_under_load(&store, &publisher, &args, &topic).await?;
+        let label = format!("{label}, while the database commits {} one-row transactions/s", args.rate);
+        report.add("raw_broker_latency_loaded_p50_ms", &format!("{label}: p50"), ms(percentile(&loaded, 0.5)), "ms");
+        report.add("raw_broker_latency_loaded_p99_ms", &format!("{label}: p99"), ms(percentile(&loaded, 0.99)), "ms");
         for (notifications, name) in [(true, "notify"), (false, "poll")] {
             if !notifications && args.store != "postgres" {
                 continue;
@@ -1151,13 +1174,8 @@ async fn main() -> Result<(), BoxError> {
     if run("idle") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
-        let qps = idle_queries(&store, &args, true).await?;
-        report.add(
-            "idle_queries_per_s",
-            &format!("idle relay ({} workers): claims per second", args.concurrency),
-            qps,
-            "q/s",
-        );
+        let qps = idle_queries(&store, true).await?;
+        report.add("idle_queries_per_s", "idle relay (4 workers): claims per second", qps, "q/s");
     }
     cleanup_broker(&args.publisher, &topic).await;
     for store in &opened {
