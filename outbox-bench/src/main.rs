@@ -561,7 +561,16 @@ impl Report {
         self.rows.push((label.to_owned(), format!("{value:.2}"), unit.to_owned()));
         self.json.insert(key.to_owned(), serde_json::json!(value));
     }
+
+    /// One row per percentile of `sorted` (`p50` is 0.5, `max` is 1.0), keyed `{key}_{name}_ms`.
+    fn add_percentiles(&mut self, key: &str, label: &str, sorted: &[Duration], which: &[(&str, f64)]) {
+        for (name, p) in which {
+            self.add(&format!("{key}_{name}_ms"), &format!("{label} {name}"), ms(percentile(sorted, *p)), "ms");
+        }
+    }
 }
+
+const P50_P99: &[(&str, f64)] = &[("p50", 0.5), ("p99", 0.99)];
 
 /// The raw broker: the publisher alone, `concurrency` batches of `batch` in flight.
 async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str, batch: usize) -> Result<f64, BoxError> {
@@ -1101,51 +1110,31 @@ async fn main() -> Result<(), BoxError> {
     if run("latency") {
         let raw = raw_broker_latency(&publisher, &args, &topic).await?;
         let label = format!("raw broker at {} msg/s, one message per publish", args.rate);
-        report.add("raw_broker_latency_p50_ms", &format!("{label}: p50"), ms(percentile(&raw, 0.5)), "ms");
-        report.add("raw_broker_latency_p99_ms", &format!("{label}: p99"), ms(percentile(&raw, 0.99)), "ms");
+        report.add_percentiles("raw_broker_latency", &format!("{label}:"), &raw, P50_P99);
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
         let loaded = raw_broker_latency_under_load(&store, &publisher, &args, &topic).await?;
-        let label = format!("{label}, while the database commits {} one-row transactions/s", args.rate);
-        report.add("raw_broker_latency_loaded_p50_ms", &format!("{label}: p50"), ms(percentile(&loaded, 0.5)), "ms");
-        report.add("raw_broker_latency_loaded_p99_ms", &format!("{label}: p99"), ms(percentile(&loaded, 0.99)), "ms");
+        let label = format!("{label}, while the database commits {} one-row transactions/s:", args.rate);
+        report.add_percentiles("raw_broker_latency_loaded", &label, &loaded, P50_P99);
         for (notifications, name) in [(true, "notify"), (false, "poll")] {
             if !notifications && args.store != "postgres" {
                 continue;
             }
-            let LatencySamples { acked: samples, claimed } =
+            let LatencySamples { acked, claimed } =
                 latency(&store, publisher.clone(), &args, &topic, notifications).await?;
             let label =
-                format!("latency at {} msg/s, {} wake-ups", args.rate, if notifications { "with" } else { "without" });
-            report.add(
-                &format!("claim_latency_{name}_p50_ms"),
-                &format!("{label}: commit -> claimed p50"),
-                ms(percentile(&claimed, 0.5)),
-                "ms",
+                format!("latency at {} msg/s, {} wake-ups:", args.rate, if notifications { "with" } else { "without" });
+            report.add_percentiles(
+                &format!("claim_latency_{name}"),
+                &format!("{label} commit -> claimed"),
+                &claimed,
+                P50_P99,
             );
-            report.add(
-                &format!("claim_latency_{name}_p99_ms"),
-                &format!("{label}: commit -> claimed p99"),
-                ms(percentile(&claimed, 0.99)),
-                "ms",
-            );
-            report.add(
-                &format!("latency_{name}_p50_ms"),
-                &format!("{label}: p50"),
-                ms(percentile(&samples, 0.5)),
-                "ms",
-            );
-            report.add(
-                &format!("latency_{name}_p99_ms"),
-                &format!("{label}: p99"),
-                ms(percentile(&samples, 0.99)),
-                "ms",
-            );
-            report.add(
-                &format!("latency_{name}_max_ms"),
-                &format!("{label}: max"),
-                ms(percentile(&samples, 1.0)),
-                "ms",
+            report.add_percentiles(
+                &format!("latency_{name}"),
+                &label,
+                &acked,
+                &[("p50", 0.5), ("p99", 0.99), ("max", 1.0)],
             );
         }
     }
