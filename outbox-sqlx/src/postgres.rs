@@ -344,6 +344,7 @@ impl PostgresStore {
         Ok(rows.join("\n"))
     }
 
+    /// After a release or a replay (which may make many rows claimable at once), wakes every idle worker.
     fn wake_local(&self) {
         self.inner.wake.notify_waiters();
         self.inner.wake.notify_one();
@@ -413,7 +414,9 @@ async fn listen(pool: &PgPool, channel: &str, wake: &Notify) -> std::result::Res
     wake.notify_waiters();
     loop {
         listener.recv().await?;
-        wake.notify_waiters();
+        // One commit wakes one worker (or leaves a permit for the next to wait); a worker whose claim
+        // comes back full wakes the others. Waking every idle worker would send them all to claim
+        // what one claim takes.
         wake.notify_one();
     }
 }

@@ -1,6 +1,8 @@
 //! Behaviour specific to the server databases: query plans, schemas, notifications, secrets.
 #![cfg(all(feature = "postgres", feature = "mysql"))]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_core::{Dispatcher, Enqueue, NewMessage, Relay, RelayId, Store};
@@ -100,6 +102,55 @@ async fn postgres_notification_wakes_an_idle_relay_at_commit() {
     shutdown.cancel();
     running.await.expect("task").expect("run");
     assert!(latency < Duration::from_secs(5), "woken after {latency:?}, i.e. by polling, not by the notification");
+}
+
+/// The `Store::wait_for_work` contract: a commit wakes one waiting worker, not all of them (they would
+/// all claim what one claim takes), and a commit with nobody waiting leaves a permit so the next wait
+/// returns at once.
+#[tokio::test]
+async fn postgres_commit_wakes_one_waiter_or_leaves_a_permit() {
+    let Some(h) = PostgresHarness::new().await else { return };
+    let store = h.postgres_store().clone();
+    let commit_one = |body: &'static str| {
+        let store = store.clone();
+        async move {
+            let mut tx = store.pool().begin().await.expect("begin");
+            store.enqueue(&mut *tx, NewMessage::new("t", body)).await.expect("enqueue");
+            tx.commit().await.expect("commit");
+        }
+    };
+    // The first wait starts the LISTEN connection, which wakes every waiter once when it is up.
+    store.wait_for_work(Duration::from_secs(5)).await;
+
+    let woken = Arc::new(AtomicUsize::new(0));
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let (store, woken) = (store.clone(), woken.clone());
+            tokio::spawn(async move {
+                store.wait_for_work(Duration::from_secs(60)).await;
+                woken.fetch_add(1, Ordering::SeqCst);
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(woken.load(Ordering::SeqCst), 0, "a waiter returned before any commit");
+    commit_one("first").await;
+    let started = Instant::now();
+    while woken.load(Ordering::SeqCst) == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "no waiter was woken by the commit");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(woken.load(Ordering::SeqCst), 1, "one commit woke more than one waiter");
+    for waiter in &waiters {
+        waiter.abort();
+    }
+
+    commit_one("second").await;
+    tokio::time::sleep(Duration::from_millis(500)).await; // the notification arrives while nobody waits
+    let started = Instant::now();
+    store.wait_for_work(Duration::from_secs(60)).await;
+    assert!(started.elapsed() < Duration::from_secs(5), "a commit with nobody waiting left no permit");
 }
 
 #[tokio::test]
