@@ -208,10 +208,14 @@ pub(crate) fn check_consumer(consumer: &str) -> Result<()> {
 }
 
 /// `impl Enqueue` for a store with an inherent `insert(&self, conn, message)`: a batch is validated
-/// whole before anything is written, then inserted in order in the caller's transaction.
+/// whole before anything is written, then inserted in order in the caller's transaction. A store
+/// that names a `$rows` method (`async fn(&self, conn, Vec<NewMessage>) -> Result<Vec<MessageId>>`)
+/// gets batches of two or more messages without idempotency keys written by it in as few statements
+/// as it can; a message with an idempotency key may already be stored or dead-lettered, so such
+/// batches go message by message.
 #[allow(unused_macros)]
 macro_rules! impl_enqueue {
-    ($store:ty, $conn:ty) => {
+    ($store:ty, $conn:ty $(, $rows:ident)?) => {
         impl outbox_core::Enqueue for $store {
             type Connection = $conn;
 
@@ -231,6 +235,11 @@ macro_rules! impl_enqueue {
                 for message in &messages {
                     message.validate(&self.inner.options.limits)?;
                 }
+                $(
+                    if messages.len() > 1 && messages.iter().all(|m| m.idempotency().is_none()) {
+                        return self.$rows(conn, messages).await;
+                    }
+                )?
                 let mut ids = Vec::with_capacity(messages.len());
                 for message in messages {
                     ids.push(self.insert(conn, message).await?);

@@ -34,6 +34,7 @@ struct Sql {
     messages: String,
     dead: String,
     insert: String,
+    insert_rows: Vec<(usize, String)>,
     existing: String,
     existing_dead: String,
     candidates: String,
@@ -108,6 +109,17 @@ CREATE TABLE IF NOT EXISTS {i} (
                 "INSERT INTO {m} (id, topic, msg_key, payload, headers, idempotency_key, created_at, available_at) \
                  VALUES (?, ?, ?, ?, ?, ?, {NOW}, DATE_ADD({NOW}, INTERVAL ? MICROSECOND))"
             ),
+            // Multi-row inserts for batches without idempotency keys, largest first: a batch is cut
+            // into powers of two (10 = 8 + 2), so it takes few statements and at most nine distinct
+            // ones reach the prepared-statement cache.
+            insert_rows: [256, 128, 64, 32, 16, 8, 4, 2, 1]
+                .into_iter()
+                .map(|n| {
+                    let row = format!("(?, ?, ?, ?, ?, {NOW}, DATE_ADD({NOW}, INTERVAL ? MICROSECOND))");
+                    let rows = vec![row; n].join(", ");
+                    (n, format!("INSERT INTO {m} (id, topic, msg_key, payload, headers, created_at, available_at) VALUES {rows}"))
+                })
+                .collect(),
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = ?"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = ?"),
             // Candidates (a consistent read, no locks): the oldest claimable keyless rows, and a window
@@ -345,6 +357,39 @@ impl MySqlStore {
         }
     }
 
+    /// A validated batch without idempotency keys in multi-row inserts (see `Sql::insert_rows`).
+    async fn insert_rows(&self, conn: &mut MySqlConnection, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
+        let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
+        let rows = messages
+            .into_iter()
+            .map(|message| {
+                let parts = message.into_parts();
+                let headers =
+                    serde_json::to_string(&parts.headers).map_err(|e| Error::invalid_message(e.to_string()))?;
+                Ok((parts, headers))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut rest = rows.as_slice();
+        while !rest.is_empty() {
+            let Some((n, sql)) = self.inner.sql.insert_rows.iter().find(|(n, _)| *n <= rest.len()) else { break };
+            let (chunk, tail) = rest.split_at(*n);
+            let mut query = sqlx::query::<MySql>(sql);
+            for (parts, headers) in chunk {
+                query = query
+                    .bind(parts.id.to_string())
+                    .bind(&parts.topic)
+                    .bind(&parts.key)
+                    .bind(&parts.payload)
+                    .bind(headers)
+                    .bind(micros(parts.delay.unwrap_or_default()));
+            }
+            query.execute(&mut *conn).await.map_err(|e| sql_error("enqueue", e))?;
+            rest = tail;
+        }
+        self.notify();
+        Ok(ids)
+    }
+
     async fn execute_by_ids(
         &self,
         operation: &'static str,
@@ -383,7 +428,7 @@ impl MySqlStore {
     }
 }
 
-crate::impl_enqueue!(MySqlStore, MySqlConnection);
+crate::impl_enqueue!(MySqlStore, MySqlConnection, insert_rows);
 
 #[async_trait]
 impl Store for MySqlStore {

@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::{
-    DeadLetter, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry, Store,
+    DeadLetter, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry,
+    Store,
 };
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
 use sqlx::types::Json;
@@ -26,6 +27,7 @@ struct Sql {
     channel: String,
     schema: String,
     insert: String,
+    insert_rows: String,
     existing: String,
     existing_dead: String,
     claim: String,
@@ -154,6 +156,15 @@ CREATE TABLE IF NOT EXISTS {i} (
                  VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * {MS}) \
                  ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) \
                  SELECT id, pg_notify($8, '') FROM ins"
+            ),
+            // A batch without idempotency keys: one statement, rows in the given order (so `seq`, and
+            // with it per-key order, follows the batch), one notification.
+            insert_rows: format!(
+                "WITH ins AS (INSERT INTO {m} (id, topic, msg_key, payload, headers, available_at) \
+                 SELECT b.id, b.topic, b.msg_key, b.payload, b.headers, now() + b.delay_ms * {MS} \
+                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::bigint[]) \
+                 WITH ORDINALITY AS b(id, topic, msg_key, payload, headers, delay_ms, n) ORDER BY b.n RETURNING 1) \
+                 SELECT count(*), pg_notify($7, '') FROM ins"
             ),
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = $1"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = $1"),
@@ -405,6 +416,43 @@ impl PostgresStore {
             .map_err(|e| sql_error("enqueue", e))?;
         Ok(MessageId::from_uuid(id))
     }
+
+    /// A validated batch without idempotency keys in one statement.
+    async fn insert_rows(&self, conn: &mut PgConnection, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
+        let n = messages.len();
+        let (mut ids, mut topics, mut keys, mut payloads, mut headers, mut delays) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        for message in messages {
+            let parts = message.into_parts();
+            ids.push(parts.id);
+            topics.push(parts.topic);
+            keys.push(parts.key);
+            payloads.push(parts.payload);
+            headers.push(Json(parts.headers));
+            delays.push(ms(parts.delay.unwrap_or_default()));
+        }
+        let inserted: i64 = sqlx::query_scalar(&self.inner.sql.insert_rows)
+            .bind(uuids(&ids))
+            .bind(topics)
+            .bind(keys)
+            .bind(payloads)
+            .bind(headers)
+            .bind(delays)
+            .bind(&self.inner.sql.channel)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| sql_error("enqueue", e))?;
+        if inserted != n as i64 {
+            return Err(Error::store("enqueue", false, format!("a batch of {n} messages inserted {inserted} rows")));
+        }
+        Ok(ids)
+    }
 }
 
 async fn listen(pool: &PgPool, channel: &str, wake: &Notify) -> std::result::Result<(), sqlx::Error> {
@@ -421,7 +469,7 @@ async fn listen(pool: &PgPool, channel: &str, wake: &Notify) -> std::result::Res
     }
 }
 
-crate::impl_enqueue!(PostgresStore, PgConnection);
+crate::impl_enqueue!(PostgresStore, PgConnection, insert_rows);
 
 #[async_trait]
 impl Store for PostgresStore {

@@ -373,6 +373,30 @@ pub async fn payloads_and_headers_round_trip<H: StoreHarness + ?Sized>(h: &H) {
     }
 }
 
+/// A batch is stored whole and in its order, whatever its size (a store may write it in several
+/// statements: 301 = 256 + 32 + 8 + 4 + 1 rows, in MySQL's multi-row inserts).
+pub async fn a_large_batch_is_stored_in_order<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let ids_sent = commit(h, (0..301).map(|n| msg("batch", n)).collect()).await;
+    let claimed = claim(&*store, RelayId::new(), 1000, LEASE).await;
+    assert_eq!(ids(&claimed), ids_sent, "a batch came back incomplete or out of order");
+    for (n, message) in claimed.iter().enumerate() {
+        assert_eq!(message.payload, format!("{n}").into_bytes(), "payload of message {n} of the batch");
+    }
+}
+
+/// A message enqueued with a delay is not claimed before its time; the rest of its batch is.
+pub async fn a_delayed_message_waits_for_its_time<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let delay = Duration::from_millis(800);
+    let id = commit(h, vec![msg("t", 0).delay(delay), msg("t", 1), msg("t", 2).delay(delay)]).await;
+    let now = claim(&*store, RelayId::new(), 10, LEASE).await;
+    assert_eq!(ids(&now), vec![id[1]], "a delayed message was claimed before its time, or the undelayed one was not");
+    tokio::time::sleep(delay + Duration::from_millis(400)).await;
+    let later = claim(&*store, RelayId::new(), 10, LEASE).await;
+    assert_eq!(ids(&later), vec![id[0], id[2]], "delayed messages were not claimable after their delay");
+}
+
 /// Guarantee 7: a bad message is a typed error and the transaction writes nothing.
 pub async fn invalid_messages_are_rejected_and_change_nothing<H: StoreHarness + ?Sized>(h: &H) {
     let store = h.store();
