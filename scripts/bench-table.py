@@ -20,6 +20,7 @@ ROWS = [
     ("latency_poll_p99_ms", "commit -> ack p99, polling only (ms)", "{:.1f}"),
     ("tx_plain_p50_ms", "one-row business transaction p50 (ms)", "{:.2f}"),
     ("tx_outbox_p50_ms", "the same plus one outbox message p50 (ms)", "{:.2f}"),
+    ("tx_outbox_10_p50_ms", "the same plus 10 outbox messages, one enqueue_batch, p50 (ms)", "{:.2f}"),
     ("tx_round_trip_p50_ms", "the same plus a bare SELECT 1 instead p50 (ms)", "{:.2f}"),
     ("enqueue_overhead_pct", "enqueue overhead", "{:.0f}%"),
     ("round_trip_overhead_pct", "overhead of any second statement (SELECT 1)", "{:.0f}%"),

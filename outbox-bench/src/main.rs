@@ -824,6 +824,8 @@ fn write_plot(path: &str, title: &str, points: &[(usize, Throughput)]) -> Result
 struct LatencySamples {
     acked: Vec<Duration>,
     claimed: Vec<Duration>,
+    /// Claim statements the relay issued per message (idle polls and empty claims included).
+    claims_per_message: f64,
 }
 
 /// Commit -> broker-ack latency at a steady `--rate`, one message per transaction from 4 producers.
@@ -836,8 +838,10 @@ async fn latency(
 ) -> Result<LatencySamples, BoxError> {
     let probe = Arc::new(LatencyProbe { inner: publisher, acked: Mutex::new(HashMap::new()) });
     let instrumented = Arc::new(Instrumented::new(store.dyn_store(), notifications));
-    let relay =
-        Relay::builder_shared(instrumented.clone(), probe.clone()).batch_size(args.batch).concurrency(2).build()?;
+    let relay = Relay::builder_shared(instrumented.clone(), probe.clone())
+        .batch_size(args.batch)
+        .concurrency(args.concurrency)
+        .build()?;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
@@ -880,7 +884,8 @@ async fn latency(
         return Err(format!("only {} of {sent} messages reached the broker within 60 s", acked.len()).into());
     }
     let claimed = since_commit(&instrumented.claimed_at.lock().unwrap_or_else(|p| p.into_inner()));
-    Ok(LatencySamples { acked, claimed })
+    let claims_per_message = instrumented.claims.load(Ordering::Relaxed) as f64 / sent as f64;
+    Ok(LatencySamples { acked, claimed, claims_per_message })
 }
 
 /// The broker alone at the same steady rate: one message per publish call from 4 producers; publish
@@ -966,20 +971,23 @@ where
     Ok(per_producer * PRODUCERS)
 }
 
-/// p50 of a one-row business transaction: alone, plus one outbox message, and plus a bare `SELECT 1`
-/// (the cost of any second statement: one more round trip). The three alternate, 2,000 of each.
-async fn enqueue_overhead(store: &AnyStore, topic: &str, payload: usize) -> Result<[Duration; 3], BoxError> {
+/// p50 of a one-row business transaction: alone, plus one outbox message, plus a bare `SELECT 1`
+/// (the cost of any second statement: one more round trip), and plus 10 outbox messages in one
+/// `enqueue_batch`. The four alternate, 2,000 of each.
+async fn enqueue_overhead(store: &AnyStore, topic: &str, payload: usize) -> Result<[Duration; 4], BoxError> {
     store.create_business_table().await?;
     const N: usize = 2000;
-    let mut samples: [Vec<Duration>; 3] = Default::default();
-    for i in 0..N * 3 {
+    let mut samples: [Vec<Duration>; 4] = Default::default();
+    let message = || NewMessage::new(topic, vec![1u8; payload]);
+    for i in 0..N * 4 {
         let started = Instant::now();
-        match i % 3 {
+        match i % 4 {
             0 => store.enqueue_tx(Vec::new(), Some(i as i64)).await?,
-            1 => store.enqueue_tx(vec![NewMessage::new(topic, vec![1u8; payload])], Some(i as i64)).await?,
-            _ => store.round_trip_tx(i as i64).await?,
+            1 => store.enqueue_tx(vec![message()], Some(i as i64)).await?,
+            2 => store.round_trip_tx(i as i64).await?,
+            _ => store.enqueue_tx((0..10).map(|_| message()).collect(), Some(i as i64)).await?,
         }
-        samples[i % 3].push(started.elapsed());
+        samples[i % 4].push(started.elapsed());
     }
     store.drop_business_table().await?;
     Ok(samples.map(|mut s| {
@@ -1120,7 +1128,7 @@ async fn main() -> Result<(), BoxError> {
             if !notifications && args.store != "postgres" {
                 continue;
             }
-            let LatencySamples { acked, claimed } =
+            let LatencySamples { acked, claimed, claims_per_message } =
                 latency(&store, publisher.clone(), &args, &topic, notifications).await?;
             let label =
                 format!("latency at {} msg/s, {} wake-ups:", args.rate, if notifications { "with" } else { "without" });
@@ -1136,15 +1144,22 @@ async fn main() -> Result<(), BoxError> {
                 &acked,
                 &[("p50", 0.5), ("p99", 0.99), ("max", 1.0)],
             );
+            report.add(
+                &format!("claims_per_message_{name}"),
+                &format!("{label} claims per message"),
+                claims_per_message,
+                "",
+            );
         }
     }
     if run("enqueue") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
-        let [plain, with_outbox, round_trip] = enqueue_overhead(&store, &topic, args.payload).await?;
+        let [plain, with_outbox, round_trip, with_ten] = enqueue_overhead(&store, &topic, args.payload).await?;
         report.add("tx_plain_p50_ms", "one-row business transaction: p50", ms(plain), "ms");
         report.add("tx_outbox_p50_ms", "the same plus one outbox message: p50", ms(with_outbox), "ms");
         report.add("tx_round_trip_p50_ms", "the same plus a bare SELECT 1 instead: p50", ms(round_trip), "ms");
+        report.add("tx_outbox_10_p50_ms", "the same plus 10 outbox messages (enqueue_batch): p50", ms(with_ten), "ms");
         report.add("enqueue_overhead_pct", "enqueue overhead", (ms(with_outbox) / ms(plain) - 1.0) * 100.0, "%");
         report.add(
             "round_trip_overhead_pct",
