@@ -20,7 +20,7 @@ use rdkafka::message::{Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
-use crate::{invalid_url, Received, TopicMap, MESSAGE_ID_HEADER};
+use crate::{id_text, invalid_url, Received, TopicMap, MESSAGE_ID_HEADER};
 
 /// Settings of a [`KafkaPublisher`].
 #[derive(Clone)]
@@ -192,9 +192,9 @@ impl Publisher for KafkaPublisher {
                 ))));
                 continue;
             }
-            let id = message.id.to_string();
+            let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
             let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 1)
-                .insert(Header { key: MESSAGE_ID_HEADER, value: Some(id.as_str()) });
+                .insert(Header { key: MESSAGE_ID_HEADER, value: Some(id_text(message.id, &mut id)) });
             for (name, value) in &message.headers {
                 headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
             }

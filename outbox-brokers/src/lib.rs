@@ -20,6 +20,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use outbox_core::{Error, Headers, MessageId, Result};
@@ -74,14 +75,21 @@ impl TopicMap {
         self
     }
 
-    /// The destination of `topic`.
-    pub fn destination(&self, topic: &str) -> String {
+    /// The destination of `topic` (borrowed unless a prefix is prepended: publishers call this for
+    /// every message).
+    pub fn destination<'a>(&'a self, topic: &'a str) -> Cow<'a, str> {
         match self.explicit.get(topic) {
-            Some(destination) => destination.clone(),
-            None if self.prefix.is_empty() => topic.to_owned(),
-            None => format!("{}{topic}", self.prefix),
+            Some(destination) => Cow::Borrowed(destination),
+            None if self.prefix.is_empty() => Cow::Borrowed(topic),
+            None => Cow::Owned(format!("{}{topic}", self.prefix)),
         }
     }
+}
+
+/// `id` as hyphenated lowercase text in `buf`, without allocating (publishers write one per message).
+#[cfg(any(feature = "kafka", feature = "redis"))]
+pub(crate) fn id_text(id: MessageId, buf: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
+    id.as_uuid().hyphenated().encode_lower(buf)
 }
 
 /// A message read back from a broker by a `read_back` helper.

@@ -18,7 +18,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RetryMethod, Value};
 use tokio::sync::Mutex;
 
-use crate::{check_limit, invalid_url, Received, TopicMap};
+use crate::{check_limit, id_text, invalid_url, Received, TopicMap};
 
 /// Settings of a [`RedisPublisher`].
 #[derive(Clone)]
@@ -145,7 +145,8 @@ impl RedisPublisher {
         if let Some(max_len) = self.options.max_len {
             cmd.arg("MAXLEN").arg("~").arg(max_len);
         }
-        cmd.arg("*").arg("id").arg(message.id.to_string()).arg("topic").arg(&message.topic);
+        let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        cmd.arg("*").arg("id").arg(id_text(message.id, &mut id)).arg("topic").arg(&message.topic);
         if let Some(key) = &message.key {
             cmd.arg("key").arg(key);
         }
