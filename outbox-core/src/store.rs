@@ -205,7 +205,9 @@ pub trait Enqueue {
         message: NewMessage,
     ) -> impl Future<Output = Result<MessageId>> + Send + 'a;
 
-    /// Writes several messages in the caller's transaction, in order.
+    /// Writes several messages in the caller's transaction, in order (their enqueue order, which is
+    /// the per-key publish order). Validates the whole batch before writing any of it; stores write it
+    /// in as few statements as they can, so one call beats a loop of [`Enqueue::enqueue`].
     fn enqueue_batch<'a>(
         &'a self,
         conn: &'a mut Self::Connection,
