@@ -14,7 +14,7 @@ CREATE TABLE IF NOT EXISTS "library_messages" (
     locked_until TIMESTAMPTZ,
     published_at TIMESTAMPTZ
 );
-ALTER TABLE "library_messages" SET (autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
+ALTER TABLE "library_messages" SET (fillfactor = 50, autovacuum_vacuum_scale_factor = 0.02, autovacuum_analyze_scale_factor = 0.02);
 CREATE INDEX IF NOT EXISTS "library_messages_pending_keyless" ON "library_messages" (seq) WHERE published_at IS NULL AND msg_key IS NULL;
 CREATE INDEX IF NOT EXISTS "library_messages_pending_keyed" ON "library_messages" (seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "library_messages_key" ON "library_messages" (msg_key, seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;

@@ -64,6 +64,23 @@ async fn postgres_relay_commits_leave_the_connection_setting_alone() {
     }
 }
 
+/// Claims rewrite every row they lease; the messages table leaves half of each page free so those
+/// rewrites are HOT updates that touch no index (docs/benchmarks.md: a claim of 1,000 in ~7 ms
+/// instead of ~19 ms).
+#[tokio::test]
+async fn postgres_messages_table_leaves_room_for_hot_lease_updates() {
+    let Some(h) = PostgresHarness::new().await else { return };
+    let store = h.postgres_store();
+    let options: Vec<String> = sqlx::query_scalar(&format!(
+        "SELECT unnest(reloptions) FROM pg_class WHERE oid = '{}'::regclass",
+        store.messages_table()
+    ))
+    .fetch_all(store.pool())
+    .await
+    .expect("reloptions");
+    assert!(options.iter().any(|o| o == "fillfactor=50"), "messages table options: {options:?}");
+}
+
 #[tokio::test]
 async fn postgres_schema_and_table_names_are_validated_before_sql() {
     for bad in ["outbox; DROP TABLE x", "public.x", "x\"y"] {
