@@ -207,6 +207,19 @@ pub(crate) fn check_consumer(consumer: &str) -> Result<()> {
     Ok(())
 }
 
+/// The most message bytes one batch statement carries: far below MariaDB's default 16 MiB
+/// `max_allowed_packet` and PostgreSQL's 1 GB per value, so a batch of large messages takes more
+/// statements instead of failing where one message at a time would not.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) const BATCH_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
+
+/// What a message adds to a batch statement, roughly (its data plus a little for framing).
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+pub(crate) fn batch_bytes(parts: &outbox_core::NewMessageParts) -> usize {
+    let headers: usize = parts.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+    parts.payload.len() + parts.topic.len() + parts.key.as_ref().map_or(0, String::len) + headers + 64
+}
+
 /// `impl Enqueue` for a store with an inherent `insert(&self, conn, message)`: a batch is validated
 /// whole before anything is written, then inserted in order in the caller's transaction. A store
 /// that names a `$rows` method (`async fn(&self, conn, Vec<NewMessage>) -> Result<Vec<MessageId>>`)

@@ -357,7 +357,8 @@ impl MySqlStore {
         }
     }
 
-    /// A validated batch without idempotency keys in multi-row inserts (see `Sql::insert_rows`).
+    /// A validated batch without idempotency keys in multi-row inserts (see `Sql::insert_rows`), each
+    /// at most [`crate::BATCH_STATEMENT_BYTES`] unless it is a single row.
     async fn insert_rows(&self, conn: &mut MySqlConnection, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
         let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
         let rows = messages
@@ -366,15 +367,20 @@ impl MySqlStore {
                 let parts = message.into_parts();
                 let headers =
                     serde_json::to_string(&parts.headers).map_err(|e| Error::invalid_message(e.to_string()))?;
-                Ok((parts, headers))
+                Ok((crate::batch_bytes(&parts), parts, headers))
             })
             .collect::<Result<Vec<_>>>()?;
         let mut rest = rows.as_slice();
         while !rest.is_empty() {
-            let Some((n, sql)) = self.inner.sql.insert_rows.iter().find(|(n, _)| *n <= rest.len()) else { break };
+            let fits = |n: usize| {
+                n <= rest.len()
+                    && (n == 1
+                        || rest[..n].iter().map(|(bytes, ..)| bytes).sum::<usize>() <= crate::BATCH_STATEMENT_BYTES)
+            };
+            let Some((n, sql)) = self.inner.sql.insert_rows.iter().find(|(n, _)| fits(*n)) else { break };
             let (chunk, tail) = rest.split_at(*n);
             let mut query = sqlx::query::<MySql>(sql);
-            for (parts, headers) in chunk {
+            for (_, parts, headers) in chunk {
                 query = query
                     .bind(parts.id.to_string())
                     .bind(&parts.topic)

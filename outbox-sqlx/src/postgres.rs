@@ -420,39 +420,45 @@ impl PostgresStore {
         Ok(MessageId::from_uuid(id))
     }
 
-    /// A validated batch without idempotency keys in one statement.
+    /// A validated batch without idempotency keys in one statement (more if it is larger than
+    /// [`crate::BATCH_STATEMENT_BYTES`]).
     async fn insert_rows(&self, conn: &mut PgConnection, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
-        let n = messages.len();
-        let (mut ids, mut topics, mut keys, mut payloads, mut headers, mut delays) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        for message in messages {
-            let parts = message.into_parts();
-            ids.push(parts.id);
-            topics.push(parts.topic);
-            keys.push(parts.key);
-            payloads.push(parts.payload);
-            headers.push(Json(parts.headers));
-            delays.push(ms(parts.delay.unwrap_or_default()));
-        }
-        let inserted: i64 = sqlx::query_scalar(&self.inner.sql.insert_rows)
-            .bind(uuids(&ids))
-            .bind(topics)
-            .bind(keys)
-            .bind(payloads)
-            .bind(headers)
-            .bind(delays)
-            .bind(&self.inner.sql.channel)
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| sql_error("enqueue", e))?;
-        if inserted != n as i64 {
-            return Err(Error::store("enqueue", false, format!("a batch of {n} messages inserted {inserted} rows")));
+        let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
+        let mut parts = messages.into_iter().map(NewMessage::into_parts).peekable();
+        while parts.peek().is_some() {
+            let (mut chunk_ids, mut topics, mut keys, mut payloads, mut headers, mut delays) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let mut bytes = 0;
+            while let Some(next) =
+                parts.next_if(|p| chunk_ids.is_empty() || bytes + crate::batch_bytes(p) <= crate::BATCH_STATEMENT_BYTES)
+            {
+                bytes += crate::batch_bytes(&next);
+                chunk_ids.push(next.id.as_uuid());
+                topics.push(next.topic);
+                keys.push(next.key);
+                payloads.push(next.payload);
+                headers.push(Json(next.headers));
+                delays.push(ms(next.delay.unwrap_or_default()));
+            }
+            let n = chunk_ids.len();
+            let inserted: i64 = sqlx::query_scalar(&self.inner.sql.insert_rows)
+                .bind(chunk_ids)
+                .bind(topics)
+                .bind(keys)
+                .bind(payloads)
+                .bind(headers)
+                .bind(delays)
+                .bind(&self.inner.sql.channel)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| sql_error("enqueue", e))?;
+            if inserted != n as i64 {
+                return Err(Error::store(
+                    "enqueue",
+                    false,
+                    format!("a batch of {n} messages inserted {inserted} rows"),
+                ));
+            }
         }
         Ok(ids)
     }

@@ -92,6 +92,7 @@ macro_rules! store_suite {
                 heads_behind_a_long_queue_of_one_key_are_claimed,
                 payloads_and_headers_round_trip,
                 a_large_batch_is_stored_in_order,
+                a_batch_of_large_messages_is_stored_whole,
                 a_delayed_message_waits_for_its_time,
                 invalid_messages_are_rejected_and_change_nothing,
                 retention_keeps_then_purges_published_messages,

@@ -385,6 +385,19 @@ pub async fn a_large_batch_is_stored_in_order<H: StoreHarness + ?Sized>(h: &H) {
     }
 }
 
+/// A batch of messages of the largest default size (20 x 1 MiB: more than MariaDB's default 16 MiB
+/// `max_allowed_packet`, had a store put it in one statement) is stored whole and in order.
+pub async fn a_batch_of_large_messages_is_stored_whole<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let payload = |n: usize| vec![n as u8; outbox_core::MessageLimits::default().max_payload_bytes];
+    let ids_sent = commit(h, (0..20).map(|n| NewMessage::new("large", payload(n))).collect()).await;
+    let claimed = claim(&*store, RelayId::new(), 100, LEASE).await;
+    assert_eq!(ids(&claimed), ids_sent, "a batch of large messages came back incomplete or out of order");
+    for (n, message) in claimed.iter().enumerate() {
+        assert!(message.payload == payload(n), "payload of large message {n} of the batch");
+    }
+}
+
 /// A message enqueued with a delay is not claimed before its time; the rest of its batch is.
 pub async fn a_delayed_message_waits_for_its_time<H: StoreHarness + ?Sized>(h: &H) {
     let store = h.store();
