@@ -424,15 +424,21 @@ impl PostgresStore {
     /// [`crate::BATCH_STATEMENT_BYTES`]).
     async fn insert_rows(&self, conn: &mut PgConnection, messages: Vec<NewMessage>) -> Result<Vec<MessageId>> {
         let ids: Vec<MessageId> = messages.iter().map(NewMessage::id).collect();
-        let mut parts = messages.into_iter().map(NewMessage::into_parts).peekable();
+        let mut parts = messages
+            .into_iter()
+            .map(|m| {
+                let parts = m.into_parts();
+                (crate::batch_bytes(&parts), parts)
+            })
+            .peekable();
         while parts.peek().is_some() {
             let (mut chunk_ids, mut topics, mut keys, mut payloads, mut headers, mut delays) =
                 (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let mut bytes = 0;
-            while let Some(next) =
-                parts.next_if(|p| chunk_ids.is_empty() || bytes + crate::batch_bytes(p) <= crate::BATCH_STATEMENT_BYTES)
+            while let Some((size, next)) =
+                parts.next_if(|(size, _)| chunk_ids.is_empty() || bytes + size <= crate::BATCH_STATEMENT_BYTES)
             {
-                bytes += crate::batch_bytes(&next);
+                bytes += size;
                 chunk_ids.push(next.id.as_uuid());
                 topics.push(next.topic);
                 keys.push(next.key);
