@@ -85,10 +85,10 @@ impl Sql {
         };
         let claimable = format!(
             "WITH RECURSIVE \
-             keyless AS (SELECT k.seq FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             win AS MATERIALIZED (SELECT w.seq, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} \
+             keyless AS (SELECT k.seq, k.ctid FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} \
                ORDER BY w.seq LIMIT $3 + $3 / 4 FOR UPDATE SKIP LOCKED), \
-             win_heads AS MATERIALIZED (SELECT w.seq FROM win w WHERE w.msg_key IS NULL OR NOT EXISTS \
+             win_heads AS MATERIALIZED (SELECT w.seq, w.ctid FROM win w WHERE w.msg_key IS NULL OR NOT EXISTS \
                (SELECT 1 FROM {m} e WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL)), \
              clogged AS MATERIALIZED (SELECT (SELECT count(*) FROM win) = $3 + $3 / 4 AND (SELECT count(*) FROM win_heads) < $3 AS yes), \
              keys(k) AS (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL AND (SELECT yes FROM clogged) \
@@ -96,16 +96,20 @@ impl Sql {
                FROM keys WHERE keys.k IS NOT NULL), \
              heads AS (SELECT (SELECT h.ctid FROM {m} h WHERE h.msg_key = keys.k AND h.published_at IS NULL ORDER BY h.seq LIMIT 1) AS ctid \
                FROM keys WHERE keys.k IS NOT NULL), \
-             more_heads AS (SELECT o.seq FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM heads)) \
+             more_heads AS (SELECT o.seq, o.ctid FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM heads)) \
                AND o.msg_key IS NOT NULL AND {ready_o} ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
-             SELECT seq FROM keyless UNION SELECT seq FROM win_heads UNION SELECT seq FROM more_heads ORDER BY seq LIMIT $3",
+             SELECT seq, ctid FROM keyless UNION SELECT seq, ctid FROM win_heads UNION SELECT seq, ctid FROM more_heads ORDER BY seq LIMIT $3",
             ready_k = ready("k"),
             ready_w = ready("w"),
             ready_o = ready("o"),
         );
+        // The update reaches the picked rows by the tuple ids that locked them (a TID scan), not by a
+        // second walk of the primary key: a row this statement holds locked keeps its tuple id until
+        // the statement ends. A row whose lockable version committed after the statement's snapshot
+        // is invisible to the TID scan, so it is unlocked untouched and left to the next claim.
         let claim = format!(
             "WITH picked AS ({claimable}) UPDATE {m} SET locked_by = $1, locked_until = now() + $2 * {MS}, attempts = attempts + 1 \
-             WHERE seq IN (SELECT seq FROM picked) AND {relay_commit} RETURNING seq, {cols}"
+             WHERE ctid = ANY (ARRAY(SELECT ctid FROM picked)) AND {relay_commit} RETURNING seq, {cols}"
         );
         // `fillfactor = 50`: a claim rewrites every row it leases, and with half of each page free the
         // new versions fit beside the old ones as HOT updates that touch no index (a claim of 1,000
