@@ -40,6 +40,33 @@ use outbox_sqlx::StoreOptions;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// What `--help` prints: the options, as in the crate docs.
+const USAGE: &str = "\
+outbox-bench: raw limits, relay throughput, latency, enqueue overhead, claim cost and idle cost
+for one store and one publisher. URLs come from the OUTBOX_TEST_* variables
+(`source scripts/test-services.sh` sets them).
+
+usage: cargo run --release -p outbox-bench -- [OPTIONS]
+
+  --store postgres|mysql|sqlite            the store (default postgres)
+  --publisher kafka|rabbitmq|redis|memory  the publisher (default kafka)
+  --messages N           backlog size for the throughput runs (default 100000)
+  --payload BYTES        payload size (default 256)
+  --keys N               ordering keys, round robin (default 0 = keyless)
+  --batch N              claim batch size (default 1000)
+  --concurrency N        workers per relay (default: the relay's)
+  --relays N             relay instances, each with its own pool (default 1)
+  --rate MSG_PER_S       offered load of the latency test (default 1000)
+  --old-rows N           old rows for the claim-cost test (default 1000000)
+  --repeat N             throughput rounds, the median is reported (default 3)
+  --sweep-batch N[,N]    throughput at each batch size; --plot FILE.svg draws it
+  --kafka-setting K=V    a librdkafka producer setting (repeatable)
+  --durable-relay-commits  PostgreSQL: relay commits wait for the WAL flush
+  --json FILE            also write the results as JSON
+  --skip NAME[,NAME]     skip parts: raw, relay, latency, enqueue, claim, idle
+  -h, --help             print this
+";
+
 #[derive(Debug, Clone)]
 struct Args {
     store: String,
@@ -116,7 +143,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--skip" => args.skip = value()?.split(',').map(str::to_owned).collect(),
             "--durable-relay-commits" => args.durable_relay_commits = true,
             "--help" | "-h" => {
-                println!("see the crate docs: cargo doc -p outbox-bench --open");
+                print!("{USAGE}");
                 std::process::exit(0);
             }
             other => return Err(format!("unknown option {other}").into()),
@@ -1054,7 +1081,13 @@ async fn idle_queries(store: &AnyStore, notifications: bool) -> Result<f64, BoxE
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
-    let args = parse_args()?;
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            eprintln!("outbox-bench: {e} (see --help)");
+            std::process::exit(2);
+        }
+    };
     let run = |name: &str| !args.skip.iter().any(|s| s == name);
     let topic = format!("outbox_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     println!(
