@@ -600,7 +600,47 @@ impl Report {
 const P50_P99: &[(&str, f64)] = &[("p50", 0.5), ("p99", 0.99)];
 
 /// The raw broker: the publisher alone, `concurrency` batches of `batch` in flight.
-async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str, batch: usize) -> Result<f64, BoxError> {
+/// Busy CPU time so far of the whole machine (every process: database, broker and this harness) and
+/// of this process alone, from `/proc/stat` and `/proc/self/stat`; `None` where those files do not
+/// exist (not Linux).
+fn machine_busy() -> Option<[Duration; 2]> {
+    // Both count USER_HZ ticks: 100 per second on every Linux architecture, whatever the kernel's HZ.
+    let ticks = |t: u64| Duration::from_millis(t * 10);
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).map_while(|f| f.parse().ok()).collect();
+    // user, nice, system, (idle, iowait,) irq, softirq.
+    let machine: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum();
+    // After the `(comm)` field: state is field 3, utime and stime are fields 14 and 15.
+    let own = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let after_comm: Vec<&str> = own.rsplit_once(')')?.1.split_whitespace().collect();
+    let own: u64 = after_comm.get(11..13)?.iter().filter_map(|f| f.parse::<u64>().ok()).sum();
+    Some([ticks(machine), ticks(own)])
+}
+
+/// A throughput run: messages per second, and the busy CPU time per message of the whole machine and
+/// of this process (the relay or the raw client, in the harness).
+#[derive(Clone, Copy)]
+struct Measured {
+    rate: f64,
+    cpu_per_message: Option<[Duration; 2]>,
+}
+
+/// Times `n` messages' worth of work from `started` (and the CPU reading taken with it).
+fn measured(n: usize, started: Instant, busy_before: Option<[Duration; 2]>) -> Measured {
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    let per_message = |before: Duration, after: Duration| after.saturating_sub(before) / n.max(1) as u32;
+    let cpu_per_message = busy_before.zip(machine_busy()).map(|([machine, own], [machine_after, own_after])| {
+        [per_message(machine, machine_after), per_message(own, own_after)]
+    });
+    Measured { rate, cpu_per_message }
+}
+
+async fn raw_broker(
+    publisher: &Arc<dyn Publisher>,
+    args: &Args,
+    topic: &str,
+    batch: usize,
+) -> Result<Measured, BoxError> {
     let now = outbox_core::Message {
         id: MessageId::new(),
         topic: topic.to_owned(),
@@ -625,26 +665,26 @@ async fn raw_broker(publisher: &Arc<dyn Publisher>, args: &Args, topic: &str, ba
         return Err(format!("warm-up publish failed: {e}").into());
     }
     let batches: Vec<&[Message]> = all.chunks(batch).collect();
-    let started = Instant::now();
+    let (started, busy) = (Instant::now(), machine_busy());
     let mut failed = 0usize;
     for group in batches.chunks(args.concurrency) {
         for outcomes in futures::future::join_all(group.iter().map(|b| publisher.publish(b))).await {
             failed += outcomes.iter().filter(|o| o.is_err()).count();
         }
     }
-    let rate = args.messages as f64 / started.elapsed().as_secs_f64();
+    let run = measured(args.messages, started, busy);
     if failed > 0 {
         return Err(format!("{failed} raw publishes failed").into());
     }
-    Ok(rate)
+    Ok(run)
 }
 
 /// The raw database: claim + acknowledge a backlog with `concurrency` claimers.
-async fn raw_database(store: &AnyStore, args: &Args, topic: &str, batch: usize) -> Result<f64, BoxError> {
+async fn raw_database(store: &AnyStore, args: &Args, topic: &str, batch: usize) -> Result<Measured, BoxError> {
     store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
     store.analyze().await?;
     let dyn_store = store.dyn_store();
-    let started = Instant::now();
+    let (started, busy) = (Instant::now(), machine_busy());
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
         let s = dyn_store.clone();
@@ -669,7 +709,7 @@ async fn raw_database(store: &AnyStore, args: &Args, topic: &str, batch: usize) 
     for task in tasks {
         task.await??;
     }
-    Ok(args.messages as f64 / started.elapsed().as_secs_f64())
+    Ok(measured(args.messages, started, busy))
 }
 
 async fn relay_throughput(
@@ -678,7 +718,7 @@ async fn relay_throughput(
     args: &Args,
     topic: &str,
     batch: usize,
-) -> Result<f64, BoxError> {
+) -> Result<Measured, BoxError> {
     store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
     store.analyze().await?;
     // Each relay gets its own connection pool, as separate relay processes would.
@@ -693,7 +733,7 @@ async fn relay_throughput(
         );
     }
     let shutdown = CancellationToken::new();
-    let started = Instant::now();
+    let (started, busy) = (Instant::now(), machine_busy());
     let running: Vec<_> = relays
         .iter()
         .map(|relay| {
@@ -708,12 +748,12 @@ async fn relay_throughput(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let rate = args.messages as f64 / started.elapsed().as_secs_f64();
+    let run = measured(args.messages, started, busy);
     shutdown.cancel();
     for relay in running {
         relay.await??;
     }
-    Ok(rate)
+    Ok(run)
 }
 
 /// Throughput medians over `--repeat` rounds (raw broker, raw database, relay), interleaved so that
@@ -722,6 +762,9 @@ struct Throughput {
     broker: f64,
     database: f64,
     relay: Option<f64>,
+    /// Median busy CPU time per message (the whole machine, this process): raw broker, raw
+    /// database, relay.
+    cpu: [Option<[Duration; 2]>; 3],
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -747,7 +790,17 @@ async fn throughput(
             reset_broker(&args.publisher, topic).await?;
         }
     }
-    Ok(Throughput { broker: median(broker), database: median(database), relay: with_relay.then(|| median(relay)) })
+    let cpu = [&broker, &database, &relay].map(|runs| median_cpu(runs));
+    let rates = |runs: &[Measured]| median(runs.iter().map(|m| m.rate).collect());
+    Ok(Throughput { broker: rates(&broker), database: rates(&database), relay: with_relay.then(|| rates(&relay)), cpu })
+}
+
+/// The median CPU times per message of some runs (of the run with the median machine time), if
+/// every run has them.
+fn median_cpu(runs: &[Measured]) -> Option<[Duration; 2]> {
+    let mut cpu: Vec<[Duration; 2]> = runs.iter().map(|m| m.cpu_per_message).collect::<Option<_>>()?;
+    cpu.sort();
+    cpu.get(cpu.len() / 2).copied()
 }
 
 /// Picks one series' value out of a throughput point.
@@ -1121,6 +1174,30 @@ async fn main() -> Result<(), BoxError> {
         if let Some(relay) = t.relay {
             report.add("relay_msgs_per_s", &format!("relay: drain the backlog (msg/s{rounds})"), relay, "msg/s");
             report.add("relay_ratio", "relay / min(raw broker, raw database)", relay / t.broker.min(t.database), "x");
+        }
+        // Where the relay is bound by the machine's CPU rather than by either side's own limit: it
+        // does the broker's and the database's work at once, so on a saturated machine its ceiling
+        // is the cores over the two sides' CPU costs added.
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let names = [("broker", "raw broker"), ("database", "raw database"), ("relay", "relay")];
+        for ((key, label), cpu) in names.iter().zip(t.cpu) {
+            if let Some([machine, own]) = cpu {
+                let machine_label = format!("{label}: machine CPU per message (all processes)");
+                report.add(&format!("cpu_per_message_{key}_us"), &machine_label, us(machine), "us");
+                let own_label = format!("{label}: of which the harness process (client or relay)");
+                report.add(&format!("cpu_per_message_{key}_harness_us"), &own_label, us(own), "us");
+            }
+        }
+        if let ([Some([broker, _]), Some([database, _]), _], Some(relay)) = (t.cpu, t.relay) {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+            let ceiling = cores / (broker + database).as_secs_f64().max(1e-9);
+            report.add(
+                "cpu_ceiling_msgs_per_s",
+                "CPU ceiling: cores / (raw broker + raw database CPU)",
+                ceiling,
+                "msg/s",
+            );
+            report.add("relay_cpu_ceiling_ratio", "relay / CPU ceiling", relay / ceiling, "x");
         }
     }
     if !args.sweep.is_empty() {
