@@ -51,14 +51,16 @@ impl fmt::Debug for KafkaOptions {
 }
 
 impl KafkaOptions {
-    /// Bootstrap servers (`host:port[,host:port...]`), idempotence on, `acks=all`, `linger.ms=0`,
-    /// a 30 s delivery timeout. (The relay hands over a whole batch and then awaits every delivery
-    /// report, so lingering would only add latency: the batch is already formed.)
+    /// Bootstrap servers (`host:port[,host:port...]`), idempotence on, `acks=all`, `linger.ms=1`,
+    /// a 30 s delivery timeout. With `linger.ms=0` librdkafka wakes its broker thread for every
+    /// message and sends the relay's batch as many small requests: `linger.ms=1` halves the CPU
+    /// per message of producer and broker together (4.8 -> 2.1-2.7 us measured by `outbox-bench`)
+    /// for at most 1 ms more latency. Set it to 0 where that millisecond matters more.
     pub fn new(brokers: impl Into<String>) -> Self {
         let mut settings = BTreeMap::new();
         settings.insert("enable.idempotence".to_owned(), "true".to_owned());
         settings.insert("acks".to_owned(), "all".to_owned());
-        settings.insert("linger.ms".to_owned(), "0".to_owned());
+        settings.insert("linger.ms".to_owned(), "1".to_owned());
         Self { brokers: brokers.into(), topics: TopicMap::new(), delivery_timeout: Duration::from_secs(30), settings }
     }
 
