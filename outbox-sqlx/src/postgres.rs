@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -77,6 +78,9 @@ impl Sql {
         // holds fewer than `limit` heads (it is clogged with rows queued behind in-flight or retrying
         // heads) is the head of every key looked up, with a loose index scan over (msg_key, seq):
         // O(keys) instead of O(backlog). The window's other rows are unlocked when the statement ends.
+        // Keyless and keyed rows are disjoint, so only the two keyed branches (a head can be in both)
+        // need de-duplicating: `UNION ALL` spares hashing the keyless rows (a 1,000-row claim: 3.0 ms
+        // instead of 3.35 ms).
         let ready = |alias: &str| {
             format!(
                 "{alias}.published_at IS NULL AND {alias}.available_at <= now() \
@@ -85,8 +89,8 @@ impl Sql {
         };
         let claimable = format!(
             "WITH RECURSIVE \
-             keyless AS (SELECT k.seq, k.ctid FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} \
+             keyless AS (SELECT k.seq, k.ctid FROM {m} k WHERE k.msg_key IS NULL AND k.seq > $4 AND {ready_k} ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND w.seq > $4 AND {ready_w} \
                ORDER BY w.seq LIMIT $3 + $3 / 4 FOR UPDATE SKIP LOCKED), \
              win_heads AS MATERIALIZED (SELECT w.seq, w.ctid FROM win w WHERE w.msg_key IS NULL OR NOT EXISTS \
                (SELECT 1 FROM {m} e WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL)), \
@@ -98,7 +102,7 @@ impl Sql {
                FROM keys WHERE keys.k IS NOT NULL), \
              more_heads AS (SELECT o.seq, o.ctid FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM heads)) \
                AND o.msg_key IS NOT NULL AND {ready_o} ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
-             SELECT seq, ctid FROM keyless UNION SELECT seq, ctid FROM win_heads UNION SELECT seq, ctid FROM more_heads ORDER BY seq LIMIT $3",
+             SELECT seq, ctid FROM keyless UNION ALL (SELECT seq, ctid FROM win_heads UNION SELECT seq, ctid FROM more_heads) ORDER BY seq LIMIT $3",
             ready_k = ready("k"),
             ready_w = ready("w"),
             ready_o = ready("o"),
@@ -175,7 +179,7 @@ CREATE TABLE IF NOT EXISTS {i} (
             ),
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = $1"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = $1"),
-            explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint")),
+            explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0")),
             claim,
             extend: format!(
                 "UPDATE {m} SET locked_until = now() + $3 * {MS} \
@@ -243,6 +247,55 @@ struct Inner {
     sql: Sql,
     wake: Arc<Notify>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    floor: ClaimFloor,
+}
+
+/// Where this store's next claim starts its walk of the pending rows. Rows this process has
+/// leased stay in the pending indexes until they are acknowledged, and a claim that starts at the
+/// oldest row steps over every one of them: a relay with two workers, each claiming its next batch
+/// while it publishes the current one, has 2,000-3,000 leased rows ahead of each claim, which made a
+/// 1,000-row claim ~35% slower. So after a full claim the next one starts above the newest row it
+/// got. Rows it passes over (committed late with a lower `seq`, a retry whose delay ended, a lease
+/// that lapsed elsewhere) are taken by the next claim from the start: one is made at least every
+/// [`FULL_WALK_EVERY`], and whenever a claim comes back short of its limit. Per-key order does not
+/// depend on it: a keyed row is claimed only when no older row of its key is unfinished.
+struct ClaimFloor {
+    /// The `seq` the next claim starts above (0: from the oldest row).
+    seq: AtomicI64,
+    /// When the last claim from the oldest row started, in milliseconds since `epoch`.
+    last_full_ms: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+/// The longest a row passed over by the claim floor waits for a claim that walks from the start.
+const FULL_WALK_EVERY: Duration = Duration::from_millis(100);
+
+impl ClaimFloor {
+    fn new() -> Self {
+        Self { seq: AtomicI64::new(0), last_full_ms: AtomicU64::new(0), epoch: std::time::Instant::now() }
+    }
+
+    /// The floor for the next claim: 0 when a walk from the start is due.
+    fn next(&self) -> i64 {
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_full_ms.load(Ordering::Relaxed);
+        let seq = self.seq.load(Ordering::Relaxed);
+        let due = seq == 0 || now_ms.saturating_sub(last) >= FULL_WALK_EVERY.as_millis() as u64;
+        if due && self.last_full_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            return 0;
+        }
+        seq
+    }
+
+    /// After a claim of `limit` that returned `claimed` rows, the newest of them `newest`.
+    fn update(&self, limit: usize, claimed: usize, newest: Option<i64>) {
+        match newest {
+            Some(newest) if claimed >= limit => {
+                self.seq.fetch_max(newest, Ordering::Relaxed);
+            }
+            _ => self.seq.store(0, Ordering::Relaxed),
+        }
+    }
 }
 
 impl Drop for Inner {
@@ -309,7 +362,14 @@ impl PostgresStore {
     pub fn new(pool: PgPool, options: StoreOptions) -> Self {
         let sql = Sql::new(&options);
         Self {
-            inner: Arc::new(Inner { pool, options, sql, wake: Arc::new(Notify::new()), listener: Mutex::new(None) }),
+            inner: Arc::new(Inner {
+                pool,
+                options,
+                sql,
+                wake: Arc::new(Notify::new()),
+                listener: Mutex::new(None),
+                floor: ClaimFloor::new(),
+            }),
         }
     }
 
@@ -362,8 +422,10 @@ impl PostgresStore {
         Ok(rows.join("\n"))
     }
 
-    /// After a release or a replay (which may make many rows claimable at once), wakes every idle worker.
+    /// After a release or a replay (which may make many rows claimable at once, below the claim
+    /// floor), wakes every idle worker and lets the next claim start from the oldest row.
     fn wake_local(&self) {
+        self.inner.floor.seq.store(0, Ordering::Relaxed);
         self.inner.wake.notify_waiters();
         self.inner.wake.notify_one();
     }
@@ -497,6 +559,7 @@ impl Store for PostgresStore {
             .bind(owner.as_uuid())
             .bind(ms(lease))
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(self.inner.floor.next())
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| sql_error("claim", e))?;
@@ -505,6 +568,7 @@ impl Store for PostgresStore {
             claimed.push((row.try_get(0).map_err(|e| sql_error("claim", e))?, decode_message(row)?));
         }
         claimed.sort_unstable_by_key(|(seq, _)| *seq);
+        self.inner.floor.update(limit, claimed.len(), claimed.last().map(|(seq, _)| *seq));
         Ok(claimed.into_iter().map(|(_, m)| m).collect())
     }
 

@@ -81,6 +81,40 @@ async fn postgres_messages_table_leaves_room_for_hot_lease_updates() {
     assert!(options.iter().any(|o| o == "fillfactor=50"), "messages table options: {options:?}");
 }
 
+/// After a full claim the next one starts above the newest row it took (it would otherwise step over
+/// every leased row); a row that commits late with a lower `seq` must still be claimed soon after,
+/// while claims keep coming back full.
+#[tokio::test]
+async fn postgres_claim_floor_never_strands_a_row_committed_late() {
+    let Some(h) = PostgresHarness::new().await else { return };
+    let store = h.postgres_store().clone();
+    let mut late = store.pool().begin().await.expect("begin");
+    let late_id = store.enqueue(&mut *late, NewMessage::new("t", "late")).await.expect("enqueue late");
+    let mut tx = store.pool().begin().await.expect("begin");
+    for i in 0..200u8 {
+        store.enqueue(&mut *tx, NewMessage::new("t", vec![i])).await.expect("enqueue");
+    }
+    tx.commit().await.expect("commit");
+    let owner = RelayId::new();
+    let first = store.claim(owner, 10, Duration::from_secs(60)).await.expect("claim");
+    assert_eq!(first.len(), 10);
+    late.commit().await.expect("commit late"); // older seq than everything claimed: below the floor
+    let started = Instant::now();
+    let mut claims = 0;
+    loop {
+        let batch = store.claim(owner, 10, Duration::from_secs(60)).await.expect("claim");
+        claims += 1;
+        assert!(!batch.is_empty(), "the backlog ran dry before the late row was claimed");
+        if batch.iter().any(|m| m.id == late_id) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "the late row was not claimed in {claims} claims");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Claims came back full all along, so only the periodic walk from the oldest row found it.
+    assert!(claims <= 19, "the late row took {claims} claims");
+}
+
 #[tokio::test]
 async fn postgres_schema_and_table_names_are_validated_before_sql() {
     for bad in ["outbox; DROP TABLE x", "public.x", "x\"y"] {
