@@ -28,6 +28,7 @@ struct Sql {
     channel: String,
     schema: String,
     insert: String,
+    insert_keyless: String,
     insert_rows: String,
     existing: String,
     existing_dead: String,
@@ -167,6 +168,13 @@ CREATE TABLE IF NOT EXISTS {i} (
                  VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * {MS}) \
                  ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) \
                  SELECT id, pg_notify($8, '') FROM ins"
+            ),
+            // A message without an idempotency key cannot conflict, and the speculative insertion of
+            // `ON CONFLICT` costs ~8% of a one-row business transaction: a plain insert.
+            insert_keyless: format!(
+                "WITH ins AS (INSERT INTO {m} (id, topic, msg_key, payload, headers, available_at) \
+                 VALUES ($1, $2, $3, $4, $5, now() + $6 * {MS}) RETURNING 1) \
+                 SELECT pg_notify($7, '') FROM ins"
             ),
             // A batch without idempotency keys: one statement, rows in the given order (so `seq`, and
             // with it per-key order, follows the batch), one notification.
@@ -463,13 +471,27 @@ impl PostgresStore {
                 return Ok(MessageId::from_uuid(id));
             }
         }
+        let Some(idempotency_key) = parts.idempotency_key else {
+            sqlx::query(&sql.insert_keyless)
+                .bind(parts.id.as_uuid())
+                .bind(parts.topic)
+                .bind(parts.key)
+                .bind(parts.payload)
+                .bind(Json(parts.headers))
+                .bind(ms(parts.delay.unwrap_or_default()))
+                .bind(&sql.channel)
+                .execute(&mut *conn)
+                .await
+                .map_err(|e| sql_error("enqueue", e))?;
+            return Ok(parts.id);
+        };
         let inserted = sqlx::query(&sql.insert)
             .bind(parts.id.as_uuid())
             .bind(parts.topic)
             .bind(parts.key)
             .bind(parts.payload)
             .bind(Json(parts.headers))
-            .bind(parts.idempotency_key.clone())
+            .bind(&idempotency_key)
             .bind(ms(parts.delay.unwrap_or_default()))
             .bind(&sql.channel)
             .fetch_optional(&mut *conn)
@@ -479,7 +501,7 @@ impl PostgresStore {
             return Ok(parts.id);
         }
         let id: Uuid = sqlx::query_scalar(&sql.existing)
-            .bind(&parts.idempotency_key)
+            .bind(&idempotency_key)
             .fetch_one(&mut *conn)
             .await
             .map_err(|e| sql_error("enqueue", e))?;
