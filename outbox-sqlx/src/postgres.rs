@@ -273,6 +273,8 @@ struct ClaimFloor {
     /// When the last claim from the oldest row started, in milliseconds since `epoch`.
     last_full_ms: AtomicU64,
     epoch: std::time::Instant,
+    /// How often a claim walks from the oldest row regardless ([`FULL_WALK_EVERY`]).
+    interval: Duration,
 }
 
 /// The longest a row passed over by the claim floor waits for a claim that walks from the start.
@@ -280,7 +282,11 @@ const FULL_WALK_EVERY: Duration = Duration::from_millis(100);
 
 impl ClaimFloor {
     fn new() -> Self {
-        Self { seq: AtomicI64::new(0), last_full_ms: AtomicU64::new(0), epoch: std::time::Instant::now() }
+        Self::with_interval(FULL_WALK_EVERY)
+    }
+
+    fn with_interval(interval: Duration) -> Self {
+        Self { seq: AtomicI64::new(0), last_full_ms: AtomicU64::new(0), epoch: std::time::Instant::now(), interval }
     }
 
     /// The floor for the next claim: 0 when a walk from the start is due.
@@ -288,7 +294,7 @@ impl ClaimFloor {
         let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = self.last_full_ms.load(Ordering::Relaxed);
         let seq = self.seq.load(Ordering::Relaxed);
-        let due = seq == 0 || now_ms.saturating_sub(last) >= FULL_WALK_EVERY.as_millis() as u64;
+        let due = seq == 0 || u128::from(now_ms.saturating_sub(last)) >= self.interval.as_millis();
         if due && self.last_full_ms.compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             return 0;
         }
@@ -734,5 +740,33 @@ impl Inbox for PostgresStore {
             .await
             .map_err(|e| sql_error("process_once", e))?;
         Ok(done.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_floor_starts_at_the_oldest_row_and_follows_full_claims() {
+        let floor = ClaimFloor::with_interval(Duration::from_secs(3600));
+        assert_eq!(floor.next(), 0, "the first claim walks from the oldest row");
+        floor.update(100, 100, Some(500));
+        assert_eq!(floor.next(), 500, "a full claim's successor starts above its newest row");
+        floor.update(100, 100, Some(400));
+        assert_eq!(floor.next(), 500, "a concurrent, older full claim does not lower the floor");
+        floor.update(100, 7, Some(700));
+        assert_eq!(floor.next(), 0, "a short claim sends the next one back to the oldest row");
+    }
+
+    #[test]
+    fn claim_floor_walks_from_the_oldest_row_every_interval() {
+        let interval = Duration::from_millis(300);
+        let floor = ClaimFloor::with_interval(interval);
+        assert_eq!(floor.next(), 0);
+        floor.update(10, 10, Some(50));
+        std::thread::sleep(interval + Duration::from_millis(50));
+        assert_eq!(floor.next(), 0, "a walk from the oldest row is due");
+        assert_eq!(floor.next(), 50, "and only one claim makes it");
     }
 }
