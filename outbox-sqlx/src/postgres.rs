@@ -91,7 +91,7 @@ impl Sql {
         let claimable = format!(
             "WITH RECURSIVE \
              keyless AS (SELECT k.seq, k.ctid FROM {m} k WHERE k.msg_key IS NULL AND k.seq > $4 AND {ready_k} ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND w.seq > $4 AND {ready_w} \
+             win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} \
                ORDER BY w.seq LIMIT $3 + $3 / 4 FOR UPDATE SKIP LOCKED), \
              win_heads AS MATERIALIZED (SELECT w.seq, w.ctid FROM win w WHERE w.msg_key IS NULL OR NOT EXISTS \
                (SELECT 1 FROM {m} e WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL)), \
@@ -258,15 +258,16 @@ struct Inner {
     floor: ClaimFloor,
 }
 
-/// Where this store's next claim starts its walk of the pending rows. Rows this process has
-/// leased stay in the pending indexes until they are acknowledged, and a claim that starts at the
-/// oldest row steps over every one of them: a relay with two workers, each claiming its next batch
-/// while it publishes the current one, has 2,000-3,000 leased rows ahead of each claim, which made a
-/// 1,000-row claim ~35% slower. So after a full claim the next one starts above the newest row it
-/// got. Rows it passes over (committed late with a lower `seq`, a retry whose delay ended, a lease
+/// Where this store's next claim starts its walk of the pending keyless rows. Rows this process
+/// has leased stay in the pending indexes until they are acknowledged, and a claim that starts at
+/// the oldest row steps over every one of them: a relay with two workers, each claiming its next
+/// batch while it publishes the current one, has 2,000-3,000 leased rows ahead of each claim, which
+/// made a 1,000-row claim ~35% slower. So after a full claim the next one starts above the newest
+/// keyless row it got. Rows it passes over (committed late with a lower `seq`, a retry whose delay ended, a lease
 /// that lapsed elsewhere) are taken by the next claim from the start: one is made at least every
-/// [`FULL_WALK_EVERY`], and whenever a claim comes back short of its limit. Per-key order does not
-/// depend on it: a keyed row is claimed only when no older row of its key is unfinished.
+/// [`FULL_WALK_EVERY`], and whenever a claim comes back short of its limit. Only keyless rows use
+/// it: a keyed row the floor passed over while it waited behind its key's head would become the
+/// head below the floor, so keyed rows are always looked for from the oldest.
 struct ClaimFloor {
     /// The `seq` the next claim starts above (0: from the oldest row).
     seq: AtomicI64,
@@ -301,7 +302,7 @@ impl ClaimFloor {
         seq
     }
 
-    /// After a claim of `limit` that returned `claimed` rows, the newest of them `newest`.
+    /// After a claim of `limit` that returned `claimed` rows, the newest keyless one `newest`.
     fn update(&self, limit: usize, claimed: usize, newest: Option<i64>) {
         match newest {
             Some(newest) if claimed >= limit => {
@@ -596,7 +597,8 @@ impl Store for PostgresStore {
             claimed.push((row.try_get(0).map_err(|e| sql_error("claim", e))?, decode_message(row)?));
         }
         claimed.sort_unstable_by_key(|(seq, _)| *seq);
-        self.inner.floor.update(limit, claimed.len(), claimed.last().map(|(seq, _)| *seq));
+        let newest_keyless = claimed.iter().rev().find(|(_, m)| m.key.is_none()).map(|(seq, _)| *seq);
+        self.inner.floor.update(limit, claimed.len(), newest_keyless);
         Ok(claimed.into_iter().map(|(_, m)| m).collect())
     }
 
