@@ -616,7 +616,6 @@ impl Report {
 
 const P50_P99: &[(&str, f64)] = &[("p50", 0.5), ("p99", 0.99)];
 
-/// The raw broker: the publisher alone, `concurrency` batches of `batch` in flight.
 /// Busy CPU time so far of the whole machine (every process: database, broker and this harness) and
 /// of this process alone, from `/proc/stat` and `/proc/self/stat`; `None` where those files do not
 /// exist (not Linux).
@@ -652,6 +651,7 @@ fn measured(n: usize, started: Instant, busy_before: Option<[Duration; 2]>) -> M
     Measured { rate, cpu_per_message }
 }
 
+/// The raw broker: the publisher alone, `concurrency` batches of `batch` in flight.
 async fn raw_broker(
     publisher: &Arc<dyn Publisher>,
     args: &Args,

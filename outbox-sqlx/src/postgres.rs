@@ -263,9 +263,10 @@ struct Inner {
 /// the oldest row steps over every one of them: a relay with two workers, each claiming its next
 /// batch while it publishes the current one, has 2,000-3,000 leased rows ahead of each claim, which
 /// made a 1,000-row claim ~35% slower. So after a full claim the next one starts above the newest
-/// keyless row it got. Rows it passes over (committed late with a lower `seq`, a retry whose delay ended, a lease
-/// that lapsed elsewhere) are taken by the next claim from the start: one is made at least every
-/// [`FULL_WALK_EVERY`], and whenever a claim comes back short of its limit. Only keyless rows use
+/// keyless row it got. Rows it passes over (committed late with a lower `seq`, a retry whose delay
+/// ended, a lease that lapsed elsewhere) are taken by the next claim from the start: one is made at
+/// least every [`FULL_WALK_EVERY`], whenever a claim comes back short of its limit, and after a
+/// release or replay ([`ClaimFloor::reset`]). Only keyless rows use
 /// it: a keyed row the floor passed over while it waited behind its key's head would become the
 /// head below the floor, so keyed rows are always looked for from the oldest.
 struct ClaimFloor {
@@ -308,8 +309,13 @@ impl ClaimFloor {
             Some(newest) if claimed >= limit => {
                 self.seq.fetch_max(newest, Ordering::Relaxed);
             }
-            _ => self.seq.store(0, Ordering::Relaxed),
+            _ => self.reset(),
         }
+    }
+
+    /// Sends the next claim back to the oldest row.
+    fn reset(&self) {
+        self.seq.store(0, Ordering::Relaxed);
     }
 }
 
@@ -440,7 +446,7 @@ impl PostgresStore {
     /// After a release or a replay (which may make many rows claimable at once, below the claim
     /// floor), wakes every idle worker and lets the next claim start from the oldest row.
     fn wake_local(&self) {
-        self.inner.floor.seq.store(0, Ordering::Relaxed);
+        self.inner.floor.reset();
         self.inner.wake.notify_waiters();
         self.inner.wake.notify_one();
     }
