@@ -4,7 +4,8 @@
 //! A relay worker loops over: claim a batch (one statement that sets a lease; no transaction stays
 //! open) -> publish it (renewing the lease if the publish runs long) -> settle it (acknowledge the
 //! published, reschedule the transient failures, dead-letter the permanent ones and the exhausted).
-//! When a batch comes back full, the worker claims the next one while it publishes the current one.
+//! When a batch comes back full, the worker claims the next one while the broker confirms the current
+//! one, and publishes it at once (up to `batches_in_flight` batches per worker).
 //! `concurrency` workers run at once; each waits for [`Store::wait_for_work`] when there is nothing to do.
 
 use std::collections::HashSet;
@@ -14,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, info_span, warn, Instrument};
@@ -81,9 +84,12 @@ fn bump(counter: &AtomicU64, by: usize) {
 pub struct RelayOptions {
     /// Messages claimed per batch (default 256).
     pub batch_size: usize,
-    /// Workers (default 2). Each publishes one batch at a time and, while a backlog lasts, claims the
-    /// next one ahead.
+    /// Workers (default 2). Each keeps up to `batches_in_flight` batches in flight.
     pub concurrency: usize,
+    /// Batches one worker keeps in flight while a backlog lasts, a claim under way included (default
+    /// 2). With 2, a worker claims the next batch while the broker confirms the current one and
+    /// publishes it at once; 1 makes claim, publish and settle strictly one after another.
+    pub batches_in_flight: usize,
     /// How long a claim is held before another relay may take it over (default 30 s). Renewed while a
     /// publish runs long.
     pub lease: Duration,
@@ -102,6 +108,7 @@ impl Default for RelayOptions {
         Self {
             batch_size: 256,
             concurrency: 2,
+            batches_in_flight: 2,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
             error_backoff: Duration::from_secs(1),
@@ -118,6 +125,9 @@ impl RelayOptions {
         }
         if self.concurrency == 0 || self.concurrency > 256 {
             return Err(Error::invalid_config("relay concurrency must be between 1 and 256"));
+        }
+        if self.batches_in_flight == 0 || self.batches_in_flight > 64 {
+            return Err(Error::invalid_config("relay batches_in_flight must be between 1 and 64"));
         }
         if self.lease < Duration::from_millis(100) {
             return Err(Error::invalid_config("relay lease must be at least 100 ms"));
@@ -161,6 +171,11 @@ impl RelayBuilder {
     /// Workers (see [`RelayOptions::concurrency`]).
     pub fn concurrency(mut self, n: usize) -> Self {
         self.options.concurrency = n;
+        self
+    }
+    /// Batches in flight per worker (see [`RelayOptions::batches_in_flight`]).
+    pub fn batches_in_flight(mut self, n: usize) -> Self {
+        self.options.batches_in_flight = n;
         self
     }
     /// Claim lease.
@@ -351,90 +366,88 @@ impl Inner {
         self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// One worker's loop. While a full batch is published and settled, the worker already claims the
-    /// next one, so the store's claim overlaps the broker's round trip. Idle, only worker 0 polls the
-    /// store every `poll_interval`; the others wait for a store notification or for a peer that found
-    /// work, so an idle relay costs one query per interval however many workers it has.
+    /// One worker's loop. While a backlog lasts (its claims come back full) a worker keeps up to
+    /// `batches_in_flight` batches in flight, a claim under way included: it claims the next batch
+    /// while the broker confirms the current one and publishes it as soon as it is claimed. Without a
+    /// backlog it claims again when its batch has settled, or when a commit wakes it while it has
+    /// nothing in flight. Idle, only worker 0 polls the store every `poll_interval`; the others wait
+    /// for a store notification or for a peer that found work, so an idle relay costs one query per
+    /// interval however many workers it has.
     async fn work(&self, worker: usize, shutdown: CancellationToken) {
         let options = &self.options;
         let idle_wait = if worker == 0 { options.poll_interval } else { options.poll_interval * 30 };
-        let mut prefetched: Option<(Vec<Message>, tokio::time::Instant)> = None;
-        while !shutdown.is_cancelled() {
-            let claimed = match prefetched.take() {
-                Some((batch, claimed_at)) => {
-                    self.refresh_lease(&batch, claimed_at).await;
-                    Ok(batch)
-                }
-                None => self.claim().await,
-            };
-            let batch = match claimed {
-                Ok(batch) if batch.is_empty() => {
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break,
-                        _ = self.store.wait_for_work(idle_wait) => {}
-                        _ = self.found_work.notified() => {}
-                    }
-                    continue;
-                }
-                Ok(batch) => batch,
-                Err(e) => {
-                    if self.back_off(&e, &shutdown).await {
-                        break;
-                    }
-                    continue;
-                }
-            };
-            let full = batch.len() == options.batch_size;
-            if full {
-                self.found_work.notify_waiters();
+        let mut in_flight = FuturesUnordered::new();
+        let mut claiming: Option<BoxFuture<'_, Result<Vec<Message>>>> = None;
+        // Claim without waiting for a wake-up: at start, after a full claim, after a batch settled.
+        let mut claim_now = true;
+        // After a store error, no claim before this instant.
+        let mut paused_until: Option<tokio::time::Instant> = None;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
             }
-            let span = info_span!("outbox.batch", relay = %self.id, size = batch.len());
-            let settle = self.publish_and_settle(batch).instrument(span);
-            let (settled, next) = if full && !shutdown.is_cancelled() {
-                let claimed_at = tokio::time::Instant::now();
-                let (settled, next) = tokio::join!(settle, self.claim());
-                (settled, Some(next.map(|batch| (batch, claimed_at))))
-            } else {
-                (settle.await, None)
-            };
-            let mut failed = settled.err();
-            match next {
-                Some(Ok((batch, claimed_at))) if !batch.is_empty() => prefetched = Some((batch, claimed_at)),
-                Some(Err(e)) => failed = failed.or(Some(e)),
-                _ => {}
+            let room = in_flight.len() + usize::from(claiming.is_some()) < options.batches_in_flight;
+            let paused = paused_until.is_some_and(|until| tokio::time::Instant::now() < until);
+            if claiming.is_none() && room && claim_now && !paused {
+                claiming = Some(Box::pin(self.claim()));
             }
-            if let Some(e) = failed {
-                if self.back_off(&e, &shutdown).await {
-                    break;
+            // No backlog: wait for a wake-up only once this worker's batches have settled. Claiming on
+            // every commit while the broker confirms cost more statements per message and, on a
+            // shared 2-core machine, raised RabbitMQ's p99 (docs/benchmarks.md, sixth session).
+            let waiting_for_work = claiming.is_none() && in_flight.is_empty() && !claim_now && !paused;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
+                    claim_now = true;
+                    if let Err(e) = settled {
+                        paused_until = Some(self.store_error(&e));
+                    }
+                }
+                claimed = async { claiming.as_mut().expect("guarded by the branch condition").await }, if claiming.is_some() => {
+                    claiming = None;
+                    match claimed {
+                        Ok(batch) if batch.is_empty() => claim_now = false,
+                        Ok(batch) => {
+                            claim_now = batch.len() == options.batch_size;
+                            if claim_now {
+                                self.found_work.notify_waiters();
+                            }
+                            let span = info_span!("outbox.batch", relay = %self.id, size = batch.len());
+                            in_flight.push(self.publish_and_settle(batch).instrument(span));
+                        }
+                        Err(e) => {
+                            claim_now = true;
+                            paused_until = Some(self.store_error(&e));
+                        }
+                    }
+                }
+                _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused => {
+                    paused_until = None;
+                }
+                _ = self.store.wait_for_work(idle_wait), if waiting_for_work => claim_now = true,
+                _ = self.found_work.notified(), if waiting_for_work => claim_now = true,
+            }
+        }
+        // Shutdown: no new claims. A claim under way is handed back, the batches in flight finish.
+        if let Some(claim) = claiming.take() {
+            if let Ok(batch) = claim.await {
+                if !batch.is_empty() {
+                    self.hand_back(&batch).await;
                 }
             }
         }
-        if let Some((batch, _)) = prefetched {
-            self.hand_back(&batch).await;
+        while let Some(settled) = in_flight.next().await {
+            if let Err(e) = settled {
+                self.store_error(&e);
+            }
         }
     }
 
-    /// A prefetched batch waited for the previous publish; if that took a third of the lease, renew
-    /// the lease before publishing so it cannot lapse mid-publish.
-    async fn refresh_lease(&self, batch: &[Message], claimed_at: tokio::time::Instant) {
-        let lease = self.options.lease;
-        if claimed_at.elapsed() < lease / 3 {
-            return;
-        }
-        let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
-        if let Err(e) = self.store.extend_lease(self.id, &ids, lease).await {
-            warn!(error = %e, "outbox relay could not extend the lease of a prefetched batch; another relay may take over");
-        }
-    }
-
-    /// Counts and logs a store error, then waits `error_backoff`; true if shutdown came first.
-    async fn back_off(&self, e: &Error, shutdown: &CancellationToken) -> bool {
+    /// Counts and logs a store error; returns the instant before which the worker claims nothing.
+    fn store_error(&self, e: &Error) -> tokio::time::Instant {
         bump(&self.counters.store_errors, 1);
         error!(error = %e, "outbox relay: store error; backing off");
-        tokio::select! {
-            _ = shutdown.cancelled() => true,
-            _ = tokio::time::sleep(self.options.error_backoff) => false,
-        }
+        tokio::time::Instant::now() + self.options.error_backoff
     }
 
     /// Drops finished (or handed-back) messages from the in-flight set.
@@ -457,14 +470,14 @@ impl Inner {
         Ok(batch)
     }
 
-    /// Releases a claimed batch that will not be published (a prefetched batch at shutdown), so another
+    /// Releases a claimed batch that will not be published (a claim that returned after shutdown), so another
     /// relay can take it at once instead of waiting for the lease to expire.
     async fn hand_back(&self, batch: &[Message]) {
         let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
         match self.store.release(self.id, &ids).await {
             Ok(()) => self.forget_in_flight(&ids),
             Err(e) => {
-                warn!(error = %e, messages = ids.len(), "outbox relay could not hand back a prefetched batch; its lease will expire")
+                warn!(error = %e, messages = ids.len(), "outbox relay could not hand back a batch claimed at shutdown; its lease will expire")
             }
         }
     }

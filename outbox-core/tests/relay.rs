@@ -185,19 +185,21 @@ async fn shutdown_finishes_in_flight_batches_and_loses_nothing() {
     let relay = Relay::builder(store.clone(), publisher.clone()).batch_size(10).concurrency(2).build().unwrap();
     let (shutdown, running) = start(&relay);
     tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(relay.metrics().claimed, 40, "two workers, two batches in flight each");
     shutdown.cancel();
     running.await.unwrap().unwrap();
 
     let published = publisher.published_len();
-    assert_eq!(published, 20, "the two batches in flight at shutdown were finished, no new ones claimed");
-    assert_eq!(store.pending_len(), 80);
+    assert_eq!(published, 40, "the four batches in flight at shutdown were finished, no new ones claimed");
+    assert_eq!(store.pending_len(), 60);
     // Nothing is left leased: another relay can take all the rest right away.
     let next = store.claim(RelayId::new(), 1000, Duration::from_secs(30)).await.unwrap();
-    assert_eq!(next.len(), 80);
+    assert_eq!(next.len(), 60);
+    assert!(next.iter().all(|m| m.attempts == 1), "no other claim took them first");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_claims_the_next_batch_while_publishing_and_hands_it_back_at_shutdown() {
+async fn a_worker_publishes_the_next_batch_while_the_broker_confirms_the_first() {
     let store = store_with(50);
     let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
     let relay = Relay::builder(store.clone(), publisher.clone()).batch_size(10).concurrency(1).build().unwrap();
@@ -209,10 +211,28 @@ async fn a_worker_claims_the_next_batch_while_publishing_and_hands_it_back_at_sh
     shutdown.cancel();
     running.await.unwrap().unwrap();
 
-    assert_eq!(publisher.published_len(), 10, "only the batch being published is finished");
+    assert_eq!(publisher.published_len(), 20, "both batches in flight are finished");
     let rest = store.claim(RelayId::new(), 1000, Duration::from_secs(30)).await.unwrap();
-    assert_eq!(rest.len(), 40, "the prefetched batch was handed back, not left leased");
-    assert!(rest.iter().all(|m| m.attempts == 1), "a handed-back prefetch does not count as an attempt");
+    assert_eq!(rest.len(), 30, "nothing else was claimed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batch_in_flight_makes_claim_publish_and_settle_sequential() {
+    let store = store_with(50);
+    let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
+    let relay = Relay::builder(store.clone(), publisher.clone())
+        .batch_size(10)
+        .concurrency(1)
+        .batches_in_flight(1)
+        .build()
+        .unwrap();
+    let (shutdown, running) = start(&relay);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(relay.metrics().claimed, 10, "no claim while the only batch is being published");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(publisher.published_len(), 10);
+    assert_eq!(store.pending_len(), 40);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -268,5 +288,7 @@ fn invalid_relay_options_are_rejected() {
     let store = MemoryStore::new();
     assert!(Relay::builder(store.clone(), MemoryPublisher::new()).batch_size(0).build().is_err());
     assert!(Relay::builder(store.clone(), MemoryPublisher::new()).concurrency(0).build().is_err());
+    assert!(Relay::builder(store.clone(), MemoryPublisher::new()).batches_in_flight(0).build().is_err());
+    assert!(Relay::builder(store.clone(), MemoryPublisher::new()).batches_in_flight(65).build().is_err());
     assert!(Relay::builder(store, MemoryPublisher::new()).lease(Duration::ZERO).build().is_err());
 }
