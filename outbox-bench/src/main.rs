@@ -11,11 +11,13 @@
 //! Options:
 //! - `--store postgres|mysql|sqlite`, `--publisher kafka|rabbitmq|redis|memory`;
 //! - `--messages N`, `--payload BYTES`, `--keys N` (ordering keys, round robin; default 0 = keyless);
-//! - `--batch N`, `--concurrency N` (workers per relay; default the relay's, 2), `--relays N` (relay instances, each with its
+//! - `--batch N`, `--concurrency N` (workers per relay; default the relay's, 2), `--in-flight N`
+//!   (batches in flight per worker; default the relay's, 2), `--relays N` (relay instances, each with its
 //!   own pool; default 1), `--rate MSG_PER_S` (latency load), `--old-rows N` (claim-cost test);
 //! - `--repeat N` (throughput rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput
 //!   at each batch size) with `--plot FILE.svg`;
 //! - `--kafka-setting KEY=VALUE` (repeatable; a librdkafka producer setting such as `linger.ms=1`);
+//! - `--memory-delay MS` (the memory publisher sleeps this long per publish call: a broker's round trip);
 //! - `--durable-relay-commits` (PostgreSQL: claims and acknowledgements wait for the WAL flush; see
 //!   `StoreOptions::durable_relay_commits`);
 //! - `--json FILE`, `--skip NAME[,NAME]` (raw, relay, latency, enqueue, claim, idle).
@@ -56,12 +58,15 @@ usage: cargo run --release -p outbox-bench -- [OPTIONS]
   --keys N               ordering keys, round robin (default 0 = keyless)
   --batch N              claim batch size (default 1000)
   --concurrency N        workers per relay (default: the relay's)
+  --in-flight N          batches in flight per worker (default: the relay's)
   --relays N             relay instances, each with its own pool (default 1)
   --rate MSG_PER_S       offered load of the latency test (default 1000)
   --old-rows N           old rows for the claim-cost test (default 1000000)
   --repeat N             throughput rounds, the median is reported (default 3)
   --sweep-batch N[,N]    throughput at each batch size; --plot FILE.svg draws it
   --kafka-setting K=V    a librdkafka producer setting (repeatable)
+  --memory-delay MS      memory publisher: sleep this long in every publish call, standing in for a
+                         broker's confirm round trip (default 0)
   --durable-relay-commits  PostgreSQL: relay commits wait for the WAL flush
   --json FILE            also write the results as JSON
   --skip NAME[,NAME]     skip parts: raw, relay, latency, enqueue, claim, idle
@@ -76,6 +81,8 @@ struct Args {
     payload: usize,
     batch: usize,
     concurrency: usize,
+    in_flight: usize,
+    memory_delay: Duration,
     rate: usize,
     old_rows: usize,
     keys: usize,
@@ -102,6 +109,8 @@ fn parse_args() -> Result<Args, BoxError> {
         payload: 256,
         batch: 1000,
         concurrency: RelayOptions::default().concurrency,
+        in_flight: RelayOptions::default().batches_in_flight,
+        memory_delay: Duration::ZERO,
         rate: 1000,
         old_rows: 1_000_000,
         keys: 0,
@@ -125,6 +134,14 @@ fn parse_args() -> Result<Args, BoxError> {
             "--payload" => args.payload = number(value()?)?,
             "--batch" => args.batch = number(value()?)?,
             "--concurrency" => args.concurrency = number(value()?)?,
+            "--in-flight" => args.in_flight = number(value()?)?,
+            "--memory-delay" => {
+                let ms: f64 = value()?.parse().map_err(|_| "--memory-delay takes milliseconds, e.g. 5 or 0.5")?;
+                if !(0.0..=60_000.0).contains(&ms) {
+                    return Err("--memory-delay must be between 0 and 60000 ms".into());
+                }
+                args.memory_delay = Duration::from_secs_f64(ms / 1000.0);
+            }
             "--rate" => args.rate = number(value()?)?,
             "--old-rows" => args.old_rows = number(value()?)?,
             "--keys" => args.keys = number(value()?)?,
@@ -150,8 +167,16 @@ fn parse_args() -> Result<Args, BoxError> {
             other => return Err(format!("unknown option {other}").into()),
         }
     }
-    if args.batch == 0 || args.concurrency == 0 || args.rate == 0 || args.relays == 0 || args.sweep.contains(&0) {
-        return Err("--batch, --concurrency, --relays, --rate and --sweep-batch values must be positive".into());
+    if args.batch == 0
+        || args.concurrency == 0
+        || args.in_flight == 0
+        || args.rate == 0
+        || args.relays == 0
+        || args.sweep.contains(&0)
+    {
+        return Err(
+            "--batch, --concurrency, --in-flight, --relays, --rate and --sweep-batch values must be positive".into()
+        );
     }
     Ok(args)
 }
@@ -524,15 +549,11 @@ impl Publisher for LatencyProbe {
     }
 }
 
-async fn make_publisher(
-    kind: &str,
-    topic: &str,
-    kafka_settings: &[(String, String)],
-) -> Result<Arc<dyn Publisher>, BoxError> {
+async fn make_publisher(kind: &str, topic: &str, args: &Args) -> Result<Arc<dyn Publisher>, BoxError> {
     Ok(match kind {
         "kafka" => {
             let mut options = kafka::KafkaOptions::new(env("OUTBOX_TEST_KAFKA_BROKERS")?);
-            for (key, value) in kafka_settings {
+            for (key, value) in &args.kafka_settings {
                 options = options.setting(key, value);
             }
             Arc::new(kafka::KafkaPublisher::new(options)?)
@@ -545,7 +566,7 @@ async fn make_publisher(
         "redis" => Arc::new(redis_pub::RedisPublisher::new(
             redis_pub::RedisOptions::from_url(&env("OUTBOX_TEST_REDIS_URL")?)?.max_len(200_000),
         )?),
-        "memory" => Arc::new(MemoryPublisher::new()),
+        "memory" => Arc::new(MemoryPublisher::new().with_delay(args.memory_delay)),
         other => return Err(format!("unknown publisher {other}").into()),
     })
 }
@@ -746,6 +767,8 @@ async fn relay_throughput(
             Relay::builder_shared(own.dyn_store(), publisher.clone())
                 .batch_size(batch)
                 .concurrency(args.concurrency)
+                .batches_in_flight(args.in_flight)
+                .batches_in_flight(args.in_flight)
                 .build()?,
         );
     }
@@ -938,6 +961,7 @@ async fn latency(
     let relay = Relay::builder_shared(instrumented.clone(), probe.clone())
         .batch_size(args.batch)
         .concurrency(args.concurrency)
+        .batches_in_flight(args.in_flight)
         .build()?;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
@@ -1163,7 +1187,7 @@ async fn main() -> Result<(), BoxError> {
     let run = |name: &str| !args.skip.iter().any(|s| s == name);
     let topic = format!("outbox_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     println!(
-        "outbox-bench: store={} publisher={} messages={} keys={} payload={}B batch={} concurrency={} relays={} ({} cores)",
+        "outbox-bench: store={} publisher={} messages={} keys={} payload={}B batch={} concurrency={} in-flight={} relays={} ({} cores)",
         args.store,
         args.publisher,
         args.messages,
@@ -1171,11 +1195,12 @@ async fn main() -> Result<(), BoxError> {
         args.payload,
         args.batch,
         args.concurrency,
+        args.in_flight,
         args.relays,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
-    let publisher = make_publisher(&args.publisher, &topic, &args.kafka_settings).await?;
+    let publisher = make_publisher(&args.publisher, &topic, &args).await?;
     let mut opened: Vec<AnyStore> = Vec::new();
 
     if run("raw") || run("relay") {
@@ -1321,7 +1346,7 @@ async fn main() -> Result<(), BoxError> {
     if let Some(path) = &args.json {
         let json = serde_json::json!({
             "store": args.store, "publisher": args.publisher, "messages": args.messages, "keys": args.keys,
-            "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency, "relays": args.relays,
+            "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency, "in_flight": args.in_flight, "relays": args.relays,
             "results": report.json,
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
