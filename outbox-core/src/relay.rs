@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, OptionFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -403,7 +403,7 @@ impl Inner {
                         paused_until = Some(self.store_error(&e));
                     }
                 }
-                claimed = async { claiming.as_mut().expect("guarded by the branch condition").await }, if claiming.is_some() => {
+                Some(claimed) = OptionFuture::from(claiming.as_mut()) => {
                     claiming = None;
                     match claimed {
                         Ok(batch) if batch.is_empty() => claim_now = false,
@@ -428,19 +428,22 @@ impl Inner {
                 _ = self.found_work.notified(), if waiting_for_work => claim_now = true,
             }
         }
-        // Shutdown: no new claims. A claim under way is handed back, the batches in flight finish.
-        if let Some(claim) = claiming.take() {
-            if let Ok(batch) = claim.await {
+        // Shutdown: no new claims. A claim under way is handed back while the batches in flight finish.
+        let hand_back = async {
+            if let Some(Ok(batch)) = OptionFuture::from(claiming).await {
                 if !batch.is_empty() {
                     self.hand_back(&batch).await;
                 }
             }
-        }
-        while let Some(settled) = in_flight.next().await {
-            if let Err(e) = settled {
-                self.store_error(&e);
+        };
+        let finish = async {
+            while let Some(settled) = in_flight.next().await {
+                if let Err(e) = settled {
+                    self.store_error(&e);
+                }
             }
-        }
+        };
+        tokio::join!(hand_back, finish);
     }
 
     /// Counts and logs a store error; returns the instant before which the worker claims nothing.
