@@ -44,6 +44,8 @@ struct Shared {
     wake: Notify,
     limits: MessageLimits,
     retention: Option<Duration>,
+    /// How long a claim's answer takes to come back after the claim took effect (for tests).
+    claim_delay: Mutex<Duration>,
 }
 
 /// An in-memory outbox. Clones share the same data.
@@ -142,7 +144,57 @@ impl MemoryStore {
     /// An empty store with message limits and, if `retention` is set, keeping published messages for
     /// that long (until [`Store::purge_published`]).
     pub fn with_options(limits: MessageLimits, retention: Option<Duration>) -> Self {
-        Self { shared: Arc::new(Shared { state: Mutex::default(), wake: Notify::new(), limits, retention }) }
+        Self {
+            shared: Arc::new(Shared {
+                state: Mutex::default(),
+                wake: Notify::new(),
+                limits,
+                retention,
+                claim_delay: Mutex::new(Duration::ZERO),
+            }),
+        }
+    }
+
+    /// Makes every claim return `delay` after it took effect, like a claim whose answer is still on
+    /// the wire (for tests of what a relay does meanwhile, at shutdown for instance). Applies to all
+    /// clones.
+    pub fn with_claim_delay(self, delay: Duration) -> Self {
+        *self.shared.claim_delay.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = delay;
+        self
+    }
+
+    /// Leases up to `limit` claimable messages (the body of [`Store::claim`]).
+    fn claim_now(&self, owner: RelayId, limit: usize, lease: Duration) -> Vec<Message> {
+        let now = Instant::now();
+        let mut state = self.state();
+        let mut seen_keys: HashSet<&str> = HashSet::new();
+        let mut claimed_seqs = Vec::new();
+        for (seq, entry) in &state.entries {
+            if claimed_seqs.len() >= limit {
+                break;
+            }
+            if entry.published_at.is_some() {
+                continue;
+            }
+            if let Some(key) = entry.message.key.as_deref() {
+                if !seen_keys.insert(key) {
+                    continue;
+                }
+            }
+            let leased = matches!(entry.lease, Some((_, until)) if until > now);
+            if !leased && entry.available_at <= now {
+                claimed_seqs.push(*seq);
+            }
+        }
+        let mut out = Vec::with_capacity(claimed_seqs.len());
+        for seq in claimed_seqs {
+            if let Some(entry) = state.entries.get_mut(&seq) {
+                entry.lease = Some((owner, now + lease));
+                entry.message.attempts += 1;
+                out.push(entry.message.clone());
+            }
+        }
+        out
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -215,36 +267,12 @@ impl Enqueue for MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
-        let now = Instant::now();
-        let mut state = self.state();
-        let mut seen_keys: HashSet<&str> = HashSet::new();
-        let mut claimed_seqs = Vec::new();
-        for (seq, entry) in &state.entries {
-            if claimed_seqs.len() >= limit {
-                break;
-            }
-            if entry.published_at.is_some() {
-                continue;
-            }
-            if let Some(key) = entry.message.key.as_deref() {
-                if !seen_keys.insert(key) {
-                    continue;
-                }
-            }
-            let leased = matches!(entry.lease, Some((_, until)) if until > now);
-            if !leased && entry.available_at <= now {
-                claimed_seqs.push(*seq);
-            }
+        let claimed = self.claim_now(owner, limit, lease);
+        let delay = *self.shared.claim_delay.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
         }
-        let mut out = Vec::with_capacity(claimed_seqs.len());
-        for seq in claimed_seqs {
-            if let Some(entry) = state.entries.get_mut(&seq) {
-                entry.lease = Some((owner, now + lease));
-                entry.message.attempts += 1;
-                out.push(entry.message.clone());
-            }
-        }
-        Ok(out)
+        Ok(claimed)
     }
 
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use outbox_core::memory::{MemoryPublisher, MemoryStore};
 use outbox_core::{
-    async_trait, CancellationToken, DeadLetter, DeadLetterHook, Dispatcher, Failure, Jitter, Message, MessageId,
-    NewMessage, OutboxStats, PublishError, Relay, RelayId, Retry, RetryPolicy, Router, Store,
+    async_trait, CancellationToken, DeadLetterHook, Dispatcher, Jitter, Message, NewMessage, PublishError, Relay,
+    RelayId, RetryPolicy, Router, Store,
 };
 
 fn policy(max_attempts: u32, initial_ms: u64) -> RetryPolicy {
@@ -235,62 +235,11 @@ async fn one_batch_in_flight_makes_claim_publish_and_settle_sequential() {
     assert_eq!(store.pending_len(), 40);
 }
 
-/// A memory store whose claims take effect at once but return `delay` later, like a claim whose
-/// response is still on the wire when the relay is told to stop.
-#[derive(Debug, Clone)]
-struct SlowClaims {
-    inner: MemoryStore,
-    delay: Duration,
-}
-
-#[async_trait]
-impl Store for SlowClaims {
-    async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> outbox_core::Result<Vec<Message>> {
-        let batch = self.inner.claim(owner, limit, lease).await?;
-        tokio::time::sleep(self.delay).await;
-        Ok(batch)
-    }
-    async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> outbox_core::Result<()> {
-        self.inner.extend_lease(owner, ids, lease).await
-    }
-    async fn release(&self, owner: RelayId, ids: &[MessageId]) -> outbox_core::Result<()> {
-        self.inner.release(owner, ids).await
-    }
-    async fn acknowledge(&self, ids: &[MessageId]) -> outbox_core::Result<()> {
-        self.inner.acknowledge(ids).await
-    }
-    async fn reschedule(&self, owner: RelayId, retries: &[Retry]) -> outbox_core::Result<()> {
-        self.inner.reschedule(owner, retries).await
-    }
-    async fn dead_letter(&self, owner: RelayId, failures: &[Failure]) -> outbox_core::Result<()> {
-        self.inner.dead_letter(owner, failures).await
-    }
-    async fn dead_letters(&self, limit: usize) -> outbox_core::Result<Vec<DeadLetter>> {
-        self.inner.dead_letters(limit).await
-    }
-    async fn replay_dead_letters(&self, ids: &[MessageId]) -> outbox_core::Result<u64> {
-        self.inner.replay_dead_letters(ids).await
-    }
-    async fn purge_dead_letters(&self, ids: &[MessageId]) -> outbox_core::Result<u64> {
-        self.inner.purge_dead_letters(ids).await
-    }
-    async fn purge_published(&self, older_than: Duration, limit: usize) -> outbox_core::Result<u64> {
-        self.inner.purge_published(older_than, limit).await
-    }
-    async fn stats(&self) -> outbox_core::Result<OutboxStats> {
-        self.inner.stats().await
-    }
-    async fn wait_for_work(&self, timeout: Duration) {
-        self.inner.wait_for_work(timeout).await
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_that_returns_after_shutdown_is_handed_back() {
-    let store = store_with(50);
-    let slow = SlowClaims { inner: store.clone(), delay: Duration::from_millis(200) };
+    let store = store_with(50).with_claim_delay(Duration::from_millis(200));
     let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
-    let relay = Relay::builder(slow, publisher.clone()).batch_size(10).concurrency(1).build().unwrap();
+    let relay = Relay::builder(store.clone(), publisher.clone()).batch_size(10).concurrency(1).build().unwrap();
     let (shutdown, running) = start(&relay);
     // 0-200 ms: the first claim; from 200 ms: its publish (until 500 ms) and the next claim (until 400 ms).
     tokio::time::sleep(Duration::from_millis(300)).await;
