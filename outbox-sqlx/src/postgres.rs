@@ -164,13 +164,14 @@ CREATE TABLE IF NOT EXISTS {i} (
 "#
             ),
             insert: format!(
-                "WITH ins AS (INSERT INTO {m} (id, topic, msg_key, payload, headers, idempotency_key, available_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, now() + $7 * {MS}) \
+                "WITH ins AS (INSERT INTO {m} (id, topic, msg_key, payload, headers, available_at, idempotency_key) \
+                 VALUES ($1, $2, $3, $4, $5, now() + $6 * {MS}, $8) \
                  ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) \
-                 SELECT id, pg_notify($8, '') FROM ins"
+                 SELECT id, pg_notify($7, '') FROM ins"
             ),
             // A message without an idempotency key cannot conflict, and the speculative insertion of
-            // `ON CONFLICT` costs ~8% of a one-row business transaction: a plain insert.
+            // `ON CONFLICT` costs ~8% of a one-row business transaction: a plain insert. Its
+            // parameters are the first seven of `insert`'s, so both share one bind chain.
             insert_keyless: format!(
                 "WITH ins AS (INSERT INTO {m} (id, topic, msg_key, payload, headers, available_at) \
                  VALUES ($1, $2, $3, $4, $5, now() + $6 * {MS}) RETURNING 1) \
@@ -484,35 +485,25 @@ impl PostgresStore {
                 return Ok(MessageId::from_uuid(id));
             }
         }
-        let Some(idempotency_key) = parts.idempotency_key else {
-            sqlx::query(&sql.insert_keyless)
-                .bind(parts.id.as_uuid())
-                .bind(parts.topic)
-                .bind(parts.key)
-                .bind(parts.payload)
-                .bind(Json(parts.headers))
-                .bind(ms(parts.delay.unwrap_or_default()))
-                .bind(&sql.channel)
-                .execute(&mut *conn)
-                .await
-                .map_err(|e| sql_error("enqueue", e))?;
-            return Ok(parts.id);
-        };
-        let inserted = sqlx::query(&sql.insert)
+        let idempotency_key = parts.idempotency_key;
+        let statement = if idempotency_key.is_some() { &sql.insert } else { &sql.insert_keyless };
+        let mut query = sqlx::query(statement)
             .bind(parts.id.as_uuid())
             .bind(parts.topic)
             .bind(parts.key)
             .bind(parts.payload)
             .bind(Json(parts.headers))
-            .bind(&idempotency_key)
             .bind(ms(parts.delay.unwrap_or_default()))
-            .bind(&sql.channel)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|e| sql_error("enqueue", e))?;
-        if inserted.is_some() {
-            return Ok(parts.id);
+            .bind(&sql.channel);
+        if let Some(key) = &idempotency_key {
+            query = query.bind(key);
         }
+        let inserted = query.fetch_optional(&mut *conn).await.map_err(|e| sql_error("enqueue", e))?;
+        // Without an idempotency key the row is always inserted; with one, no row back means an
+        // earlier message holds the key.
+        let Some(idempotency_key) = idempotency_key.filter(|_| inserted.is_none()) else {
+            return Ok(parts.id);
+        };
         let id: Uuid = sqlx::query_scalar(&sql.existing)
             .bind(&idempotency_key)
             .fetch_one(&mut *conn)
