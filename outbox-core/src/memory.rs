@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::message::{DeadLetter, Message, MessageId, MessageLimits, NewMessage};
 use crate::publisher::{PublishError, Publisher};
 use crate::store::{Enqueue, Failure, Inbox, OutboxStats, RelayId, Retry, Store};
@@ -46,6 +47,8 @@ struct Shared {
     retention: Option<Duration>,
     /// How long a claim's answer takes to come back after the claim took effect (for tests).
     claim_delay: Mutex<Duration>,
+    /// How many of the next claims fail with a transient error (for tests).
+    failing_claims: AtomicUsize,
 }
 
 /// An in-memory outbox. Clones share the same data.
@@ -151,6 +154,7 @@ impl MemoryStore {
                 limits,
                 retention,
                 claim_delay: Mutex::new(Duration::ZERO),
+                failing_claims: AtomicUsize::new(0),
             }),
         }
     }
@@ -160,6 +164,13 @@ impl MemoryStore {
     /// clones.
     pub fn with_claim_delay(self, delay: Duration) -> Self {
         *self.shared.claim_delay.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = delay;
+        self
+    }
+
+    /// Makes the next `n` claims fail with a transient store error and claim nothing (for tests of a
+    /// relay's back-off). Applies to all clones.
+    pub fn fail_next_claims(self, n: usize) -> Self {
+        self.shared.failing_claims.store(n, Ordering::Relaxed);
         self
     }
 
@@ -267,6 +278,10 @@ impl Enqueue for MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
+        let failing = &self.shared.failing_claims;
+        if failing.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            return Err(Error::store("claim", true, "injected claim failure (MemoryStore::fail_next_claims)"));
+        }
         let claimed = self.claim_now(owner, limit, lease);
         let delay = *self.shared.claim_delay.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !delay.is_zero() {

@@ -386,8 +386,11 @@ impl Inner {
             if shutdown.is_cancelled() {
                 break;
             }
+            if paused_until.is_some_and(|until| tokio::time::Instant::now() >= until) {
+                paused_until = None;
+            }
+            let paused = paused_until.is_some();
             let room = in_flight.len() + usize::from(claiming.is_some()) < options.batches_in_flight;
-            let paused = paused_until.is_some_and(|until| tokio::time::Instant::now() < until);
             if claiming.is_none() && room && claim_now && !paused {
                 claiming = Some(Box::pin(self.claim()));
             }
@@ -421,9 +424,7 @@ impl Inner {
                         }
                     }
                 }
-                _ = tokio::time::sleep_until(paused_until.unwrap_or_else(tokio::time::Instant::now)), if paused => {
-                    paused_until = None;
-                }
+                Some(()) = OptionFuture::from(paused_until.map(tokio::time::sleep_until)) => {}
                 _ = self.store.wait_for_work(idle_wait), if waiting_for_work => claim_now = true,
                 _ = self.found_work.notified(), if waiting_for_work => claim_now = true,
             }

@@ -254,6 +254,27 @@ async fn a_claim_that_returns_after_shutdown_is_handed_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_claim_pauses_claims_for_the_error_backoff_then_the_relay_goes_on() {
+    let store = store_with(5).fail_next_claims(1);
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::builder(store.clone(), publisher.clone())
+        .concurrency(1)
+        .error_backoff(Duration::from_millis(300))
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (shutdown, running) = start(&relay);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(relay.metrics().store_errors, 1);
+    assert_eq!(publisher.published_len(), 0, "no claim during the back-off");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(publisher.published_len(), 5, "claimed once the back-off ended, without waiting for a poll");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(relay.metrics().store_errors, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_timeout_hands_back_claims() {
     let store = store_with(5);
     let publisher = MemoryPublisher::new().with_delay(Duration::from_secs(3600));
