@@ -750,28 +750,19 @@ async fn raw_database(store: &AnyStore, args: &Args, topic: &str, batch: usize) 
     Ok(measured(args.messages, started, busy))
 }
 
-async fn relay_throughput(
-    store: &AnyStore,
-    publisher: Arc<dyn Publisher>,
-    args: &Args,
-    topic: &str,
-    batch: usize,
-) -> Result<Measured, BoxError> {
-    store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
-    store.analyze().await?;
-    // Each relay gets its own connection pool, as separate relay processes would.
-    let mut relays = Vec::new();
-    for _ in 0..args.relays {
-        let own = store.reopen().await?;
-        relays.push(
-            Relay::builder_shared(own.dyn_store(), publisher.clone())
-                .batch_size(batch)
-                .concurrency(args.concurrency)
-                .batches_in_flight(args.in_flight)
-                .batches_in_flight(args.in_flight)
-                .build()?,
-        );
-    }
+/// A relay drain: its throughput, and the time from the relays' start to their first publish when
+/// their connection pools were fresh (the cold start the timed drain no longer includes).
+struct RelayRun {
+    measured: Measured,
+    cold_start: Duration,
+}
+
+/// Runs `relays` until they have published `target` messages in all (their counters count from
+/// when they were built). Returns the time to their first publish of this run, and the run measured
+/// over its `target - already published` messages.
+async fn drain(relays: &[Relay], target: usize) -> Result<(Duration, Measured), BoxError> {
+    let published = || relays.iter().map(|r| r.metrics().published as usize).sum::<usize>();
+    let before = published();
     let shutdown = CancellationToken::new();
     let (started, busy) = (Instant::now(), machine_busy());
     let running: Vec<_> = relays
@@ -781,19 +772,62 @@ async fn relay_throughput(
             tokio::spawn(async move { relay.run(shutdown).await })
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while relays.iter().map(|r| r.metrics().published as usize).sum::<usize>() < args.messages {
+    let deadline = started + Duration::from_secs(600);
+    let mut first_publish = None;
+    loop {
+        let now = published();
+        if now > before && first_publish.is_none() {
+            first_publish = Some(started.elapsed());
+        }
+        if now >= target {
+            break;
+        }
         if Instant::now() > deadline {
             return Err("the relays did not drain the backlog within 10 minutes".into());
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // Fine-grained until the first publish (it is a few tens of ms), then cheap.
+        let tick = if first_publish.is_none() { Duration::from_micros(500) } else { Duration::from_millis(5) };
+        tokio::time::sleep(tick).await;
     }
-    let run = measured(args.messages, started, busy);
+    let run = measured(target - before, started, busy);
     shutdown.cancel();
     for relay in running {
         relay.await??;
     }
-    Ok(run)
+    Ok((first_publish.unwrap_or_default(), run))
+}
+
+async fn relay_throughput(
+    store: &AnyStore,
+    publisher: Arc<dyn Publisher>,
+    args: &Args,
+    topic: &str,
+    batch: usize,
+) -> Result<RelayRun, BoxError> {
+    // Each relay gets its own connection pool, as separate relay processes would.
+    let mut relays = Vec::new();
+    for _ in 0..args.relays {
+        let own = store.reopen().await?;
+        relays.push(
+            Relay::builder_shared(own.dyn_store(), publisher.clone())
+                .batch_size(batch)
+                .concurrency(args.concurrency)
+                .batches_in_flight(args.in_flight)
+                .build()?,
+        );
+    }
+    // An untimed first drain opens the fresh pools' connections and prepares their statements: the
+    // raw runs use a warm store and a warmed-up publisher, and a relay is a long-running process.
+    // Its start-to-first-publish time is reported as the cold start. Two batches per slot in flight
+    // fill every slot.
+    let slots = relays.first().map_or(1, |r| r.options().concurrency * r.options().batches_in_flight);
+    let warm_up = 2 * batch * slots * args.relays;
+    store.fill(messages(topic, warm_up, args.payload, args.keys), 1000, 4).await?;
+    let (cold_start, _) = drain(&relays, warm_up).await?;
+    store.fill(messages(topic, args.messages, args.payload, args.keys), 1000, 4).await?;
+    store.analyze().await?;
+    let (_, measured) = drain(&relays, warm_up + args.messages).await?;
+    Ok(RelayRun { measured, cold_start })
 }
 
 /// Throughput medians over `--repeat` rounds (raw broker, raw database, relay), interleaved so that
@@ -802,6 +836,8 @@ struct Throughput {
     broker: f64,
     database: f64,
     relay: Option<f64>,
+    /// Median time from a relay's start to its first publish with fresh connection pools.
+    cold_start: Option<Duration>,
     /// Median busy CPU time per message (the whole machine, this process): raw broker, raw
     /// database, relay.
     cpu: [Option<[Duration; 2]>; 3],
@@ -820,19 +856,28 @@ async fn throughput(
     batch: usize,
     with_relay: bool,
 ) -> Result<Throughput, BoxError> {
-    let (mut broker, mut database, mut relay) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut broker, mut database, mut relay, mut cold) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.repeat {
         broker.push(raw_broker(publisher, args, topic, batch).await?);
         reset_broker(&args.publisher, topic).await?;
         database.push(raw_database(store, args, topic, batch).await?);
         if with_relay {
-            relay.push(relay_throughput(store, publisher.clone(), args, topic, batch).await?);
+            let run = relay_throughput(store, publisher.clone(), args, topic, batch).await?;
+            relay.push(run.measured);
+            cold.push(run.cold_start);
             reset_broker(&args.publisher, topic).await?;
         }
     }
     let cpu = [&broker, &database, &relay].map(|runs| median_cpu(runs));
     let rates = |runs: &[Measured]| median(runs.iter().map(|m| m.rate).collect());
-    Ok(Throughput { broker: rates(&broker), database: rates(&database), relay: with_relay.then(|| rates(&relay)), cpu })
+    cold.sort();
+    Ok(Throughput {
+        broker: rates(&broker),
+        database: rates(&database),
+        relay: with_relay.then(|| rates(&relay)),
+        cold_start: cold.get(cold.len() / 2).copied(),
+        cpu,
+    })
 }
 
 /// The median CPU times per message of some runs (of the run with the median machine time), if
@@ -1218,6 +1263,10 @@ async fn main() -> Result<(), BoxError> {
         if let Some(relay) = t.relay {
             report.add("relay_msgs_per_s", &format!("relay: drain the backlog (msg/s{rounds})"), relay, "msg/s");
             report.add("relay_ratio", "relay / min(raw broker, raw database)", relay / t.broker.min(t.database), "x");
+        }
+        if let Some(cold) = t.cold_start {
+            let label = format!("relay: start -> first publish, fresh pools (ms{rounds})");
+            report.add("relay_cold_start_ms", &label, cold.as_secs_f64() * 1e3, "ms");
         }
         // Where the relay is bound by the machine's CPU rather than by either side's own limit: it
         // does the broker's and the database's work at once, so on a saturated machine its ceiling
