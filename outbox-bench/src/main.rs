@@ -1265,7 +1265,7 @@ async fn main() -> Result<(), BoxError> {
             report.add("relay_ratio", "relay / min(raw broker, raw database)", relay / t.broker.min(t.database), "x");
         }
         if let Some(cold) = t.cold_start {
-            let label = format!("relay: start -> first publish, fresh pools (ms{rounds})");
+            let label = format!("relay: start -> first batch published, fresh pools (ms{rounds})");
             report.add("relay_cold_start_ms", &label, cold.as_secs_f64() * 1e3, "ms");
         }
         // Where the relay is bound by the machine's CPU rather than by either side's own limit: it

@@ -1,5 +1,6 @@
 //! Kafka publisher on rdkafka: idempotent producer (`acks=all`), the outbox key as record key, the
-//! message id and user headers as record headers, per-message delivery reports awaited as a batch.
+//! message id and user headers as record headers, per-message delivery reports awaited as a batch
+//! (one shared completion per batch, not a future per message).
 //!
 //! ```no_run
 //! use outbox_brokers::kafka::{KafkaOptions, KafkaPublisher};
@@ -9,15 +10,19 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::{Error, Headers, Message, PublishError, Publisher, Result};
+use futures::channel::oneshot;
+use outbox_core::{Error, Headers, Message, MessageId, PublishError, Publisher, Result};
+use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers as _, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{Message as _, Offset, TopicPartitionList};
 
 use crate::{id_text, invalid_url, Received, TopicMap, MESSAGE_ID_HEADER};
@@ -116,13 +121,87 @@ impl KafkaOptions {
 /// Publishes to Kafka. Keep one per process: the producer is warm after its first batch (the idempotent
 /// producer needs ~0.5 s for its producer id).
 pub struct KafkaPublisher {
-    producer: FutureProducer,
+    producer: ThreadedProducer<BatchDelivery>,
     options: KafkaOptions,
 }
 
 impl fmt::Debug for KafkaPublisher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaPublisher").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+/// The producer context of a [`KafkaPublisher`]: it collects the delivery reports of a batch into
+/// the batch's shared state, so a batch costs one completion instead of a future per message.
+#[derive(Debug, Default)]
+pub struct BatchDelivery;
+
+impl ClientContext for BatchDelivery {}
+
+impl ProducerContext for BatchDelivery {
+    type DeliveryOpaque = Arc<InFlightBatch>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, batch: Arc<InFlightBatch>) {
+        match result {
+            Ok(_) => batch.settled(None),
+            Err((e, message)) => batch.settled(Some((delivery_id(message), classify(e.clone())))),
+        }
+    }
+}
+
+/// One batch's delivery reports on their way: what every message of it carries as its opaque.
+#[derive(Debug)]
+pub struct InFlightBatch {
+    /// Reports still due, plus one the publishing call holds until it has sent every record.
+    due: AtomicUsize,
+    /// Failed reports: the message id from the record's header (`None` if it could not be read) and
+    /// the error.
+    failures: Mutex<Vec<(Option<MessageId>, PublishError)>>,
+    done: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl InFlightBatch {
+    fn settled(&self, failure: Option<(Option<MessageId>, PublishError)>) {
+        if let Some(failure) = failure {
+            self.failures.lock().unwrap_or_else(|p| p.into_inner()).push(failure);
+        }
+        if self.due.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(done) = self.done.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = done.send(());
+            }
+        }
+    }
+}
+
+/// The outbox id a failed delivery report's record carries in its message-id header.
+fn delivery_id(message: &BorrowedMessage<'_>) -> Option<MessageId> {
+    let header = message.headers()?.iter().find(|h| h.key == MESSAGE_ID_HEADER)?;
+    parse_id(header.value?)
+}
+
+fn parse_id(text: &[u8]) -> Option<MessageId> {
+    std::str::from_utf8(text).ok()?.parse().ok()
+}
+
+/// Applies a batch's failed delivery reports to the outcomes of its sends (the failure path only).
+/// Each report fails the first message with its id that was sent and is not failed yet, so a batch
+/// that repeats a message gets one outcome per report. A report that cannot be placed fails every
+/// message still `Ok`, as transient: a failure is never reported as a success.
+fn apply_failures(
+    batch: &[Message],
+    outcomes: &mut [Result<(), PublishError>],
+    failures: Vec<(Option<MessageId>, PublishError)>,
+) {
+    for (id, error) in failures {
+        let position = id.and_then(|id| (0..batch.len()).find(|&i| batch[i].id == id && outcomes[i].is_ok()));
+        match position {
+            Some(i) => outcomes[i] = Err(error),
+            None => {
+                for outcome in outcomes.iter_mut().filter(|o| o.is_ok()) {
+                    *outcome = Err(PublishError::transient(format!("a delivery report of this batch failed: {error}")));
+                }
+            }
+        }
     }
 }
 
@@ -167,12 +246,12 @@ fn valid_topic(topic: &str) -> bool {
 impl KafkaPublisher {
     /// Creates the producer (it connects lazily).
     pub fn new(options: KafkaOptions) -> Result<Self> {
-        let producer: FutureProducer = options.client_config().create().map_err(kafka_config_error)?;
+        let producer = options.client_config().create_with_context(BatchDelivery).map_err(kafka_config_error)?;
         Ok(Self { producer, options })
     }
 
     /// The underlying producer.
-    pub fn producer(&self) -> &FutureProducer {
+    pub fn producer(&self) -> &ThreadedProducer<BatchDelivery> {
         &self.producer
     }
 
@@ -185,13 +264,20 @@ impl KafkaPublisher {
 #[async_trait]
 impl Publisher for KafkaPublisher {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
-        let mut pending = Vec::with_capacity(batch.len());
+        let (done, completed) = oneshot::channel();
+        let in_flight = Arc::new(InFlightBatch {
+            due: AtomicUsize::new(batch.len() + 1),
+            failures: Mutex::new(Vec::new()),
+            done: Mutex::new(Some(done)),
+        });
+        let mut outcomes: Vec<Result<(), PublishError>> = Vec::with_capacity(batch.len());
         for message in batch {
             let topic = self.options.topics.destination(&message.topic);
             if !valid_topic(&topic) {
-                pending.push(Err(PublishError::permanent(format!(
+                outcomes.push(Err(PublishError::permanent(format!(
                     "{topic:?} is not a valid Kafka topic name (1-249 of [a-zA-Z0-9._-])"
                 ))));
+                in_flight.settled(None);
                 continue;
             }
             let mut id = [0u8; uuid::fmt::Hyphenated::LENGTH];
@@ -200,26 +286,29 @@ impl Publisher for KafkaPublisher {
             for (name, value) in &message.headers {
                 headers = headers.insert(Header { key: name, value: Some(value.as_str()) });
             }
-            let mut record = FutureRecord::to(&topic).payload(&message.payload).headers(headers);
+            let mut record =
+                BaseRecord::with_opaque_to(&topic, in_flight.clone()).payload(&message.payload).headers(headers);
             if let Some(key) = &message.key {
                 record = record.key(key.as_str());
             }
-            pending.push(match self.producer.send_result(record) {
-                Ok(delivery) => Ok(delivery),
-                Err((e, _)) => Err(classify(e)),
+            outcomes.push(match self.producer.send(record) {
+                Ok(()) => Ok(()),
+                Err((e, _)) => {
+                    in_flight.settled(None);
+                    Err(classify(e))
+                }
             });
         }
-        let waits = pending.into_iter().map(|sent| async move {
-            match sent {
-                Ok(delivery) => match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((e, _))) => Err(classify(e)),
-                    Err(_) => Err(PublishError::transient("the Kafka producer dropped the delivery report")),
-                },
-                Err(e) => Err(e),
-            }
-        });
-        futures::future::join_all(waits).await
+        // The publishing call's own share: the batch completes once every report is in.
+        in_flight.settled(None);
+        if completed.await.is_err() {
+            // Unreachable while the producer lives (every sent record gets a report); fail safe.
+            let e = || PublishError::transient("the Kafka producer dropped the delivery reports");
+            return batch.iter().map(|_| Err(e())).collect();
+        }
+        let failures = std::mem::take(&mut *in_flight.failures.lock().unwrap_or_else(|p| p.into_inner()));
+        apply_failures(batch, &mut outcomes, failures);
+        outcomes
     }
 }
 
@@ -265,4 +354,78 @@ pub fn read_back(brokers: &str, topic: &str, expected: usize, timeout: Duration)
         }
     }
     Ok(received)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn messages(n: usize) -> Vec<Message> {
+        let template = Message {
+            id: MessageId::new(),
+            topic: "t".into(),
+            key: None,
+            payload: Vec::new(),
+            headers: Headers::new(),
+            created_at: chrono::Utc::now(),
+            attempts: 1,
+            last_error: None,
+        };
+        (0..n).map(|_| Message { id: MessageId::new(), ..template.clone() }).collect()
+    }
+
+    fn oks(n: usize) -> Vec<Result<(), PublishError>> {
+        (0..n).map(|_| Ok(())).collect()
+    }
+
+    #[test]
+    fn the_message_id_header_parses_back_to_the_id() {
+        let id = MessageId::new();
+        assert_eq!(parse_id(id.to_string().as_bytes()), Some(id));
+        assert_eq!(parse_id(b"not an id"), None);
+        assert_eq!(parse_id(&[0xff, 0xfe]), None, "not UTF-8");
+    }
+
+    #[test]
+    fn a_failed_report_fails_its_own_message_only() {
+        let batch = messages(3);
+        let mut outcomes = oks(3);
+        apply_failures(&batch, &mut outcomes, vec![(Some(batch[1].id), PublishError::permanent("too large"))]);
+        assert!(outcomes[0].is_ok() && outcomes[2].is_ok(), "{outcomes:?}");
+        assert!(matches!(outcomes[1], Err(PublishError::Permanent(_))), "{outcomes:?}");
+    }
+
+    #[test]
+    fn a_repeated_message_gets_one_failure_per_report() {
+        let mut batch = messages(1);
+        batch.extend([batch[0].clone(), batch[0].clone()]);
+        let mut outcomes = oks(3);
+        let failures = (0..3).map(|_| (Some(batch[0].id), PublishError::transient("timed out"))).collect();
+        apply_failures(&batch, &mut outcomes, failures);
+        assert!(outcomes.iter().all(|o| matches!(o, Err(PublishError::Transient(_)))), "{outcomes:?}");
+    }
+
+    #[test]
+    fn a_report_that_cannot_be_placed_fails_every_message_still_ok() {
+        let batch = messages(3);
+        let mut outcomes = oks(3);
+        outcomes[0] = Err(PublishError::permanent("invalid topic"));
+        let stranger = (Some(MessageId::new()), PublishError::transient("timed out"));
+        apply_failures(&batch, &mut outcomes, vec![stranger, (None, PublishError::transient("no header"))]);
+        assert!(matches!(outcomes[0], Err(PublishError::Permanent(_))), "a local error stays: {outcomes:?}");
+        assert!(outcomes[1..].iter().all(|o| matches!(o, Err(PublishError::Transient(_)))), "{outcomes:?}");
+    }
+
+    #[test]
+    fn a_batch_completes_only_once_every_report_and_the_caller_are_in() {
+        let (done, mut completed) = oneshot::channel();
+        let in_flight =
+            InFlightBatch { due: AtomicUsize::new(3), failures: Mutex::new(Vec::new()), done: Mutex::new(Some(done)) };
+        in_flight.settled(None);
+        in_flight.settled(Some((None, PublishError::transient("x"))));
+        assert!(completed.try_recv().expect("not cancelled").is_none(), "the caller's share is still due");
+        in_flight.settled(None);
+        assert_eq!(completed.try_recv().expect("not cancelled"), Some(()));
+        assert_eq!(in_flight.failures.lock().expect("not poisoned").len(), 1);
+    }
 }
