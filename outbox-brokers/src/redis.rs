@@ -1,6 +1,6 @@
 //! Redis Streams publisher on redis-rs: one `XADD` per message (fields `id`, `topic`, `key`, `payload`,
-//! `headers` as JSON), optional `MAXLEN ~` trimming, a batch sent as one pipeline, and a reconnecting
-//! connection manager.
+//! `headers` as JSON), optional `MAXLEN ~` trimming, a batch sent as one pipeline (one reply per
+//! message, so a failed `XADD` fails only its own message), and a reconnecting connection manager.
 //!
 //! ```no_run
 //! use outbox_brokers::redis::{RedisOptions, RedisPublisher};
@@ -140,8 +140,12 @@ impl RedisPublisher {
     }
 
     fn xadd(&self, message: &Message) -> redis::Cmd {
-        let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.options.streams.destination(&message.topic));
+        // Sized up front: growing a command's buffers one argument at a time reallocates several
+        // times a message.
+        let headers_len: usize = message.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
+        let text_len = message.topic.len() * 2 + message.key.as_ref().map_or(0, String::len) + headers_len;
+        let mut cmd = redis::Cmd::with_capacity(16, message.payload.len() + text_len + 160);
+        cmd.arg("XADD").arg(self.options.streams.destination(&message.topic));
         if let Some(max_len) = self.options.max_len {
             cmd.arg("MAXLEN").arg("~").arg(max_len);
         }
@@ -150,8 +154,13 @@ impl RedisPublisher {
         if let Some(key) = &message.key {
             cmd.arg("key").arg(key);
         }
-        let headers = serde_json::to_string(&message.headers).unwrap_or_else(|_| "{}".to_owned());
-        cmd.arg("headers").arg(headers).arg("payload").arg(&message.payload);
+        cmd.arg("headers");
+        if message.headers.is_empty() {
+            cmd.arg("{}");
+        } else {
+            cmd.arg(serde_json::to_string(&message.headers).unwrap_or_else(|_| "{}".to_owned()));
+        }
+        cmd.arg("payload").arg(&message.payload);
         cmd
     }
 
@@ -167,7 +176,7 @@ impl RedisPublisher {
 #[async_trait]
 impl Publisher for RedisPublisher {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
-        let conn = match self.connection().await {
+        let mut conn = match self.connection().await {
             Ok(conn) => conn,
             Err(e) => {
                 let text = e.to_string();
@@ -175,7 +184,9 @@ impl Publisher for RedisPublisher {
             }
         };
         let mut outcomes: Vec<Option<Result<(), PublishError>>> = Vec::with_capacity(batch.len());
-        let mut pipe = redis::pipe();
+        let mut pipe = redis::Pipeline::with_capacity(batch.len());
+        // One reply per command, server errors included, so one failed XADD fails only its message.
+        pipe.ignore_errors();
         let mut sent = Vec::with_capacity(batch.len());
         for (index, message) in batch.iter().enumerate() {
             if message.payload.len() > self.options.max_message_bytes {
@@ -191,25 +202,24 @@ impl Publisher for RedisPublisher {
             sent.push(index);
         }
         if !sent.is_empty() {
-            let mut pipe_conn = conn.clone();
-            match self.run(pipe.query_async::<Vec<Value>>(&mut pipe_conn)).await {
-                Ok(_) => {
-                    for index in &sent {
-                        outcomes[*index] = Some(Ok(()));
+            match self.run(pipe.query_async::<Vec<Value>>(&mut conn)).await {
+                Ok(replies) => {
+                    // A reply missing (never expected) leaves its message `None`: "not sent" below.
+                    for (index, reply) in sent.iter().zip(replies) {
+                        outcomes[*index] = Some(match reply {
+                            Value::ServerError(e) => Err(self.error(&RedisError::from(e))),
+                            _ => Ok(()),
+                        });
                     }
                 }
-                Err(e) if e.is_transient() => {
-                    let text = e.to_string();
+                Err(e) => {
+                    let (transient, text) = (e.is_transient(), e.to_string());
                     for index in &sent {
-                        outcomes[*index] = Some(Err(PublishError::transient(text.clone())));
-                    }
-                }
-                Err(_) => {
-                    // A server error fails the whole pipeline: find out which messages it was about.
-                    for index in &sent {
-                        let mut one = conn.clone();
-                        let cmd = self.xadd(&batch[*index]);
-                        outcomes[*index] = Some(self.run(cmd.query_async::<Value>(&mut one)).await.map(|_| ()));
+                        outcomes[*index] = Some(Err(if transient {
+                            PublishError::transient(text.clone())
+                        } else {
+                            PublishError::permanent(text.clone())
+                        }));
                     }
                 }
             }
