@@ -95,8 +95,13 @@ impl fmt::Debug for RedisPublisher {
     }
 }
 
+/// Server errors that report a passing state of the server, not a bad message: out of memory under
+/// `maxmemory`, a script still running, too few replicas, snapshots failing (writes refused).
+const PASSING_SERVER_ERRORS: [&str; 4] = ["OOM", "BUSY", "NOREPLICAS", "MISCONF"];
+
 fn is_transient(e: &RedisError) -> bool {
-    e.is_io_error()
+    e.code().is_some_and(|code| PASSING_SERVER_ERRORS.contains(&code))
+        || e.is_io_error()
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
@@ -278,4 +283,30 @@ fn decode_entry(fields: Vec<(String, Vec<u8>)>) -> Result<Received> {
         headers.insert(crate::MESSAGE_ID_HEADER.to_owned(), id);
     }
     Ok(Received::from_parts(headers, key, payload))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(reply: &str) -> RedisError {
+        match redis::parse_redis_value(reply.as_bytes()).expect("a RESP error reply") {
+            Value::ServerError(e) => RedisError::from(e),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_passing_server_state_is_transient_a_bad_command_is_not() {
+        for reply in [
+            "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
+            "-LOADING Redis is loading the dataset in memory\r\n",
+            "-BUSY Redis is busy running a script.\r\n",
+            "-MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.\r\n",
+        ] {
+            assert!(is_transient(&server_error(reply)), "{reply}");
+        }
+        let wrong_type = server_error("-WRONGTYPE Operation against a key holding the wrong kind of value\r\n");
+        assert!(!is_transient(&wrong_type));
+    }
 }
