@@ -10,6 +10,7 @@
 //! ```
 
 use std::fmt;
+use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -95,6 +96,14 @@ impl RabbitMqOptions {
         self.max_message_bytes = bytes;
         Ok(self)
     }
+}
+
+/// One message's send within a batch: refused before it was sent, sent at its first poll, or
+/// queued and waiting for lapin's I/O loop.
+enum Outgoing<F> {
+    Refused(PublishError),
+    Done(lapin::Result<lapin::PublisherConfirm>),
+    Queued(std::pin::Pin<Box<F>>),
 }
 
 /// Publishes to RabbitMQ with confirms. Connects lazily and reconnects when the connection is lost.
@@ -187,12 +196,15 @@ impl Publisher for RabbitMqPublisher {
             }
         };
         let exchange = short(&self.options.exchange);
-        let mut confirms = Vec::with_capacity(batch.len());
-        let mut lost = false;
+        // Every message's send is polled once as it is made: that first poll queues its frames and
+        // numbers it for its confirm, so the batch goes out in order and lapin's I/O loop writes many
+        // frames per wake-up. Awaiting each send before making the next cost a round trip to that
+        // loop, two thread switches, per message.
+        let mut sends = Vec::with_capacity(batch.len());
         for message in batch {
             let routing_key = self.options.routing_keys.destination(&message.topic);
             if message.payload.len() > self.options.max_message_bytes {
-                confirms.push(Err(PublishError::permanent(format!(
+                sends.push(Outgoing::Refused(PublishError::permanent(format!(
                     "message of {} bytes exceeds max_message_bytes {}",
                     message.payload.len(),
                     self.options.max_message_bytes
@@ -200,50 +212,56 @@ impl Publisher for RabbitMqPublisher {
                 continue;
             }
             if routing_key.len() > 255 {
-                confirms.push(Err(PublishError::permanent("AMQP routing keys are at most 255 bytes")));
+                sends.push(Outgoing::Refused(PublishError::permanent("AMQP routing keys are at most 255 bytes")));
                 continue;
             }
-            let published = channel
-                .basic_publish(
-                    exchange.clone(),
-                    short(&routing_key),
-                    BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
-                    &message.payload,
-                    Self::properties(message),
-                )
-                .await;
-            confirms.push(published.map_err(|e| {
-                lost = true;
-                transient(&self.options.url, "publish failed", e)
-            }));
+            let mut send = Box::pin(channel.basic_publish(
+                exchange.clone(),
+                short(&routing_key),
+                BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() },
+                &message.payload,
+                Self::properties(message),
+            ));
+            sends.push(match futures::poll!(send.as_mut()) {
+                Poll::Ready(sent) => Outgoing::Done(sent),
+                Poll::Pending => Outgoing::Queued(send),
+            });
         }
-        let waits = confirms.into_iter().map(|sent| async move {
-            match sent {
-                Ok(confirm) => match confirm.await {
-                    Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
-                    Ok(Confirmation::Ack(Some(returned))) => Err(PublishError::permanent(format!(
-                        "unroutable: {} {} (no queue is bound for this exchange and routing key)",
-                        returned.reply_code, returned.reply_text
-                    ))),
-                    Ok(Confirmation::Nack(_)) => Err(PublishError::transient("RabbitMQ refused the message (nack)")),
-                    Err(e) => Err(PublishError::transient(format!("RabbitMQ confirm failed: {e}"))),
-                },
-                Err(e) => Err(e),
-            }
+        let url = &self.options.url;
+        let waits = sends.into_iter().map(|send| async move {
+            let sent = match send {
+                Outgoing::Refused(e) => return (Err(e), false),
+                Outgoing::Done(sent) => sent,
+                Outgoing::Queued(send) => send.await,
+            };
+            let confirm = match sent {
+                Ok(confirm) => confirm,
+                Err(e) => return (Err(transient(url, "publish failed", e)), true),
+            };
+            let outcome = match confirm.await {
+                Ok(Confirmation::Ack(None)) | Ok(Confirmation::NotRequested) => Ok(()),
+                Ok(Confirmation::Ack(Some(returned))) => Err(PublishError::permanent(format!(
+                    "unroutable: {} {} (no queue is bound for this exchange and routing key)",
+                    returned.reply_code, returned.reply_text
+                ))),
+                Ok(Confirmation::Nack(_)) => Err(PublishError::transient("RabbitMQ refused the message (nack)")),
+                Err(e) => Err(PublishError::transient(format!("RabbitMQ confirm failed: {e}"))),
+            };
+            (outcome, false)
         });
-        let outcomes = tokio::time::timeout(self.options.timeout, futures::future::join_all(waits)).await;
-        let outcomes = match outcomes {
-            Ok(outcomes) => outcomes,
+        let (outcomes, mut lost) = match tokio::time::timeout(self.options.timeout, futures::future::join_all(waits))
+            .await
+        {
+            Ok(settled) => {
+                let lost = settled.iter().any(|(_, lost)| *lost);
+                (settled.into_iter().map(|(outcome, _)| outcome).collect(), lost)
+            }
             Err(_) => {
-                lost = true;
-                batch
-                    .iter()
-                    .map(|_| {
-                        Err(PublishError::transient(format!("no RabbitMQ confirm within {:?}", self.options.timeout)))
-                    })
-                    .collect()
+                let e = || PublishError::transient(format!("no RabbitMQ confirm within {:?}", self.options.timeout));
+                (batch.iter().map(|_| Err(e())).collect::<Vec<_>>(), true)
             }
         };
+        lost |= !channel.status().connected();
         if lost {
             self.forget_session().await;
         }
