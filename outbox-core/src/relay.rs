@@ -396,7 +396,8 @@ impl Inner {
             }
             // No backlog: wait for a wake-up only once this worker's batches have settled. Claiming on
             // every commit while the broker confirms cost more statements per message and, on a
-            // shared 2-core machine, raised RabbitMQ's p99 (docs/benchmarks.md, sixth session).
+            // shared 2-core machine, did not lower RabbitMQ's p99 (docs/benchmarks.md, sixth and
+            // seventh sessions).
             let waiting_for_work = claiming.is_none() && in_flight.is_empty() && !claim_now && !paused;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
