@@ -1,5 +1,5 @@
 //! MariaDB / MySQL -> RabbitMQ: customers written with a `CustomerCreated` event in one transaction,
-//! relayed to a RabbitMQ queue with publisher confirms.
+//! relayed to a RabbitMQ quorum queue with publisher confirms.
 //!
 //! ```text
 //! DATABASE_URL=mysql://root@127.0.0.1/test AMQP_URL=amqp://guest:guest@127.0.0.1:5672/%2f \
@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use outbox_brokers::rabbitmq::{declare_queue, read_back, RabbitMqOptions, RabbitMqPublisher};
+use outbox_brokers::rabbitmq::{declare_queue, read_back, QueueType, RabbitMqOptions, RabbitMqPublisher};
 use outbox_brokers::TopicMap;
 use outbox_core::{shutdown_on_signal, Dispatcher, Enqueue, NewMessage, Relay, Store};
 use outbox_sqlx::error_from;
@@ -31,7 +31,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .execute(store.pool())
         .await?;
     let queue = format!("customers_{}", std::process::id());
-    declare_queue(&amqp_url, &queue).await?;
+    declare_queue(&amqp_url, &queue, QueueType::Quorum).await?;
 
     for n in 0..customers {
         let email = format!("customer{n}@example.com");

@@ -17,6 +17,7 @@
 //! - `--repeat N` (throughput rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput
 //!   at each batch size) with `--plot FILE.svg`;
 //! - `--kafka-setting KEY=VALUE` (repeatable; a librdkafka producer setting such as `linger.ms=1`);
+//! - `--amqp-queue quorum|classic` (the type of the RabbitMQ queue the harness declares; default quorum);
 //! - `--memory-delay MS` (the memory publisher sleeps this long per publish call: a broker's round trip);
 //! - `--durable-relay-commits` (PostgreSQL: claims and acknowledgements wait for the WAL flush; see
 //!   `StoreOptions::durable_relay_commits`);
@@ -65,6 +66,7 @@ usage: cargo run --release -p outbox-bench -- [OPTIONS]
   --repeat N             throughput rounds, the median is reported (default 3)
   --sweep-batch N[,N]    throughput at each batch size; --plot FILE.svg draws it
   --kafka-setting K=V    a librdkafka producer setting (repeatable)
+  --amqp-queue TYPE      RabbitMQ queue type: quorum (default) or classic
   --memory-delay MS      memory publisher: sleep this long in every publish call, standing in for a
                          broker's confirm round trip (default 0)
   --durable-relay-commits  PostgreSQL: relay commits wait for the WAL flush
@@ -88,6 +90,7 @@ struct Args {
     keys: usize,
     relays: usize,
     kafka_settings: Vec<(String, String)>,
+    amqp_queue: rabbitmq::QueueType,
     repeat: usize,
     sweep: Vec<usize>,
     plot: Option<String>,
@@ -116,6 +119,7 @@ fn parse_args() -> Result<Args, BoxError> {
         keys: 0,
         relays: 1,
         kafka_settings: Vec::new(),
+        amqp_queue: rabbitmq::QueueType::Quorum,
         repeat: 3,
         sweep: Vec::new(),
         plot: None,
@@ -151,6 +155,13 @@ fn parse_args() -> Result<Args, BoxError> {
                 let (key, val) =
                     setting.split_once('=').ok_or_else(|| format!("{flag} takes key=value, got {setting}"))?;
                 args.kafka_settings.push((key.to_owned(), val.to_owned()));
+            }
+            "--amqp-queue" => {
+                args.amqp_queue = match value()?.as_str() {
+                    "quorum" => rabbitmq::QueueType::Quorum,
+                    "classic" => rabbitmq::QueueType::Classic,
+                    other => return Err(format!("--amqp-queue takes quorum or classic, got {other}").into()),
+                }
             }
             "--repeat" => args.repeat = number(value()?)?.max(1),
             "--sweep-batch" => {
@@ -560,7 +571,7 @@ async fn make_publisher(kind: &str, topic: &str, args: &Args) -> Result<Arc<dyn 
         }
         "rabbitmq" => {
             let url = env("OUTBOX_TEST_AMQP_URL")?;
-            rabbitmq::declare_queue(&url, topic).await?;
+            rabbitmq::declare_queue(&url, topic, args.amqp_queue).await?;
             Arc::new(rabbitmq::RabbitMqPublisher::new(rabbitmq::RabbitMqOptions::from_url(&url)?))
         }
         "redis" => Arc::new(redis_pub::RedisPublisher::new(
@@ -573,11 +584,11 @@ async fn make_publisher(kind: &str, topic: &str, args: &Args) -> Result<Arc<dyn 
 
 /// Empties the RabbitMQ queue between rounds: a queue that keeps growing by 100,000 messages a round
 /// slows RabbitMQ down and would skew later rounds. (Redis streams are capped; Kafka keeps its log.)
-async fn reset_broker(kind: &str, topic: &str) -> Result<(), BoxError> {
-    if kind == "rabbitmq" {
+async fn reset_broker(args: &Args, topic: &str) -> Result<(), BoxError> {
+    if args.publisher == "rabbitmq" {
         let url = env("OUTBOX_TEST_AMQP_URL")?;
         rabbitmq::delete_queue(&url, topic).await?;
-        rabbitmq::declare_queue(&url, topic).await?;
+        rabbitmq::declare_queue(&url, topic, args.amqp_queue).await?;
     }
     Ok(())
 }
@@ -859,13 +870,13 @@ async fn throughput(
     let (mut broker, mut database, mut relay, mut cold) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.repeat {
         broker.push(raw_broker(publisher, args, topic, batch).await?);
-        reset_broker(&args.publisher, topic).await?;
+        reset_broker(args, topic).await?;
         database.push(raw_database(store, args, topic, batch).await?);
         if with_relay {
             let run = relay_throughput(store, publisher.clone(), args, topic, batch).await?;
             relay.push(run.measured);
             cold.push(run.cold_start);
-            reset_broker(&args.publisher, topic).await?;
+            reset_broker(args, topic).await?;
         }
     }
     let cpu = [&broker, &database, &relay].map(|runs| median_cpu(runs));
@@ -1244,6 +1255,9 @@ async fn main() -> Result<(), BoxError> {
         args.relays,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if args.publisher == "rabbitmq" {
+        println!("RabbitMQ queue type: {:?}", args.amqp_queue);
+    }
     let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
     let publisher = make_publisher(&args.publisher, &topic, &args).await?;
     let mut opened: Vec<AnyStore> = Vec::new();
@@ -1393,11 +1407,14 @@ async fn main() -> Result<(), BoxError> {
         store.drop_tables().await?;
     }
     if let Some(path) = &args.json {
-        let json = serde_json::json!({
+        let mut json = serde_json::json!({
             "store": args.store, "publisher": args.publisher, "messages": args.messages, "keys": args.keys,
             "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency, "in_flight": args.in_flight, "relays": args.relays,
             "results": report.json,
         });
+        if args.publisher == "rabbitmq" {
+            json["amqp_queue"] = serde_json::json!(format!("{:?}", args.amqp_queue).to_lowercase());
+        }
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
         println!("JSON written to {path}");
     }

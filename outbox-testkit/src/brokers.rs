@@ -72,7 +72,8 @@ impl PublisherHarness for KafkaHarness {
     }
 }
 
-/// RabbitMQ harness: a fresh durable queue, published to through the default exchange.
+/// RabbitMQ harness: a fresh durable queue (a quorum queue unless asked otherwise), published to
+/// through the default exchange.
 #[cfg(feature = "rabbitmq")]
 #[derive(Debug)]
 pub struct RabbitMqHarness {
@@ -84,11 +85,16 @@ pub struct RabbitMqHarness {
 
 #[cfg(feature = "rabbitmq")]
 impl RabbitMqHarness {
-    /// A harness, or `None` (reported loudly) when `OUTBOX_TEST_AMQP_URL` is not set.
+    /// A harness on a quorum queue, or `None` (reported loudly) when `OUTBOX_TEST_AMQP_URL` is not set.
     pub async fn new() -> Option<Self> {
+        Self::with_queue_type(outbox_brokers::rabbitmq::QueueType::Quorum).await
+    }
+
+    /// A harness on a queue of `queue_type`, or `None` as for [`RabbitMqHarness::new`].
+    pub async fn with_queue_type(queue_type: outbox_brokers::rabbitmq::QueueType) -> Option<Self> {
         let url = backend("OUTBOX_TEST_AMQP_URL", "RabbitMQ")?;
         let queue = unique_name("outbox_test");
-        outbox_brokers::rabbitmq::declare_queue(&url, &queue).await.expect("declare queue");
+        outbox_brokers::rabbitmq::declare_queue(&url, &queue, queue_type).await.expect("declare queue");
         let connection_name = format!("{queue}_publisher");
         let options = outbox_brokers::rabbitmq::RabbitMqOptions::from_url(&url)
             .expect("AMQP URL")

@@ -12,5 +12,9 @@ outbox_testkit::publisher_suite!(kafka, KafkaHarness::new, not_applicable: [
 ]);
 #[cfg(feature = "rabbitmq")]
 outbox_testkit::publisher_suite!(rabbitmq, RabbitMqHarness::new);
+#[cfg(feature = "rabbitmq")]
+outbox_testkit::publisher_suite!(rabbitmq_classic_queue, || RabbitMqHarness::with_queue_type(
+    outbox_brokers::rabbitmq::QueueType::Classic
+));
 #[cfg(feature = "redis")]
 outbox_testkit::publisher_suite!(redis, RedisHarness::new);

@@ -13,7 +13,7 @@
 //! cargo run -p outbox-examples --features seed-customers --bin customers -- worker &
 //! cargo run -p outbox-examples --features seed-customers --bin customers -- app --count 10
 //! ```
-//! Options: `--queue NAME` (default `customers`), `--lease-secs N` (relay), `--expect N` (worker: exit
+//! Options: `--queue NAME` (default `customers`, a durable quorum queue), `--lease-secs N` (relay), `--expect N` (worker: exit
 //! after N events applied and the queue is idle for 2 s).
 
 use std::time::Duration;
@@ -22,7 +22,7 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
-use outbox_brokers::rabbitmq::{declare_queue, RabbitMqOptions, RabbitMqPublisher};
+use outbox_brokers::rabbitmq::{declare_queue, QueueType, RabbitMqOptions, RabbitMqPublisher};
 use outbox_brokers::{TopicMap, MESSAGE_ID_HEADER};
 use outbox_core::{shutdown_on_signal, Dispatcher, Enqueue, Error, Inbox, MessageId, NewMessage, Relay};
 use outbox_sqlx::mysql::MySqlStore;
@@ -103,7 +103,7 @@ async fn app(c: &Config) -> Result<(), BoxError> {
 
 async fn relay(c: &Config) -> Result<(), BoxError> {
     let store = store(c).await?;
-    declare_queue(&c.amqp_url, &c.queue).await?;
+    declare_queue(&c.amqp_url, &c.queue, QueueType::Quorum).await?;
     let options = RabbitMqOptions::from_url(&c.amqp_url)?
         .routing_keys(TopicMap::new().map("CustomerCreated", &c.queue))
         .connection_name("customers-relay");
@@ -119,7 +119,7 @@ async fn relay(c: &Config) -> Result<(), BoxError> {
 
 async fn worker(c: &Config) -> Result<(), BoxError> {
     let store = store(c).await?;
-    declare_queue(&c.amqp_url, &c.queue).await?;
+    declare_queue(&c.amqp_url, &c.queue, QueueType::Quorum).await?;
     let connection = Connection::connect(&c.amqp_url, ConnectionProperties::default()).await?;
     let channel = connection.create_channel().await?;
     channel.basic_qos(100, BasicQosOptions::default()).await?;
