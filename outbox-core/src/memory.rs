@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -49,6 +49,8 @@ struct Shared {
     claim_delay: Mutex<Duration>,
     /// How many of the next claims fail with a transient error (for tests).
     failing_claims: AtomicUsize,
+    /// Waiting relays ignore commits and only poll (for tests).
+    no_wake_ups: AtomicBool,
 }
 
 /// An in-memory outbox. Clones share the same data.
@@ -155,6 +157,7 @@ impl MemoryStore {
                 retention,
                 claim_delay: Mutex::new(Duration::ZERO),
                 failing_claims: AtomicUsize::new(0),
+                no_wake_ups: AtomicBool::new(false),
             }),
         }
     }
@@ -171,6 +174,14 @@ impl MemoryStore {
     /// relay's back-off). Applies to all clones.
     pub fn fail_next_claims(self, n: usize) -> Self {
         self.shared.failing_claims.store(n, Ordering::Relaxed);
+        self
+    }
+
+    /// Makes [`Store::wait_for_work`] sleep its whole timeout whatever is committed, like a store whose
+    /// messages come from another process and reach the relay only by polling (for tests of polling).
+    /// Applies to all clones.
+    pub fn without_wake_ups(self) -> Self {
+        self.shared.no_wake_ups.store(true, Ordering::Relaxed);
         self
     }
 
@@ -434,7 +445,11 @@ impl Store for MemoryStore {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        let _ = tokio::time::timeout(timeout, self.shared.wake.notified()).await;
+        if self.shared.no_wake_ups.load(Ordering::Relaxed) {
+            tokio::time::sleep(timeout).await;
+        } else {
+            let _ = tokio::time::timeout(timeout, self.shared.wake.notified()).await;
+        }
     }
 }
 

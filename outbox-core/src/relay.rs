@@ -95,6 +95,12 @@ pub struct RelayOptions {
     pub lease: Duration,
     /// Longest wait for new work when the store sends no wake-up (default 1 s).
     pub poll_interval: Duration,
+    /// After a claim that found messages, the relay's polling worker polls again this soon, and each
+    /// poll that finds nothing doubles the wait, up to `poll_interval` (default none: it always waits
+    /// `poll_interval`). For relays that learn of new messages by polling: a PostgreSQL store with
+    /// `enqueue_notifications` off, MySQL or SQLite fed by another process. While messages flow they
+    /// are found within about this interval; an idle relay still polls once per `poll_interval`.
+    pub busy_poll_interval: Option<Duration>,
     /// Pause after a store error before trying again (default 1 s).
     pub error_backoff: Duration,
     /// How long a shutdown waits for batches in flight before handing their claims back (default 30 s).
@@ -111,6 +117,7 @@ impl Default for RelayOptions {
             batches_in_flight: 2,
             lease: Duration::from_secs(30),
             poll_interval: Duration::from_secs(1),
+            busy_poll_interval: None,
             error_backoff: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
@@ -134,6 +141,9 @@ impl RelayOptions {
         }
         if self.poll_interval.is_zero() {
             return Err(Error::invalid_config("relay poll_interval must be positive"));
+        }
+        if self.busy_poll_interval.is_some_and(|busy| busy.is_zero() || busy > self.poll_interval) {
+            return Err(Error::invalid_config("relay busy_poll_interval must be positive and at most poll_interval"));
         }
         Ok(())
     }
@@ -186,6 +196,11 @@ impl RelayBuilder {
     /// Poll interval.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.options.poll_interval = interval;
+        self
+    }
+    /// Poll interval while messages flow (see [`RelayOptions::busy_poll_interval`]).
+    pub fn busy_poll_interval(mut self, interval: Duration) -> Self {
+        self.options.busy_poll_interval = Some(interval);
         self
     }
     /// Pause after a store error.
@@ -372,10 +387,15 @@ impl Inner {
     /// backlog it claims again when its batch has settled, or when a commit wakes it while it has
     /// nothing in flight. Idle, only worker 0 polls the store every `poll_interval`; the others wait
     /// for a store notification or for a peer that found work, so an idle relay costs one query per
-    /// interval however many workers it has.
+    /// interval however many workers it has. With a `busy_poll_interval`, worker 0 polls that soon
+    /// after finding messages and doubles the wait after each poll that finds none.
     async fn work(&self, worker: usize, shutdown: CancellationToken) {
         let options = &self.options;
-        let idle_wait = if worker == 0 { options.poll_interval } else { options.poll_interval * 30 };
+        let longest_wait = if worker == 0 { options.poll_interval } else { options.poll_interval * 30 };
+        let busy_wait = options.busy_poll_interval.filter(|_| worker == 0);
+        let mut idle_wait = longest_wait;
+        // The claim under way follows a wait for work (a poll or a wake-up), not a settled batch.
+        let mut after_wait = false;
         let mut in_flight = FuturesUnordered::new();
         let mut claiming: Option<BoxFuture<'_, Result<Vec<Message>>>> = None;
         // Claim without waiting for a wake-up: at start, after a full claim, after a batch settled.
@@ -409,9 +429,18 @@ impl Inner {
                 }
                 Some(claimed) = OptionFuture::from(claiming.as_mut()) => {
                     claiming = None;
+                    let polled = std::mem::take(&mut after_wait);
                     match claimed {
-                        Ok(batch) if batch.is_empty() => claim_now = false,
+                        Ok(batch) if batch.is_empty() => {
+                            claim_now = false;
+                            if polled {
+                                idle_wait = (idle_wait * 2).min(longest_wait);
+                            }
+                        }
                         Ok(batch) => {
+                            if let Some(busy) = busy_wait {
+                                idle_wait = busy;
+                            }
                             claim_now = batch.len() == options.batch_size;
                             if claim_now {
                                 self.found_work.notify_waiters();
@@ -426,8 +455,8 @@ impl Inner {
                     }
                 }
                 Some(()) = OptionFuture::from(paused_until.map(tokio::time::sleep_until)) => {}
-                _ = self.store.wait_for_work(idle_wait), if waiting_for_work => claim_now = true,
-                _ = self.found_work.notified(), if waiting_for_work => claim_now = true,
+                _ = self.store.wait_for_work(idle_wait), if waiting_for_work => (claim_now, after_wait) = (true, true),
+                _ = self.found_work.notified(), if waiting_for_work => (claim_now, after_wait) = (true, true),
             }
         }
         // Shutdown: no new claims. A claim under way is handed back while the batches in flight finish.

@@ -331,3 +331,60 @@ fn invalid_relay_options_are_rejected() {
     assert!(Relay::builder(store.clone(), MemoryPublisher::new()).batches_in_flight(65).build().is_err());
     assert!(Relay::builder(store, MemoryPublisher::new()).lease(Duration::ZERO).build().is_err());
 }
+
+/// Virtual time until `publisher` holds `n` messages (paused clock).
+async fn time_until_published(publisher: &MemoryPublisher, n: usize) -> Duration {
+    let started = tokio::time::Instant::now();
+    while publisher.published_len() < n {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    started.elapsed()
+}
+
+/// A store that only polling can read: with a `busy_poll_interval` a message that follows others is
+/// found within about that interval, and after a quiet spell polls back off to `poll_interval`;
+/// without one every message waits for the next `poll_interval` poll.
+#[tokio::test(start_paused = true)]
+async fn busy_poll_interval_finds_flowing_messages_soon_and_backs_off_when_idle() {
+    for busy in [Some(Duration::from_millis(10)), None] {
+        let store = MemoryStore::new().without_wake_ups();
+        let publisher = MemoryPublisher::new();
+        let mut builder =
+            Relay::builder(store.clone(), publisher.clone()).concurrency(1).poll_interval(Duration::from_secs(1));
+        if let Some(busy) = busy {
+            builder = builder.busy_poll_interval(busy);
+        }
+        let relay = builder.build().unwrap();
+        let (shutdown, running) = start(&relay);
+        tokio::time::sleep(Duration::from_millis(1500)).await; // idle: polling once a second
+
+        store.enqueue_committed(NewMessage::new("t", "first")).unwrap();
+        let first = time_until_published(&publisher, 1).await;
+        assert!(first <= Duration::from_millis(1010), "{busy:?}: the first message waited {first:?}");
+
+        store.enqueue_committed(NewMessage::new("t", "second")).unwrap();
+        let second = time_until_published(&publisher, 2).await;
+        if busy.is_some() {
+            assert!(second <= Duration::from_millis(15), "a message right after another waited {second:?}");
+        } else {
+            assert!(second >= Duration::from_millis(900), "without busy polling it waited only {second:?}");
+        }
+
+        tokio::time::sleep(Duration::from_secs(5)).await; // quiet: the polls back off to once a second
+        store.enqueue_committed(NewMessage::new("t", "third")).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let third = time_until_published(&publisher, 3).await + Duration::from_millis(100);
+        assert!(third > Duration::from_millis(100), "{busy:?}: polls did not back off (found after {third:?})");
+        assert!(third <= Duration::from_millis(1010), "{busy:?}: the third message waited {third:?}");
+        shutdown.cancel();
+        running.await.unwrap().unwrap();
+    }
+}
+
+#[test]
+fn busy_poll_interval_must_be_positive_and_at_most_the_poll_interval() {
+    for busy in [Duration::ZERO, Duration::from_secs(2)] {
+        let built = Relay::builder(MemoryStore::new(), MemoryPublisher::new()).busy_poll_interval(busy).build();
+        assert!(built.is_err(), "busy_poll_interval {busy:?} was accepted");
+    }
+}
