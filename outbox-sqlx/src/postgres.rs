@@ -1,6 +1,7 @@
 //! PostgreSQL store: one-statement claims with `FOR UPDATE SKIP LOCKED`, commit-time wake-ups with
-//! `pg_notify` (sent by the enqueue statement itself, so it costs no extra round trip) and a `LISTEN`
-//! connection, partial indexes so claims stay cheap however many published or dead rows the table holds.
+//! `pg_notify` (sent by the enqueue statement itself, so it costs no extra round trip; see
+//! `StoreOptions::enqueue_notifications` for many concurrent producers) and a `LISTEN` connection,
+//! partial indexes so claims stay cheap however many published or dead rows the table holds.
 
 use std::fmt;
 use std::str::FromStr;
@@ -72,6 +73,9 @@ impl Sql {
         let create_schema =
             t.schema().map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};\n", s.quoted('"'))).unwrap_or_default();
         let cols = "id, topic, msg_key, payload, headers, created_at, attempts, last_error";
+        // The enqueue statements wake relays at commit unless asked not to (see
+        // `StoreOptions::enqueue_notifications`); without it they still take the channel as $7.
+        let notify = if options.enqueue_notifications { ", pg_notify($7, '')" } else { "" };
         // A claim must never scan the whole backlog. Keyless rows come oldest first from their own
         // partial index. Keyed rows come from a window of the oldest claimable keyed rows (limit + 25%,
         // locked with SKIP LOCKED so concurrent claimers take disjoint windows): those that are key
@@ -167,7 +171,7 @@ CREATE TABLE IF NOT EXISTS {i} (
                 "WITH ins AS (INSERT INTO {m} (id, topic, msg_key, payload, headers, available_at, idempotency_key) \
                  VALUES ($1, $2, $3, $4, $5, now() + $6 * {MS}, $8) \
                  ON CONFLICT (idempotency_key) DO NOTHING RETURNING id) \
-                 SELECT id, pg_notify($7, '') FROM ins"
+                 SELECT id{notify} FROM ins"
             ),
             // A message without an idempotency key cannot conflict, and the speculative insertion of
             // `ON CONFLICT` costs ~8% of a one-row business transaction: a plain insert. Its
@@ -175,7 +179,7 @@ CREATE TABLE IF NOT EXISTS {i} (
             insert_keyless: format!(
                 "WITH ins AS (INSERT INTO {m} (id, topic, msg_key, payload, headers, available_at) \
                  VALUES ($1, $2, $3, $4, $5, now() + $6 * {MS}) RETURNING 1) \
-                 SELECT pg_notify($7, '') FROM ins"
+                 SELECT 1{notify} FROM ins"
             ),
             // A batch without idempotency keys: one statement, rows in the given order (so `seq`, and
             // with it per-key order, follows the batch), one notification.
@@ -184,7 +188,7 @@ CREATE TABLE IF NOT EXISTS {i} (
                  SELECT b.id, b.topic, b.msg_key, b.payload, b.headers, now() + b.delay_ms * {MS} \
                  FROM unnest($1::uuid[], $2::text[], $3::text[], $4::bytea[], $5::jsonb[], $6::bigint[]) \
                  WITH ORDINALITY AS b(id, topic, msg_key, payload, headers, delay_ms, n) ORDER BY b.n RETURNING 1) \
-                 SELECT count(*), pg_notify($7, '') FROM ins"
+                 SELECT count(*){notify} FROM ins"
             ),
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = $1"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = $1"),

@@ -155,6 +155,39 @@ async fn postgres_notification_wakes_an_idle_relay_at_commit() {
     assert!(latency < Duration::from_secs(5), "woken after {latency:?}, i.e. by polling, not by the notification");
 }
 
+/// With `enqueue_notifications(false)` no enqueue path (one message, one with an idempotency key, a
+/// duplicate key, a batch) notifies, and every message is stored and claimable; the default notifies.
+#[tokio::test]
+async fn postgres_enqueue_without_notifications_sends_none() {
+    let Some(h) = PostgresHarness::new().await else { return };
+    let store = h.postgres_store().clone();
+    let quiet = PostgresStore::new(store.pool().clone(), store.options().clone().enqueue_notifications(false));
+    let mut listener = sqlx::postgres::PgListener::connect_with(store.pool()).await.expect("listener");
+    listener.listen(store.channel()).await.expect("listen");
+
+    let mut tx = store.pool().begin().await.expect("begin");
+    let one = quiet.enqueue(&mut *tx, NewMessage::new("t", "one")).await.expect("enqueue");
+    let keyed = quiet.enqueue(&mut *tx, NewMessage::new("t", "keyed").idempotency_key("k-1")).await.expect("keyed");
+    let again = quiet.enqueue(&mut *tx, NewMessage::new("t", "again").idempotency_key("k-1")).await.expect("again");
+    assert_eq!(keyed, again, "the duplicate idempotency key returned another id");
+    let batch = (0..3).map(|i| NewMessage::new("t", vec![i])).collect();
+    let batch = quiet.enqueue_batch(&mut *tx, batch).await.expect("batch");
+    tx.commit().await.expect("commit");
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(heard.is_err(), "a commit without notifications notified: {heard:?}");
+
+    let claimed = store.claim(RelayId::new(), 10, Duration::from_secs(30)).await.expect("claim");
+    let mut expected = vec![one, keyed];
+    expected.extend(batch);
+    assert_eq!(claimed.iter().map(|m| m.id).collect::<Vec<_>>(), expected);
+
+    let mut tx = store.pool().begin().await.expect("begin");
+    store.enqueue(&mut *tx, NewMessage::new("t", "loud")).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(matches!(heard, Ok(Ok(_))), "the default enqueue did not notify: {heard:?}");
+}
+
 /// The `Store::wait_for_work` contract: a commit wakes one waiting worker, not all of them (they would
 /// all claim what one claim takes), and a commit with nobody waiting leaves a permit so the next wait
 /// returns at once.
