@@ -26,6 +26,9 @@ ROWS = [
     ("tx_round_trip_p50_ms", "the same plus a bare SELECT 1 instead p50 (ms)", "{:.2f}"),
     ("enqueue_overhead_pct", "enqueue overhead", "{:.0f}%"),
     ("round_trip_overhead_pct", "overhead of any second statement (SELECT 1)", "{:.0f}%"),
+    ("producers_business_tx_per_s", "8 producers: one-row business transactions (tx/s)", "{:,.0f}"),
+    ("producers_outbox_tx_per_s", "8 producers: the same plus one outbox message (tx/s)", "{:,.0f}"),
+    ("producers_outbox_without_notifications_tx_per_s", "the same without enqueue notifications (tx/s)", "{:,.0f}"),
     ("claim_p50_ms_fresh", "claim 256 of 5,000 pending p50 (ms)", "{:.2f}"),
     ("claim_p50_ms_old_rows", "the same with 1,000,000 old rows p50 (ms)", "{:.2f}"),
     ("claim_cost_ratio", "claim cost ratio (old rows / fresh)", "{:.2f}x"),
@@ -36,6 +39,8 @@ ROWS = [
 
 def column(r):
     name = f"{r['store']} -> {r['publisher']}"
+    if r.get("amqp_queue"):
+        name += f" ({r['amqp_queue']} queue)"
     extras = [f"{r['keys']} keys" if r.get("keys") else "", f"{r['relays']} relays" if r.get("relays", 1) > 1 else ""]
     extras = [e for e in extras if e]
     return name + (f" ({', '.join(extras)})" if extras else "")

@@ -2,8 +2,9 @@
 //! each (the broker publishing alone, the database claiming and acknowledging alone), the relay's
 //! throughput and its ratio to the lower raw limit, the machine's CPU time per message in each of
 //! those three runs (Linux), commit -> broker-ack latency at a steady load,
-//! the enqueue overhead on a one-row business transaction, the claim cost with 1,000,000 old rows,
-//! and the queries an idle relay issues. Prints a table and writes JSON.
+//! the enqueue overhead on a one-row business transaction, the transactions a second concurrent
+//! producers commit with and without an outbox message, the claim cost with 1,000,000 old rows, and the
+//! queries an idle relay issues. Prints a table and writes JSON.
 //!
 //! ```text
 //! cargo run --release -p outbox-bench -- --store postgres --publisher kafka --messages 100000
@@ -13,7 +14,10 @@
 //! - `--messages N`, `--payload BYTES`, `--keys N` (ordering keys, round robin; default 0 = keyless);
 //! - `--batch N`, `--concurrency N` (workers per relay; default the relay's, 2), `--in-flight N`
 //!   (batches in flight per worker; default the relay's, 2), `--relays N` (relay instances, each with its
-//!   own pool; default 1), `--rate MSG_PER_S` (latency load), `--old-rows N` (claim-cost test);
+//!   own pool; default 1), `--rate MSG_PER_S` (latency load), `--poll-interval MS` (the latency run's
+//!   relay; default the relay's, 1 s), `--busy-poll-interval MS` (the latency run's relay; default
+//!   none), `--producers N` (concurrent producers; default 8),
+//!   `--old-rows N` (claim-cost test);
 //! - `--repeat N` (throughput rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput
 //!   at each batch size) with `--plot FILE.svg`;
 //! - `--kafka-setting KEY=VALUE` (repeatable; a librdkafka producer setting such as `linger.ms=1`);
@@ -21,7 +25,7 @@
 //! - `--memory-delay MS` (the memory publisher sleeps this long per publish call: a broker's round trip);
 //! - `--durable-relay-commits` (PostgreSQL: claims and acknowledgements wait for the WAL flush; see
 //!   `StoreOptions::durable_relay_commits`);
-//! - `--json FILE`, `--skip NAME[,NAME]` (raw, relay, latency, enqueue, claim, idle).
+//! - `--json FILE`, `--skip NAME[,NAME]` (raw, relay, latency, enqueue, producers, claim, idle).
 //!
 //! URLs come from the `OUTBOX_TEST_*` variables (`scripts/test-services.sh` sets them).
 
@@ -46,8 +50,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What `--help` prints: the options, as in the crate docs.
 const USAGE: &str = "\
-outbox-bench: raw limits, relay throughput, latency, enqueue overhead, claim cost and idle cost
-for one store and one publisher. URLs come from the OUTBOX_TEST_* variables
+outbox-bench: raw limits, relay throughput, latency, enqueue overhead, producer throughput, claim
+cost and idle cost for one store and one publisher. URLs come from the OUTBOX_TEST_* variables
 (`source scripts/test-services.sh` sets them).
 
 usage: cargo run --release -p outbox-bench -- [OPTIONS]
@@ -62,6 +66,9 @@ usage: cargo run --release -p outbox-bench -- [OPTIONS]
   --in-flight N          batches in flight per worker (default: the relay's)
   --relays N             relay instances, each with its own pool (default 1)
   --rate MSG_PER_S       offered load of the latency test (default 1000)
+  --poll-interval MS     the latency test's relay polls this often (default: the relay's, 1000)
+  --busy-poll-interval MS  the latency test's relay polls this soon after finding messages (default none)
+  --producers N          concurrent producers of the producer-throughput test (default 8)
   --old-rows N           old rows for the claim-cost test (default 1000000)
   --repeat N             throughput rounds, the median is reported (default 3)
   --sweep-batch N[,N]    throughput at each batch size; --plot FILE.svg draws it
@@ -71,7 +78,7 @@ usage: cargo run --release -p outbox-bench -- [OPTIONS]
                          broker's confirm round trip (default 0)
   --durable-relay-commits  PostgreSQL: relay commits wait for the WAL flush
   --json FILE            also write the results as JSON
-  --skip NAME[,NAME]     skip parts: raw, relay, latency, enqueue, claim, idle
+  --skip NAME[,NAME]     skip parts: raw, relay, latency, enqueue, producers, claim, idle
   -h, --help             print this
 ";
 
@@ -86,6 +93,9 @@ struct Args {
     in_flight: usize,
     memory_delay: Duration,
     rate: usize,
+    poll_interval: Duration,
+    busy_poll_interval: Option<Duration>,
+    producers: usize,
     old_rows: usize,
     keys: usize,
     relays: usize,
@@ -115,6 +125,9 @@ fn parse_args() -> Result<Args, BoxError> {
         in_flight: RelayOptions::default().batches_in_flight,
         memory_delay: Duration::ZERO,
         rate: 1000,
+        poll_interval: RelayOptions::default().poll_interval,
+        busy_poll_interval: None,
+        producers: 8,
         old_rows: 1_000_000,
         keys: 0,
         relays: 1,
@@ -147,6 +160,9 @@ fn parse_args() -> Result<Args, BoxError> {
                 args.memory_delay = Duration::from_secs_f64(ms / 1000.0);
             }
             "--rate" => args.rate = number(value()?)?,
+            "--poll-interval" => args.poll_interval = Duration::from_millis(number(value()?)? as u64),
+            "--busy-poll-interval" => args.busy_poll_interval = Some(Duration::from_millis(number(value()?)? as u64)),
+            "--producers" => args.producers = number(value()?)?,
             "--old-rows" => args.old_rows = number(value()?)?,
             "--keys" => args.keys = number(value()?)?,
             "--relays" => args.relays = number(value()?)?,
@@ -182,11 +198,13 @@ fn parse_args() -> Result<Args, BoxError> {
         || args.concurrency == 0
         || args.in_flight == 0
         || args.rate == 0
+        || args.poll_interval.is_zero()
+        || args.producers == 0
         || args.relays == 0
         || args.sweep.contains(&0)
     {
         return Err(
-            "--batch, --concurrency, --in-flight, --relays, --rate and --sweep-batch values must be positive".into()
+            "--batch, --concurrency, --in-flight, --relays, --rate, --poll-interval, --producers and --sweep-batch values must be positive".into()
         );
     }
     Ok(args)
@@ -1014,11 +1032,13 @@ async fn latency(
 ) -> Result<LatencySamples, BoxError> {
     let probe = Arc::new(LatencyProbe { inner: publisher, acked: Mutex::new(HashMap::new()) });
     let instrumented = Arc::new(Instrumented::new(store.dyn_store(), notifications));
-    let relay = Relay::builder_shared(instrumented.clone(), probe.clone())
-        .batch_size(args.batch)
-        .concurrency(args.concurrency)
-        .batches_in_flight(args.in_flight)
-        .build()?;
+    let mut options = RelayOptions::default();
+    options.batch_size = args.batch;
+    options.concurrency = args.concurrency;
+    options.batches_in_flight = args.in_flight;
+    options.poll_interval = args.poll_interval;
+    options.busy_poll_interval = args.busy_poll_interval;
+    let relay = Relay::builder_shared(instrumented.clone(), probe.clone()).options(options).build()?;
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
@@ -1173,6 +1193,51 @@ async fn enqueue_overhead(store: &AnyStore, topic: &str, payload: usize) -> Resu
         s.sort();
         percentile(&s, 0.5)
     }))
+}
+
+/// Transactions a second that `producers` concurrent producers commit for 3 s: one-row business
+/// transactions alone, with one outbox message each, and (PostgreSQL) with one message enqueued
+/// without a notification. Two rounds of each, alternating; the better round of each is reported.
+async fn producer_throughput(store: &AnyStore, topic: &str, args: &Args) -> Result<Vec<(String, f64)>, BoxError> {
+    store.create_business_table().await?;
+    let mut variants: Vec<(String, AnyStore, bool)> =
+        vec![("business".into(), store.clone(), false), ("outbox".into(), store.clone(), true)];
+    if let AnyStore::Postgres(s) = store {
+        let quiet = PostgresStore::new(s.pool().clone(), s.options().clone().enqueue_notifications(false));
+        variants.push(("outbox_without_notifications".into(), AnyStore::Postgres(quiet), true));
+    }
+    let mut best = vec![0.0f64; variants.len()];
+    for _round in 0..2 {
+        for ((_, variant, with_message), best) in variants.iter().zip(best.iter_mut()) {
+            let committed = Arc::new(AtomicU64::new(0));
+            let deadline = Instant::now() + Duration::from_secs(3);
+            let started = Instant::now();
+            let mut tasks = Vec::new();
+            for producer in 0..args.producers {
+                let (variant, committed, topic, payload) =
+                    (variant.clone(), committed.clone(), topic.to_owned(), args.payload);
+                let with_message = *with_message;
+                tasks.push(tokio::spawn(async move {
+                    let mut n = 0i64;
+                    while Instant::now() < deadline {
+                        let messages =
+                            if with_message { vec![NewMessage::new(&topic, vec![3u8; payload])] } else { Vec::new() };
+                        variant.enqueue_tx(messages, Some(producer as i64 * 1_000_000_000 + n)).await?;
+                        committed.fetch_add(1, Ordering::Relaxed);
+                        n += 1;
+                    }
+                    Ok::<(), BoxError>(())
+                }));
+            }
+            for task in tasks {
+                task.await??;
+            }
+            let rate = committed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+            *best = best.max(rate);
+        }
+    }
+    store.drop_business_table().await?;
+    Ok(variants.into_iter().map(|(name, ..)| name).zip(best).collect())
 }
 
 async fn claim_cost(kind: &str, args: &Args, topic: &str) -> Result<(Duration, Duration), BoxError> {
@@ -1389,6 +1454,29 @@ async fn main() -> Result<(), BoxError> {
         report.add("round_trip_overhead_pct", "overhead of any second statement (SELECT 1)", overhead(round_trip), "%");
         report.add("second_row_overhead_pct", "overhead of any second row (plain table)", overhead(second_row), "%");
     }
+    if run("producers") {
+        let store = AnyStore::open(&args.store, store_options(&args)).await?;
+        opened.push(store.clone());
+        let rates = producer_throughput(&store, &topic, &args).await?;
+        let business = rates.first().map_or(0.0, |(_, rate)| *rate);
+        for (name, rate) in &rates {
+            let label = match name.as_str() {
+                "business" => format!("{} producers: one-row business transactions (tx/s)", args.producers),
+                "outbox" => format!("{} producers: the same plus one outbox message (tx/s)", args.producers),
+                _ => format!("{} producers: the same, enqueued without notifications (tx/s)", args.producers),
+            };
+            report.add(&format!("producers_{name}_tx_per_s"), &label, *rate, "tx/s");
+            if name != "business" {
+                let drop = (1.0 - rate / business.max(1e-9)) * 100.0;
+                report.add(
+                    &format!("producers_{name}_drop_pct"),
+                    "  fewer transactions than business alone",
+                    drop,
+                    "%",
+                );
+            }
+        }
+    }
     if run("claim") {
         let (empty, full) = claim_cost(&args.store, &args, &topic).await?;
         report.add("claim_p50_ms_fresh", "claim 256 of 5,000 pending: p50", ms(empty), "ms");
@@ -1410,6 +1498,8 @@ async fn main() -> Result<(), BoxError> {
         let mut json = serde_json::json!({
             "store": args.store, "publisher": args.publisher, "messages": args.messages, "keys": args.keys,
             "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency, "in_flight": args.in_flight, "relays": args.relays,
+            "poll_interval_ms": args.poll_interval.as_millis() as u64, "producers": args.producers,
+            "busy_poll_interval_ms": args.busy_poll_interval.map(|d| d.as_millis() as u64),
             "results": report.json,
         });
         if args.publisher == "rabbitmq" {
