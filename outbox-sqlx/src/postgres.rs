@@ -15,9 +15,10 @@ use outbox_core::{
     DeadLetter, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry,
     Store,
 };
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult, PgRow};
+use sqlx::query::Query;
 use sqlx::types::Json;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{Arguments, Execute, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -475,6 +476,80 @@ impl PostgresStore {
         }));
     }
 
+    /// Runs your `statement` (an `INSERT`, `UPDATE`, `DELETE` or `SELECT`, with or without a `WITH`
+    /// clause of its own) in your transaction with `message` enqueued by the same statement: the
+    /// business write and the outbox row take one round trip instead of two. The message goes in as a
+    /// data-modifying `WITH` query placed in front of your statement (its parameters are numbered
+    /// after yours), so both are written or neither is, and the wake-up is sent as with
+    /// [`Enqueue::enqueue`](outbox_core::Enqueue::enqueue). A message with an idempotency key may be
+    /// stored already, so it is enqueued by its own statement first. Returns your statement's result
+    /// and the message's id.
+    ///
+    /// ```no_run
+    /// # async fn demo(store: outbox_sqlx::postgres::PostgresStore) -> outbox_core::Result<()> {
+    /// use outbox_core::NewMessage;
+    /// let mut tx = store.pool().begin().await.map_err(outbox_sqlx::error_from("begin"))?;
+    /// let insert = sqlx::query("INSERT INTO orders (id, total) VALUES ($1, $2)").bind(42_i64).bind(1999_i64);
+    /// store.execute_with(&mut *tx, insert, NewMessage::new("orders.placed", r#"{"id":42}"#)).await?;
+    /// tx.commit().await.map_err(outbox_sqlx::error_from("commit"))?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn execute_with<'q>(
+        &self,
+        conn: &mut PgConnection,
+        mut statement: Query<'q, Postgres, PgArguments>,
+        message: NewMessage,
+    ) -> Result<(PgQueryResult, MessageId)> {
+        message.validate(&self.inner.options.limits)?;
+        if message.idempotency().is_some() {
+            let id = self.insert(conn, message).await?;
+            let done = statement.execute(&mut *conn).await.map_err(|e| sql_error("execute_with", e))?;
+            return Ok((done, id));
+        }
+        let business = statement.sql();
+        let bind_error = |e| Error::store("execute_with", false, e);
+        let mut arguments = statement.take_arguments().map_err(bind_error)?.unwrap_or_default();
+        // The message's parameters follow the statement's; a placeholder the statement does not bind
+        // would silently take one of them instead of failing.
+        let highest = highest_placeholder(business);
+        if highest > arguments.len() {
+            return Err(Error::store(
+                "execute_with",
+                false,
+                format!("the statement refers to ${highest} but binds {} values", arguments.len()),
+            ));
+        }
+        let first = arguments.len() + 1;
+        let parts = message.into_parts();
+        arguments.add(parts.id.as_uuid()).map_err(bind_error)?;
+        arguments.add(parts.topic).map_err(bind_error)?;
+        arguments.add(parts.key).map_err(bind_error)?;
+        arguments.add(parts.payload).map_err(bind_error)?;
+        arguments.add(Json(parts.headers)).map_err(bind_error)?;
+        arguments.add(ms(parts.delay.unwrap_or_default())).map_err(bind_error)?;
+        let returning = if self.inner.options.enqueue_notifications {
+            arguments.add(self.inner.sql.channel.as_str()).map_err(bind_error)?;
+            format!("pg_notify(${}, '')", first + 6)
+        } else {
+            "1".to_owned()
+        };
+        let enqueue = format!(
+            "__outbox_enqueue AS (INSERT INTO {} (id, topic, msg_key, payload, headers, available_at) \
+             VALUES (${}, ${}, ${}, ${}, ${}, now() + ${} * {MS}) RETURNING {returning})",
+            self.inner.sql.messages,
+            first,
+            first + 1,
+            first + 2,
+            first + 3,
+            first + 4,
+            first + 5,
+        );
+        let sql = with_query_in_front(&enqueue, business);
+        let done =
+            sqlx::query_with(&sql, arguments).execute(&mut *conn).await.map_err(|e| sql_error("execute_with", e))?;
+        Ok((done, parts.id))
+    }
+
     async fn insert(&self, conn: &mut PgConnection, message: NewMessage) -> Result<MessageId> {
         let sql = &self.inner.sql;
         message.validate(&self.inner.options.limits)?;
@@ -564,6 +639,36 @@ impl PostgresStore {
         }
         Ok(ids)
     }
+}
+
+/// The highest `$n` placeholder in `sql` (0 if none). Text that only looks like one (`'$5'` in a
+/// string literal) counts too, which errs on the side of refusing the statement.
+fn highest_placeholder(sql: &str) -> usize {
+    sql.split('$')
+        .skip(1)
+        .filter_map(|rest| {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            rest[..digits].parse::<usize>().ok()
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+/// `statement` with the `WITH` query `query` (`name AS (...)`) in front: in the statement's own
+/// `WITH` clause when it starts with one (`WITH` or `WITH RECURSIVE`), else in a new one.
+fn with_query_in_front(query: &str, statement: &str) -> String {
+    let body = statement.trim_start();
+    let keyword = |text: &str, word: &str| {
+        text.get(..word.len()).is_some_and(|head| head.eq_ignore_ascii_case(word))
+            && text[word.len()..].starts_with(|c: char| c.is_whitespace())
+    };
+    if !keyword(body, "WITH") {
+        return format!("WITH {query} {body}");
+    }
+    let after_with = body[4..].trim_start();
+    let clause_len =
+        if keyword(after_with, "RECURSIVE") { body.len() - after_with.len() + "RECURSIVE".len() } else { "WITH".len() };
+    format!("{} {query}, {}", &body[..clause_len], body[clause_len..].trim_start())
 }
 
 async fn listen(pool: &PgPool, channel: &str, wake: &Notify) -> std::result::Result<(), sqlx::Error> {
@@ -749,6 +854,39 @@ impl Inbox for PostgresStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn placeholders_are_counted() {
+        assert_eq!(highest_placeholder("INSERT INTO t VALUES ($1, $12, $3)"), 12);
+        assert_eq!(highest_placeholder("SELECT 1"), 0);
+        assert_eq!(highest_placeholder("SELECT $$text$$, $tag$x$tag$, $"), 0);
+        assert_eq!(highest_placeholder("SELECT 'costs $5'"), 5);
+        assert_eq!(highest_placeholder("SELECT $99999999999999999999999"), 0, "no overflow panic");
+    }
+
+    #[test]
+    fn the_message_query_goes_in_front_of_the_statement_or_into_its_with_clause() {
+        let q = "m AS (INSERT ...)";
+        assert_eq!(
+            with_query_in_front(q, "  INSERT INTO t VALUES ($1)"),
+            "WITH m AS (INSERT ...) INSERT INTO t VALUES ($1)"
+        );
+        assert_eq!(
+            with_query_in_front(q, "with a AS (SELECT 1) SELECT * FROM a"),
+            "with m AS (INSERT ...), a AS (SELECT 1) SELECT * FROM a"
+        );
+        assert_eq!(
+            with_query_in_front(q, "WITH\n RECURSIVE r(n) AS (SELECT 1) SELECT n FROM r"),
+            "WITH\n RECURSIVE m AS (INSERT ...), r(n) AS (SELECT 1) SELECT n FROM r"
+        );
+        assert_eq!(with_query_in_front(q, "WITHOUT_A_CLAUSE"), "WITH m AS (INSERT ...) WITHOUT_A_CLAUSE");
+        assert_eq!(with_query_in_front(q, "Wé"), "WITH m AS (INSERT ...) Wé", "no panic on a multi-byte char");
+        assert_eq!(
+            with_query_in_front(q, "WITH"),
+            "WITH m AS (INSERT ...) WITH",
+            "a bare WITH is left to the server to refuse"
+        );
+    }
 
     #[test]
     fn claim_floor_starts_at_the_oldest_row_and_follows_full_claims() {

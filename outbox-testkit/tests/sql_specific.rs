@@ -188,6 +188,104 @@ async fn postgres_enqueue_without_notifications_sends_none() {
     assert!(matches!(heard, Ok(Ok(_))), "the default enqueue did not notify: {heard:?}");
 }
 
+/// `execute_with` writes the caller's row and the message in one statement: both commit or neither
+/// does, the caller's parameters and `WITH` clause survive, the result is the caller's, the commit
+/// notifies (unless notifications are off), a bad message stops the statement before it runs, and a
+/// message with an idempotency key keeps its idempotency.
+#[tokio::test]
+async fn postgres_execute_with_writes_the_business_row_and_the_message_together() {
+    let Some(h) = PostgresHarness::new().await else { return };
+    let store = h.postgres_store().clone();
+    let orders = format!("\"{TEST_SCHEMA}\".{}", unique_name("orders"));
+    sqlx::query(&format!("CREATE TABLE {orders} (id BIGINT PRIMARY KEY, total BIGINT NOT NULL)"))
+        .execute(store.pool())
+        .await
+        .expect("orders table");
+    let insert = format!("INSERT INTO {orders} (id, total) VALUES ($1, $2)");
+    let mut listener = sqlx::postgres::PgListener::connect_with(store.pool()).await.expect("listener");
+    listener.listen(store.channel()).await.expect("listen");
+    let count = |sql: String| {
+        let pool = store.pool().clone();
+        async move { sqlx::query_scalar::<_, i64>(&sql).fetch_one(&pool).await.expect("count") }
+    };
+
+    let message = NewMessage::new("orders.placed", "order 1").key("order-1").header("kind", "placed");
+    let id = message.id();
+    let mut tx = store.pool().begin().await.expect("begin");
+    let query = sqlx::query(&insert).bind(1_i64).bind(100_i64);
+    let (done, stored) = store.execute_with(&mut *tx, query, message).await.expect("execute_with");
+    assert_eq!((done.rows_affected(), stored), (1, id));
+    tx.commit().await.expect("commit");
+    let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
+    assert!(matches!(heard, Ok(Ok(_))), "the commit did not notify: {heard:?}");
+    assert_eq!(count(format!("SELECT total FROM {orders} WHERE id = 1")).await, 100);
+    let claimed = store.claim(RelayId::new(), 10, Duration::from_secs(30)).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    let m = &claimed[0];
+    assert_eq!(
+        (m.id, m.topic.as_str(), m.key.as_deref(), m.payload.as_slice()),
+        (id, "orders.placed", Some("order-1"), &b"order 1"[..])
+    );
+    assert_eq!(m.headers.get("kind").map(String::as_str), Some("placed"));
+    store.acknowledge(&[m.id]).await.expect("acknowledge");
+
+    // The caller's own WITH clause and an UPDATE's row count; a rollback keeps neither write.
+    let mut tx = store.pool().begin().await.expect("begin");
+    let with_clause = format!(
+        "WITH v AS (SELECT $1::bigint AS id, $2::bigint AS total) INSERT INTO {orders} SELECT id, total FROM v"
+    );
+    let query = sqlx::query(&with_clause).bind(2_i64).bind(200_i64);
+    store.execute_with(&mut *tx, query, NewMessage::new("t", "two")).await.expect("with clause");
+    let update = format!("UPDATE {orders} SET total = total + $1");
+    let (done, _) = store
+        .execute_with(&mut *tx, sqlx::query(&update).bind(1_i64), NewMessage::new("t", "three"))
+        .await
+        .expect("update");
+    assert_eq!(done.rows_affected(), 2);
+    tx.rollback().await.expect("rollback");
+    assert_eq!(count(format!("SELECT count(*) FROM {orders}")).await, 1, "the rollback kept a business row");
+    assert_eq!(store.stats().await.expect("stats").pending, 0, "the rollback kept a message");
+
+    // A message the limits refuse: an error before the statement runs.
+    let mut tx = store.pool().begin().await.expect("begin");
+    let refused =
+        store.execute_with(&mut *tx, sqlx::query(&insert).bind(4_i64).bind(1_i64), NewMessage::new("", "x")).await;
+    assert!(matches!(refused, Err(outbox_core::Error::InvalidMessage { .. })), "{refused:?}");
+    // A placeholder the statement does not bind would take one of the message's values: refused.
+    let unbound = format!("INSERT INTO {orders} (id, total) VALUES ($1, $3)");
+    let refused = store.execute_with(&mut *tx, sqlx::query(&unbound).bind(4_i64), NewMessage::new("t", "x")).await;
+    let text = refused.expect_err("a statement with an unbound placeholder ran").to_string();
+    assert!(text.contains("refers to $3 but binds 1 values"), "{text}");
+    tx.commit().await.expect("commit");
+    assert_eq!(count(format!("SELECT count(*) FROM {orders} WHERE id = 4")).await, 0, "the statement ran");
+
+    // An idempotency key stores one message across two statements; the business rows both land.
+    let mut first_id = None;
+    for order in [5_i64, 6] {
+        let mut tx = store.pool().begin().await.expect("begin");
+        let message = NewMessage::new("t", format!("{order}")).idempotency_key("once");
+        let query = sqlx::query(&insert).bind(order).bind(1_i64);
+        let (_, id) = store.execute_with(&mut *tx, query, message).await.expect("keyed");
+        tx.commit().await.expect("commit");
+        assert_eq!(*first_id.get_or_insert(id), id, "the second message with the key got a new id");
+    }
+    assert_eq!(count(format!("SELECT count(*) FROM {orders} WHERE id IN (5, 6)")).await, 2);
+    assert_eq!(store.stats().await.expect("stats").pending, 1);
+
+    // Notifications off: the same statement, no notification.
+    while tokio::time::timeout(Duration::from_millis(200), listener.recv()).await.is_ok() {}
+    let quiet = PostgresStore::new(store.pool().clone(), store.options().clone().enqueue_notifications(false));
+    let mut tx = store.pool().begin().await.expect("begin");
+    quiet
+        .execute_with(&mut *tx, sqlx::query(&insert).bind(7_i64).bind(1_i64), NewMessage::new("t", "q"))
+        .await
+        .expect("quiet");
+    tx.commit().await.expect("commit");
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(heard.is_err(), "a store without notifications notified: {heard:?}");
+    assert_eq!(store.stats().await.expect("stats").pending, 2);
+}
+
 /// The `Store::wait_for_work` contract: a commit wakes one waiting worker, not all of them (they would
 /// all claim what one claim takes), and a commit with nobody waiting leaves a permit so the next wait
 /// returns at once.
