@@ -25,6 +25,8 @@
 //! - `--memory-delay MS` (the memory publisher sleeps this long per publish call: a broker's round trip);
 //! - `--durable-relay-commits` (PostgreSQL: claims and acknowledgements wait for the WAL flush; see
 //!   `StoreOptions::durable_relay_commits`);
+//! - `--no-enqueue-notifications` (PostgreSQL: enqueue without `pg_notify`; see
+//!   `StoreOptions::enqueue_notifications`);
 //! - `--json FILE`, `--skip NAME[,NAME]` (raw, relay, latency, enqueue, producers, claim, idle).
 //!
 //! URLs come from the `OUTBOX_TEST_*` variables (`scripts/test-services.sh` sets them).
@@ -77,6 +79,7 @@ usage: cargo run --release -p outbox-bench -- [OPTIONS]
   --memory-delay MS      memory publisher: sleep this long in every publish call, standing in for a
                          broker's confirm round trip (default 0)
   --durable-relay-commits  PostgreSQL: relay commits wait for the WAL flush
+  --no-enqueue-notifications  PostgreSQL: enqueue without pg_notify (relays then poll)
   --json FILE            also write the results as JSON
   --skip NAME[,NAME]     skip parts: raw, relay, latency, enqueue, producers, claim, idle
   -h, --help             print this
@@ -107,11 +110,14 @@ struct Args {
     json: Option<String>,
     skip: Vec<String>,
     durable_relay_commits: bool,
+    enqueue_notifications: bool,
 }
 
 /// Store options from the command line.
 fn store_options(args: &Args) -> StoreOptions {
-    StoreOptions::default().durable_relay_commits(args.durable_relay_commits)
+    StoreOptions::default()
+        .durable_relay_commits(args.durable_relay_commits)
+        .enqueue_notifications(args.enqueue_notifications)
 }
 
 fn parse_args() -> Result<Args, BoxError> {
@@ -139,6 +145,7 @@ fn parse_args() -> Result<Args, BoxError> {
         json: None,
         skip: Vec::new(),
         durable_relay_commits: false,
+        enqueue_notifications: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -187,6 +194,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--json" => args.json = Some(value()?),
             "--skip" => args.skip = value()?.split(',').map(str::to_owned).collect(),
             "--durable-relay-commits" => args.durable_relay_commits = true,
+            "--no-enqueue-notifications" => args.enqueue_notifications = false,
             "--help" | "-h" => {
                 print!("{USAGE}");
                 std::process::exit(0);
@@ -1170,29 +1178,43 @@ where
 
 /// p50 of a one-row business transaction: alone, plus one outbox message, plus a bare `SELECT 1`
 /// (the cost of any second statement: one more round trip), plus a one-row insert into a second
-/// plain table (the cost of writing any second row), and plus 10 outbox messages in one
-/// `enqueue_batch`. The five alternate, 2,000 of each.
-async fn enqueue_overhead(store: &AnyStore, topic: &str, payload: usize) -> Result<[Duration; 5], BoxError> {
+/// plain table (the cost of writing any second row), plus 10 outbox messages in one
+/// `enqueue_batch`, and (PostgreSQL) with the business row and one message written by one statement
+/// (`execute_with`). The variants alternate, 2,000 of each; the last is `None` on other stores.
+async fn enqueue_overhead(
+    store: &AnyStore,
+    topic: &str,
+    payload: usize,
+) -> Result<([Duration; 5], Option<Duration>), BoxError> {
     store.create_business_table().await?;
     const N: usize = 2000;
-    let mut samples: [Vec<Duration>; 5] = Default::default();
+    let variants = if matches!(store, AnyStore::Postgres(_)) { 6 } else { 5 };
+    let mut samples: [Vec<Duration>; 6] = Default::default();
     let message = || NewMessage::new(topic, vec![1u8; payload]);
-    for i in 0..N * 5 {
+    for i in 0..N * variants {
         let started = Instant::now();
-        match i % 5 {
-            0 => store.enqueue_tx(Vec::new(), Some(i as i64)).await?,
-            1 => store.enqueue_tx(vec![message()], Some(i as i64)).await?,
-            2 => store.second_statement_tx(i as i64, false).await?,
-            3 => store.second_statement_tx(i as i64, true).await?,
+        match (i % variants, store) {
+            (0, _) => store.enqueue_tx(Vec::new(), Some(i as i64)).await?,
+            (1, _) => store.enqueue_tx(vec![message()], Some(i as i64)).await?,
+            (2, _) => store.second_statement_tx(i as i64, false).await?,
+            (3, _) => store.second_statement_tx(i as i64, true).await?,
+            (5, AnyStore::Postgres(s)) => {
+                let mut tx = s.pool().begin().await?;
+                let business = sqlx::query("INSERT INTO bench_business (v) VALUES ($1)").bind(i as i64);
+                s.execute_with(&mut *tx, business, message()).await?;
+                tx.commit().await?;
+            }
             _ => store.enqueue_tx((0..10).map(|_| message()).collect(), Some(i as i64)).await?,
         }
-        samples[i % 5].push(started.elapsed());
+        samples[i % variants].push(started.elapsed());
     }
     store.drop_business_table().await?;
-    Ok(samples.map(|mut s| {
+    let [a, b, c, d, e, one_statement] = samples.map(|mut s| {
         s.sort();
-        percentile(&s, 0.5)
-    }))
+        (!s.is_empty()).then(|| percentile(&s, 0.5))
+    });
+    let five = [a, b, c, d, e].map(|p| p.unwrap_or_default());
+    Ok((five, one_statement))
 }
 
 /// Transactions a second that `producers` concurrent producers commit for 3 s: one-row business
@@ -1437,7 +1459,7 @@ async fn main() -> Result<(), BoxError> {
     if run("enqueue") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
-        let [plain, with_outbox, round_trip, second_row, with_ten] =
+        let ([plain, with_outbox, round_trip, second_row, with_ten], one_statement) =
             enqueue_overhead(&store, &topic, args.payload).await?;
         report.add("tx_plain_p50_ms", "one-row business transaction: p50", ms(plain), "ms");
         report.add("tx_outbox_p50_ms", "the same plus one outbox message: p50", ms(with_outbox), "ms");
@@ -1453,6 +1475,12 @@ async fn main() -> Result<(), BoxError> {
         report.add("enqueue_overhead_pct", "enqueue overhead", overhead(with_outbox), "%");
         report.add("round_trip_overhead_pct", "overhead of any second statement (SELECT 1)", overhead(round_trip), "%");
         report.add("second_row_overhead_pct", "overhead of any second row (plain table)", overhead(second_row), "%");
+        if let Some(one_statement) = one_statement {
+            let label = "the same, row and message in one statement (execute_with): p50";
+            report.add("tx_outbox_one_statement_p50_ms", label, ms(one_statement), "ms");
+            let label = "enqueue overhead with execute_with";
+            report.add("enqueue_one_statement_overhead_pct", label, overhead(one_statement), "%");
+        }
     }
     if run("producers") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
@@ -1500,6 +1528,7 @@ async fn main() -> Result<(), BoxError> {
             "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency, "in_flight": args.in_flight, "relays": args.relays,
             "poll_interval_ms": args.poll_interval.as_millis() as u64, "producers": args.producers,
             "busy_poll_interval_ms": args.busy_poll_interval.map(|d| d.as_millis() as u64),
+            "enqueue_notifications": args.enqueue_notifications,
             "results": report.json,
         });
         if args.publisher == "rabbitmq" {
