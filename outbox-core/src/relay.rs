@@ -391,7 +391,7 @@ impl Inner {
     /// after finding messages and doubles the wait after each poll that finds none.
     async fn work(&self, worker: usize, shutdown: CancellationToken) {
         let options = &self.options;
-        let longest_wait = if worker == 0 { options.poll_interval } else { options.poll_interval * 30 };
+        let longest_wait = if worker == 0 { options.poll_interval } else { options.poll_interval.saturating_mul(30) };
         let busy_wait = options.busy_poll_interval.filter(|_| worker == 0);
         let mut idle_wait = longest_wait;
         // The claim under way follows a wait for work (a poll or a wake-up), not a settled batch.
@@ -434,7 +434,7 @@ impl Inner {
                         Ok(batch) if batch.is_empty() => {
                             claim_now = false;
                             if polled {
-                                idle_wait = (idle_wait * 2).min(longest_wait);
+                                idle_wait = idle_wait.saturating_mul(2).min(longest_wait);
                             }
                         }
                         Ok(batch) => {
