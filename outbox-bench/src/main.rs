@@ -1201,7 +1201,7 @@ async fn enqueue_overhead(
             (5, AnyStore::Postgres(s)) => {
                 let mut tx = s.pool().begin().await?;
                 let business = sqlx::query("INSERT INTO bench_business (v) VALUES ($1)").bind(i as i64);
-                s.execute_with(&mut *tx, business, message()).await?;
+                s.execute_with(&mut tx, business, message()).await?;
                 tx.commit().await?;
             }
             _ => store.enqueue_tx((0..10).map(|_| message()).collect(), Some(i as i64)).await?,

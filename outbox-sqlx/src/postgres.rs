@@ -490,7 +490,7 @@ impl PostgresStore {
     /// use outbox_core::NewMessage;
     /// let mut tx = store.pool().begin().await.map_err(outbox_sqlx::error_from("begin"))?;
     /// let insert = sqlx::query("INSERT INTO orders (id, total) VALUES ($1, $2)").bind(42_i64).bind(1999_i64);
-    /// store.execute_with(&mut *tx, insert, NewMessage::new("orders.placed", r#"{"id":42}"#)).await?;
+    /// store.execute_with(&mut tx, insert, NewMessage::new("orders.placed", r#"{"id":42}"#)).await?;
     /// tx.commit().await.map_err(outbox_sqlx::error_from("commit"))?;
     /// # Ok(()) }
     /// ```

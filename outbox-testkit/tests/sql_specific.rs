@@ -213,7 +213,7 @@ async fn postgres_execute_with_writes_the_business_row_and_the_message_together(
     let id = message.id();
     let mut tx = store.pool().begin().await.expect("begin");
     let query = sqlx::query(&insert).bind(1_i64).bind(100_i64);
-    let (done, stored) = store.execute_with(&mut *tx, query, message).await.expect("execute_with");
+    let (done, stored) = store.execute_with(&mut tx, query, message).await.expect("execute_with");
     assert_eq!((done.rows_affected(), stored), (1, id));
     tx.commit().await.expect("commit");
     let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
@@ -235,10 +235,10 @@ async fn postgres_execute_with_writes_the_business_row_and_the_message_together(
         "WITH v AS (SELECT $1::bigint AS id, $2::bigint AS total) INSERT INTO {orders} SELECT id, total FROM v"
     );
     let query = sqlx::query(&with_clause).bind(2_i64).bind(200_i64);
-    store.execute_with(&mut *tx, query, NewMessage::new("t", "two")).await.expect("with clause");
+    store.execute_with(&mut tx, query, NewMessage::new("t", "two")).await.expect("with clause");
     let update = format!("UPDATE {orders} SET total = total + $1");
     let (done, _) = store
-        .execute_with(&mut *tx, sqlx::query(&update).bind(1_i64), NewMessage::new("t", "three"))
+        .execute_with(&mut tx, sqlx::query(&update).bind(1_i64), NewMessage::new("t", "three"))
         .await
         .expect("update");
     assert_eq!(done.rows_affected(), 2);
@@ -249,11 +249,11 @@ async fn postgres_execute_with_writes_the_business_row_and_the_message_together(
     // A message the limits refuse: an error before the statement runs.
     let mut tx = store.pool().begin().await.expect("begin");
     let refused =
-        store.execute_with(&mut *tx, sqlx::query(&insert).bind(4_i64).bind(1_i64), NewMessage::new("", "x")).await;
+        store.execute_with(&mut tx, sqlx::query(&insert).bind(4_i64).bind(1_i64), NewMessage::new("", "x")).await;
     assert!(matches!(refused, Err(outbox_core::Error::InvalidMessage { .. })), "{refused:?}");
     // A placeholder the statement does not bind would take one of the message's values: refused.
     let unbound = format!("INSERT INTO {orders} (id, total) VALUES ($1, $3)");
-    let refused = store.execute_with(&mut *tx, sqlx::query(&unbound).bind(4_i64), NewMessage::new("t", "x")).await;
+    let refused = store.execute_with(&mut tx, sqlx::query(&unbound).bind(4_i64), NewMessage::new("t", "x")).await;
     let text = refused.expect_err("a statement with an unbound placeholder ran").to_string();
     assert!(text.contains("refers to $3 but binds 1 values"), "{text}");
     tx.commit().await.expect("commit");
@@ -265,7 +265,7 @@ async fn postgres_execute_with_writes_the_business_row_and_the_message_together(
         let mut tx = store.pool().begin().await.expect("begin");
         let message = NewMessage::new("t", format!("{order}")).idempotency_key("once");
         let query = sqlx::query(&insert).bind(order).bind(1_i64);
-        let (_, id) = store.execute_with(&mut *tx, query, message).await.expect("keyed");
+        let (_, id) = store.execute_with(&mut tx, query, message).await.expect("keyed");
         tx.commit().await.expect("commit");
         assert_eq!(*first_id.get_or_insert(id), id, "the second message with the key got a new id");
     }
@@ -277,7 +277,7 @@ async fn postgres_execute_with_writes_the_business_row_and_the_message_together(
     let quiet = PostgresStore::new(store.pool().clone(), store.options().clone().enqueue_notifications(false));
     let mut tx = store.pool().begin().await.expect("begin");
     quiet
-        .execute_with(&mut *tx, sqlx::query(&insert).bind(7_i64).bind(1_i64), NewMessage::new("t", "q"))
+        .execute_with(&mut tx, sqlx::query(&insert).bind(7_i64).bind(1_i64), NewMessage::new("t", "q"))
         .await
         .expect("quiet");
     tx.commit().await.expect("commit");
