@@ -1,10 +1,13 @@
 //! The broker contract: [`Publisher`], its error [`PublishError`], and helpers for writing one.
 
+use std::any::Any;
 use std::fmt;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures::FutureExt;
 
 use crate::error::BoxError;
 use crate::message::Message;
@@ -32,6 +35,11 @@ impl PublishError {
         Self::Permanent(error.into())
     }
 
+    /// The transient error a panicking publish is turned into.
+    pub(crate) fn panicked(panic: &(dyn Any + Send)) -> Self {
+        Self::transient(format!("the publisher panicked: {}", panic_text(panic)))
+    }
+
     /// Whether a retry may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Transient(_))
@@ -51,12 +59,23 @@ impl PublishError {
     }
 }
 
+/// The message of a panic payload (a `&str` or a `String`, as `panic!` makes them).
+pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic without a message")
+}
+
 /// Publishes messages to a broker (or anywhere: an email sender, a webhook). Object safe: used as
 /// `Arc<dyn Publisher>`.
 ///
 /// `publish` returns one outcome per message, in the order of `batch`; a batch never holds two
 /// messages with the same key, so they may be sent concurrently. A message counts as published only
-/// when its outcome is `Ok`, which must mean the broker acknowledged it.
+/// when its outcome is `Ok`, which must mean the broker acknowledged it. If `publish` panics, the relay
+/// publishes that batch again one message per call, so only the messages that panic fail; the others
+/// may then reach the broker twice.
 ///
 /// For a publisher that handles one message at a time, implement [`PublishOne`] instead: every
 /// `PublishOne` is a `Publisher` that sends a batch's messages concurrently.
@@ -66,7 +85,8 @@ pub trait Publisher: Send + Sync + fmt::Debug + 'static {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>>;
 }
 
-/// A publisher written one message at a time.
+/// A publisher written one message at a time. A `publish_one` that panics fails its own message
+/// (transient, so the retry policy applies and it ends in the dead letters), not its batch.
 ///
 /// ```
 /// use outbox_core::{async_trait, Message, PublishError, PublishOne};
@@ -93,7 +113,13 @@ pub trait PublishOne: Send + Sync + fmt::Debug + 'static {
 #[async_trait]
 impl<T: PublishOne> Publisher for T {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
-        futures::future::join_all(batch.iter().map(|m| self.publish_one(m))).await
+        futures::future::join_all(batch.iter().map(|message| async move {
+            AssertUnwindSafe(self.publish_one(message))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|panic| Err(PublishError::panicked(&*panic)))
+        }))
+        .await
     }
 }
 

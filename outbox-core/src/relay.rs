@@ -10,12 +10,13 @@
 
 use std::collections::HashSet;
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::future::{BoxFuture, OptionFuture};
+use futures::future::{BoxFuture, FutureExt, OptionFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +24,7 @@ use tracing::{debug, error, info, info_span, warn, Instrument};
 
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId};
-use crate::publisher::{PublishError, Publisher};
+use crate::publisher::{panic_text, PublishError, Publisher};
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::store::{Failure, RelayId, Retry, Store};
 
@@ -62,6 +63,8 @@ pub struct RelayMetrics {
     pub dead_lettered: u64,
     /// Store errors (claim or settle failed).
     pub store_errors: u64,
+    /// Worker loops that panicked and were started again.
+    pub worker_panics: u64,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +75,7 @@ struct Counters {
     retried: AtomicU64,
     dead_lettered: AtomicU64,
     store_errors: AtomicU64,
+    worker_panics: AtomicU64,
 }
 
 fn bump(counter: &AtomicU64, by: usize) {
@@ -328,6 +332,7 @@ impl Relay {
             retried: get(&c.retried),
             dead_lettered: get(&c.dead_lettered),
             store_errors: get(&c.store_errors),
+            worker_panics: get(&c.worker_panics),
         }
     }
 }
@@ -342,7 +347,7 @@ impl Dispatcher for Relay {
             let inner = self.inner.clone();
             let shutdown = shutdown.clone();
             workers.spawn(
-                async move { inner.work(worker, shutdown).await }
+                async move { inner.work_until_shutdown(worker, shutdown).await }
                     .instrument(info_span!("outbox.relay.worker", relay = %self.inner.id, worker)),
             );
         }
@@ -379,6 +384,26 @@ impl Dispatcher for Relay {
 impl Inner {
     fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
         self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs [`Inner::work`] until shutdown, starting it again (after `error_backoff`) if it panics: a
+    /// panic in a store or a hook must not leave the relay with fewer workers and no sign of it. The
+    /// batches the panicked loop had in flight stay leased until their lease ends, then are claimed
+    /// again.
+    async fn work_until_shutdown(&self, worker: usize, shutdown: CancellationToken) {
+        loop {
+            match AssertUnwindSafe(self.work(worker, shutdown.clone())).catch_unwind().await {
+                Ok(()) => return,
+                Err(panic) => {
+                    bump(&self.counters.worker_panics, 1);
+                    error!(worker, panic = %panic_text(&*panic), "outbox relay worker panicked; restarting it");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(self.options.error_backoff) => {}
+                    }
+                }
+            }
+        }
     }
 
     /// One worker's loop. While a backlog lasts (its claims come back full) a worker keeps up to
@@ -620,9 +645,32 @@ impl Inner {
         }
     }
 
+    /// Publishes `batch`, turning a panic of the publisher into a transient failure. A batch whose
+    /// publish panicked is published again one message per call, so only the messages that panic fail
+    /// (and, retried, end in the dead letters) while their batch-mates go out, some maybe twice.
+    async fn publish_catching_panics(&self, batch: &[Message]) -> Vec<std::result::Result<(), PublishError>> {
+        let panic = match AssertUnwindSafe(self.publisher.publish(batch)).catch_unwind().await {
+            Ok(outcomes) => return outcomes,
+            Err(panic) => panic,
+        };
+        if let [_] = batch {
+            return vec![Err(PublishError::panicked(&*panic))];
+        }
+        warn!(messages = batch.len(), panic = %panic_text(&*panic), "outbox publisher panicked; publishing the batch one message at a time");
+        let one_by_one = batch.iter().map(|message| async move {
+            match AssertUnwindSafe(self.publisher.publish(std::slice::from_ref(message))).catch_unwind().await {
+                Ok(mut outcomes) => outcomes
+                    .pop()
+                    .unwrap_or_else(|| Err(PublishError::transient("publisher returned fewer outcomes than messages"))),
+                Err(panic) => Err(PublishError::panicked(&*panic)),
+            }
+        });
+        futures::future::join_all(one_by_one).await
+    }
+
     async fn publish_renewing_lease(&self, batch: &[Message]) -> Vec<std::result::Result<(), PublishError>> {
         let lease = self.options.lease;
-        let publish = self.publisher.publish(batch);
+        let publish = self.publish_catching_panics(batch);
         tokio::pin!(publish);
         let every = lease / 3;
         let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);

@@ -388,3 +388,131 @@ fn busy_poll_interval_must_be_positive_and_at_most_the_poll_interval() {
         assert!(built.is_err(), "busy_poll_interval {busy:?} was accepted");
     }
 }
+
+/// A `PublishOne` publisher that panics on one message fails that message only: it is retried by the
+/// policy until it is parked, each other message of its batch goes out once, and the relay goes on.
+#[tokio::test(start_paused = true)]
+async fn a_panicking_publisher_fails_only_its_message_and_the_relay_lives_on() {
+    let store = store_with(20);
+    let poison = store.enqueue_committed(NewMessage::new("t", "poison")).unwrap();
+    let published = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
+    let publisher = outbox_core::publisher_fn({
+        let published = published.clone();
+        move |message: Message| {
+            let published = published.clone();
+            async move {
+                assert_ne!(message.payload, b"poison", "the publisher cannot handle this message");
+                *published.lock().unwrap().entry(String::from_utf8(message.payload).unwrap()).or_default() += 1;
+                Ok(())
+            }
+        }
+    });
+    let relay = Relay::builder(store.clone(), publisher).retry_policy(policy(3, 10)).build().unwrap();
+    let (shutdown, running) = start(&relay);
+    let started = tokio::time::Instant::now();
+    while store.dead_letters(10).await.unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the message that panics was never parked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, poison);
+    assert!(dead[0].error.contains("the publisher panicked"), "{}", dead[0].error);
+    {
+        let published = published.lock().unwrap();
+        assert_eq!(published.len(), 20, "every good message of the panicking batch went out");
+        assert!(published.values().all(|n| *n == 1), "a good message went out twice: {published:?}");
+    }
+
+    store.enqueue_committed(NewMessage::new("t", "after")).unwrap();
+    let started = tokio::time::Instant::now();
+    while !published.lock().unwrap().contains_key("after") {
+        assert!(started.elapsed() < Duration::from_secs(60), "the relay stopped publishing");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(relay.metrics().worker_panics, 0);
+}
+
+/// A batch publisher that panics when its batch holds the poison message, before sending anything.
+#[derive(Debug, Default, Clone)]
+struct PanicsOnPoison(Arc<Mutex<Vec<Vec<u8>>>>);
+
+#[async_trait]
+impl outbox_core::Publisher for PanicsOnPoison {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        assert!(batch.iter().all(|m| m.payload != b"poison"), "this batch holds a message the broker cannot take");
+        self.0.lock().unwrap().extend(batch.iter().map(|m| m.payload.clone()));
+        batch.iter().map(|_| Ok(())).collect()
+    }
+}
+
+/// A batch `Publisher` that panics: the relay publishes that batch again one message per call, so the
+/// other messages go out and only the panicking one is retried and parked.
+#[tokio::test(start_paused = true)]
+async fn a_batch_publisher_that_panics_is_retried_one_message_at_a_time() {
+    let store = store_with(10);
+    let poison = store.enqueue_committed(NewMessage::new("t", "poison")).unwrap();
+    let publisher = PanicsOnPoison::default();
+    let relay = Relay::builder(store.clone(), publisher.clone()).retry_policy(policy(2, 10)).build().unwrap();
+    let (shutdown, running) = start(&relay);
+    let started = tokio::time::Instant::now();
+    while store.dead_letters(10).await.unwrap().is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(60), "the message that panics was never parked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!((dead.len(), dead[0].message.id), (1, poison));
+    assert!(dead[0].error.contains("the publisher panicked"), "{}", dead[0].error);
+    let mut sent = publisher.0.lock().unwrap().clone();
+    sent.sort();
+    let mut expected: Vec<Vec<u8>> = (0..10).map(|i| format!("{i}").into_bytes()).collect();
+    expected.sort();
+    assert_eq!(sent, expected, "each good message once");
+    assert_eq!(store.pending_len(), 0);
+}
+
+/// A hook that panics once.
+#[derive(Default, Clone)]
+struct PanicsOnce(Arc<AtomicU32>);
+
+#[async_trait]
+impl DeadLetterHook for PanicsOnce {
+    async fn on_dead_letter(&self, _message: &Message, _error: &str) {
+        if self.0.fetch_add(1, Ordering::SeqCst) == 0 {
+            panic!("the hook failed");
+        }
+    }
+}
+
+/// A worker whose loop panics (here in the dead-letter hook) is started again after `error_backoff`,
+/// so the relay keeps its workers.
+#[tokio::test(start_paused = true)]
+async fn a_worker_that_panics_is_started_again() {
+    let store = MemoryStore::new();
+    store.enqueue_committed(NewMessage::new("t", "rejected")).unwrap();
+    let publisher = MemoryPublisher::new()
+        .failing_when(|m| (m.payload == b"rejected").then(|| PublishError::permanent("the broker refuses it")));
+    let relay = Relay::builder(store.clone(), publisher.clone())
+        .concurrency(1)
+        .error_backoff(Duration::from_millis(50))
+        .on_dead_letter(PanicsOnce::default())
+        .build()
+        .unwrap();
+    let (shutdown, running) = start(&relay);
+    let started = tokio::time::Instant::now();
+    while relay.metrics().worker_panics == 0 {
+        assert!(started.elapsed() < Duration::from_secs(60), "no worker panic was counted");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    store.enqueue_committed(NewMessage::new("t", "accepted")).unwrap();
+    let waited = time_until_published(&publisher, 1).await;
+    assert!(waited < Duration::from_secs(1), "the only worker was not started again ({waited:?})");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+    assert_eq!(relay.metrics().worker_panics, 1);
+    assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
+}
