@@ -177,11 +177,7 @@ CREATE TABLE IF NOT EXISTS {i} (
             // A message without an idempotency key cannot conflict, and the speculative insertion of
             // `ON CONFLICT` costs ~8% of a one-row business transaction: a plain insert. Its
             // parameters are the first seven of `insert`'s, so both share one bind chain.
-            insert_keyless: format!(
-                "WITH ins AS (INSERT INTO {m} (id, topic, msg_key, payload, headers, available_at) \
-                 VALUES ($1, $2, $3, $4, $5, now() + $6 * {MS}) RETURNING 1) \
-                 SELECT 1{notify} FROM ins"
-            ),
+            insert_keyless: format!("WITH ins AS ({} RETURNING 1) SELECT 1{notify} FROM ins", message_insert(&m, 1)),
             // A batch without idempotency keys: one statement, rows in the given order (so `seq`, and
             // with it per-key order, follows the batch), one notification.
             insert_rows: format!(
@@ -533,17 +529,8 @@ impl PostgresStore {
         } else {
             "1".to_owned()
         };
-        let enqueue = format!(
-            "__outbox_enqueue AS (INSERT INTO {} (id, topic, msg_key, payload, headers, available_at) \
-             VALUES (${}, ${}, ${}, ${}, ${}, now() + ${} * {MS}) RETURNING {returning})",
-            self.inner.sql.messages,
-            first,
-            first + 1,
-            first + 2,
-            first + 3,
-            first + 4,
-            first + 5,
-        );
+        let enqueue =
+            format!("__outbox_enqueue AS ({} RETURNING {returning})", message_insert(&self.inner.sql.messages, first));
         let sql = with_query_in_front(&enqueue, business);
         let done =
             sqlx::query_with(&sql, arguments).execute(&mut *conn).await.map_err(|e| sql_error("execute_with", e))?;
@@ -639,6 +626,16 @@ impl PostgresStore {
         }
         Ok(ids)
     }
+}
+
+/// The insert of one message without an idempotency key into `messages`, its six parameters (id,
+/// topic, key, payload, headers, delay in ms) numbered from `$first`.
+fn message_insert(messages: &str, first: usize) -> String {
+    let [id, topic, key, payload, headers, delay] = [0, 1, 2, 3, 4, 5].map(|i| first + i);
+    format!(
+        "INSERT INTO {messages} (id, topic, msg_key, payload, headers, available_at) \
+         VALUES (${id}, ${topic}, ${key}, ${payload}, ${headers}, now() + ${delay} * {MS})"
+    )
 }
 
 /// The highest `$n` placeholder in `sql` (0 if none). Text that only looks like one (`'$5'` in a
