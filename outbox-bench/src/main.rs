@@ -555,6 +555,9 @@ impl Store for Instrumented {
     async fn stats(&self) -> outbox_core::Result<OutboxStats> {
         self.inner.stats().await
     }
+    fn wakes_on_commit(&self) -> bool {
+        self.notifications && self.inner.wakes_on_commit()
+    }
     async fn wait_for_work(&self, timeout: Duration) {
         if self.notifications {
             self.inner.wait_for_work(timeout).await;

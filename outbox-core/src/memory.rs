@@ -51,6 +51,8 @@ struct Shared {
     failing_claims: AtomicUsize,
     /// Waiting relays ignore commits and only poll (for tests).
     no_wake_ups: AtomicBool,
+    /// Claims answered, empty ones included (for tests).
+    claims: AtomicUsize,
 }
 
 /// An in-memory outbox. Clones share the same data.
@@ -158,6 +160,7 @@ impl MemoryStore {
                 claim_delay: Mutex::new(Duration::ZERO),
                 failing_claims: AtomicUsize::new(0),
                 no_wake_ups: AtomicBool::new(false),
+                claims: AtomicUsize::new(0),
             }),
         }
     }
@@ -183,6 +186,12 @@ impl MemoryStore {
     pub fn without_wake_ups(self) -> Self {
         self.shared.no_wake_ups.store(true, Ordering::Relaxed);
         self
+    }
+
+    /// How many claims this store has answered, empty ones and failed ones included (for tests of
+    /// how many statements a relay issues). Counts for all clones.
+    pub fn claims(&self) -> usize {
+        self.shared.claims.load(Ordering::Relaxed)
     }
 
     /// Leases up to `limit` claimable messages (the body of [`Store::claim`]).
@@ -289,6 +298,7 @@ impl Enqueue for MemoryStore {
 #[async_trait]
 impl Store for MemoryStore {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
+        self.shared.claims.fetch_add(1, Ordering::Relaxed);
         let failing = &self.shared.failing_claims;
         if failing.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
             return Err(Error::store("claim", true, "injected claim failure (MemoryStore::fail_next_claims)"));
@@ -442,6 +452,10 @@ impl Store for MemoryStore {
             oldest.map(|t| (Utc::now() - t).to_std().unwrap_or_default()),
             state.dead.len() as u64,
         ))
+    }
+
+    fn wakes_on_commit(&self) -> bool {
+        !self.shared.no_wake_ups.load(Ordering::Relaxed)
     }
 
     async fn wait_for_work(&self, timeout: Duration) {

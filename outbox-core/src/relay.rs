@@ -409,8 +409,9 @@ impl Inner {
     /// One worker's loop. While a backlog lasts (its claims come back full) a worker keeps up to
     /// `batches_in_flight` batches in flight, a claim under way included: it claims the next batch
     /// while the broker confirms the current one and publishes it as soon as it is claimed. Without a
-    /// backlog it claims again when its batch has settled, or when a commit wakes it while it has
-    /// nothing in flight. Idle, only worker 0 polls the store every `poll_interval`; the others wait
+    /// backlog, once its batch has settled it claims again at once if the batch held keys (their next
+    /// messages are claimable now) or the store sends no commit wake-ups ([`Store::wakes_on_commit`]);
+    /// otherwise, and whenever it has nothing in flight, it waits for a wake-up. Idle, only worker 0 polls the store every `poll_interval`; the others wait
     /// for a store notification or for a peer that found work, so an idle relay costs one query per
     /// interval however many workers it has. With a `busy_poll_interval`, worker 0 polls that soon
     /// after finding messages and doubles the wait after each poll that finds none.
@@ -419,6 +420,7 @@ impl Inner {
         let longest_wait = if worker == 0 { options.poll_interval } else { options.poll_interval.saturating_mul(30) };
         let busy_wait = options.busy_poll_interval.filter(|_| worker == 0);
         let mut idle_wait = longest_wait;
+        let wakes_on_commit = self.store.wakes_on_commit();
         // The claim under way follows a wait for work (a poll or a wake-up), not a settled batch.
         let mut after_wait = false;
         let mut in_flight = FuturesUnordered::new();
@@ -446,9 +448,10 @@ impl Inner {
             let waiting_for_work = claiming.is_none() && in_flight.is_empty() && !claim_now && !paused;
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some(settled) = in_flight.next(), if !in_flight.is_empty() => {
-                    claim_now = true;
+                Some((settled, claim_again)) = in_flight.next(), if !in_flight.is_empty() => {
+                    claim_now |= claim_again;
                     if let Err(e) = settled {
+                        claim_now = true;
                         paused_until = Some(self.store_error(&e));
                     }
                 }
@@ -470,8 +473,14 @@ impl Inner {
                             if claim_now {
                                 self.found_work.notify_waiters();
                             }
+                            // Once this batch settles, claim again at once unless a commit's wake-up
+                            // will say when: a key's next message becomes claimable when this batch's
+                            // is settled, and that sends no wake-up.
+                            let claim_again = claim_now || !wakes_on_commit || batch.iter().any(|m| m.key.is_some());
                             let span = info_span!("outbox.batch", relay = %self.id, size = batch.len());
-                            in_flight.push(self.publish_and_settle(batch).instrument(span));
+                            in_flight.push(
+                                self.publish_and_settle(batch).instrument(span).map(move |settled| (settled, claim_again)),
+                            );
                         }
                         Err(e) => {
                             claim_now = true;
@@ -493,7 +502,7 @@ impl Inner {
             }
         };
         let finish = async {
-            while let Some(settled) = in_flight.next().await {
+            while let Some((settled, _)) = in_flight.next().await {
                 if let Err(e) = settled {
                     self.store_error(&e);
                 }

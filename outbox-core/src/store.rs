@@ -147,6 +147,14 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn wait_for_work(&self, timeout: Duration) {
         tokio::time::sleep(timeout).await;
     }
+
+    /// Whether every committed message, from any process, wakes one waiter of
+    /// [`Store::wait_for_work`] (or leaves it a permit) once it is claimable (default `false`). A
+    /// relay then waits for that wake-up after a batch without keys that was not full, instead of
+    /// claiming again at once to find messages committed while it published.
+    fn wakes_on_commit(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
@@ -186,6 +194,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     async fn wait_for_work(&self, timeout: Duration) {
         (**self).wait_for_work(timeout).await
+    }
+    fn wakes_on_commit(&self) -> bool {
+        (**self).wakes_on_commit()
     }
 }
 

@@ -516,3 +516,72 @@ async fn a_worker_that_panics_is_started_again() {
     assert_eq!(relay.metrics().worker_panics, 1);
     assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
 }
+
+/// With a store that wakes a relay on every commit, a worker whose batch of keyless messages was not
+/// full waits for that wake-up once it settled: one claim per message at a trickle, not a second,
+/// empty claim after each.
+#[tokio::test(start_paused = true)]
+async fn after_a_short_keyless_batch_a_worker_waits_for_the_next_commit() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::builder(store.clone(), publisher.clone())
+        .concurrency(1)
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (shutdown, running) = start(&relay);
+    tokio::time::sleep(Duration::from_millis(10)).await; // the first claim finds nothing
+    let before = store.claims();
+    for n in 1..=10 {
+        store.enqueue_committed(NewMessage::new("t", format!("{n}"))).unwrap();
+        let waited = time_until_published(&publisher, n).await;
+        assert!(waited < Duration::from_millis(50), "message {n} waited {waited:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(store.claims() - before, 10, "one claim per message");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// A key's next message becomes claimable when its head is settled, which sends no wake-up: after a
+/// batch with keys the worker claims again at once.
+#[tokio::test(start_paused = true)]
+async fn after_a_batch_with_keys_a_worker_claims_again_at_once() {
+    let store = MemoryStore::new();
+    for n in 0..3 {
+        store.enqueue_committed(NewMessage::new("t", format!("{n}")).key("order-1")).unwrap();
+    }
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::builder(store.clone(), publisher.clone())
+        .concurrency(1)
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (shutdown, running) = start(&relay);
+    let waited = time_until_published(&publisher, 3).await;
+    assert!(waited < Duration::from_secs(1), "a key's successors waited {waited:?} for a poll");
+    let order: Vec<Vec<u8>> = publisher.published().into_iter().map(|m| m.payload).collect();
+    assert_eq!(order, [b"0".to_vec(), b"1".to_vec(), b"2".to_vec()]);
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// A store that sends no wake-ups: after a batch settles the worker claims again at once, so a
+/// message committed while it published is not left for the next poll.
+#[tokio::test(start_paused = true)]
+async fn without_wake_ups_a_worker_claims_again_after_each_batch() {
+    let store = store_with(1).without_wake_ups();
+    let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(100));
+    let relay = Relay::builder(store.clone(), publisher.clone())
+        .concurrency(1)
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap();
+    let (shutdown, running) = start(&relay);
+    tokio::time::sleep(Duration::from_millis(50)).await; // the first message is being published
+    store.enqueue_committed(NewMessage::new("t", "during")).unwrap();
+    let waited = time_until_published(&publisher, 2).await;
+    assert!(waited < Duration::from_secs(1), "the message committed during a publish waited {waited:?}");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}

@@ -826,6 +826,10 @@ impl Store for PostgresStore {
         ))
     }
 
+    fn wakes_on_commit(&self) -> bool {
+        self.inner.options.enqueue_notifications
+    }
+
     async fn wait_for_work(&self, timeout: Duration) {
         self.ensure_listener();
         let _ = tokio::time::timeout(timeout, self.inner.wake.notified()).await;
