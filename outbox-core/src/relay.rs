@@ -411,10 +411,11 @@ impl Inner {
     /// while the broker confirms the current one and publishes it as soon as it is claimed. Without a
     /// backlog, once its batch has settled it claims again at once if the batch held keys (their next
     /// messages are claimable now) or the store sends no commit wake-ups ([`Store::wakes_on_commit`]);
-    /// otherwise, and whenever it has nothing in flight, it waits for a wake-up. Idle, only worker 0 polls the store every `poll_interval`; the others wait
-    /// for a store notification or for a peer that found work, so an idle relay costs one query per
-    /// interval however many workers it has. With a `busy_poll_interval`, worker 0 polls that soon
-    /// after finding messages and doubles the wait after each poll that finds none.
+    /// otherwise, and whenever it has nothing in flight, it waits for a wake-up. Idle, only worker 0
+    /// polls the store every `poll_interval`; the others wait for a store notification or for a peer
+    /// that found work, so an idle relay costs one query per interval however many workers it has.
+    /// With a `busy_poll_interval`, worker 0 polls that soon after finding messages and doubles the
+    /// wait after each poll that finds none.
     async fn work(&self, worker: usize, shutdown: CancellationToken) {
         let options = &self.options;
         let longest_wait = if worker == 0 { options.poll_interval } else { options.poll_interval.saturating_mul(30) };
@@ -478,9 +479,8 @@ impl Inner {
                             // is settled, and that sends no wake-up.
                             let claim_again = claim_now || !wakes_on_commit || batch.iter().any(|m| m.key.is_some());
                             let span = info_span!("outbox.batch", relay = %self.id, size = batch.len());
-                            in_flight.push(
-                                self.publish_and_settle(batch).instrument(span).map(move |settled| (settled, claim_again)),
-                            );
+                            let settle = self.publish_and_settle(batch).instrument(span);
+                            in_flight.push(settle.map(move |settled| (settled, claim_again)));
                         }
                         Err(e) => {
                             claim_now = true;
