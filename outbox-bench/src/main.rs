@@ -18,7 +18,7 @@
 //!   relay; default the relay's, 1 s), `--busy-poll-interval MS` (the latency run's relay; default
 //!   none), `--producers N` (concurrent producers; default 8),
 //!   `--old-rows N` (claim-cost test);
-//! - `--repeat N` (throughput rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput
+//! - `--repeat N` (throughput and enqueue rounds, median reported; default 3), `--sweep-batch N[,N]` (throughput
 //!   at each batch size) with `--plot FILE.svg`;
 //! - `--kafka-setting KEY=VALUE` (repeatable; a librdkafka producer setting such as `linger.ms=1`);
 //! - `--amqp-queue quorum|classic` (the type of the RabbitMQ queue the harness declares; default quorum);
@@ -72,7 +72,7 @@ usage: cargo run --release -p outbox-bench -- [OPTIONS]
   --busy-poll-interval MS  the latency test's relay polls this soon after finding messages (default none)
   --producers N          concurrent producers of the producer-throughput test (default 8)
   --old-rows N           old rows for the claim-cost test (default 1000000)
-  --repeat N             throughput rounds, the median is reported (default 3)
+  --repeat N             throughput and enqueue rounds, the median is reported (default 3)
   --sweep-batch N[,N]    throughput at each batch size; --plot FILE.svg draws it
   --kafka-setting K=V    a librdkafka producer setting (repeatable)
   --amqp-queue TYPE      RabbitMQ queue type: quorum (default) or classic
@@ -1183,12 +1183,9 @@ where
 /// (the cost of any second statement: one more round trip), plus a one-row insert into a second
 /// plain table (the cost of writing any second row), plus 10 outbox messages in one
 /// `enqueue_batch`, and (PostgreSQL) with the business row and one message written by one statement
-/// (`execute_with`). The variants alternate, 2,000 of each; the last is `None` on other stores.
-async fn enqueue_overhead(
-    store: &AnyStore,
-    topic: &str,
-    payload: usize,
-) -> Result<([Duration; 5], Option<Duration>), BoxError> {
+/// (`execute_with`): [`ENQUEUE_VARIANTS`] in that order. The variants alternate, 2,000 of each; the
+/// last is `None` on other stores.
+async fn enqueue_overhead(store: &AnyStore, topic: &str, payload: usize) -> Result<[Option<Duration>; 6], BoxError> {
     store.create_business_table().await?;
     const N: usize = 2000;
     let variants = if matches!(store, AnyStore::Postgres(_)) { 6 } else { 5 };
@@ -1212,13 +1209,49 @@ async fn enqueue_overhead(
         samples[i % variants].push(started.elapsed());
     }
     store.drop_business_table().await?;
-    let [a, b, c, d, e, one_statement] = samples.map(|mut s| {
+    Ok(samples.map(|mut s| {
         s.sort();
         (!s.is_empty()).then(|| percentile(&s, 0.5))
-    });
-    let five = [a, b, c, d, e].map(|p| p.unwrap_or_default());
-    Ok((five, one_statement))
+    }))
 }
+
+/// One variant of [`enqueue_overhead`]: the JSON key and label of its p50 and, where it has one, of its
+/// overhead over the first variant.
+struct EnqueueVariant {
+    key: &'static str,
+    label: &'static str,
+    overhead: Option<(&'static str, &'static str)>,
+}
+
+/// The variants of [`enqueue_overhead`], in its order.
+const ENQUEUE_VARIANTS: [EnqueueVariant; 6] = [
+    EnqueueVariant { key: "tx_plain_p50_ms", label: "one-row business transaction: p50", overhead: None },
+    EnqueueVariant {
+        key: "tx_outbox_p50_ms",
+        label: "the same plus one outbox message: p50",
+        overhead: Some(("enqueue_overhead_pct", "enqueue overhead")),
+    },
+    EnqueueVariant {
+        key: "tx_round_trip_p50_ms",
+        label: "the same plus a bare SELECT 1 instead: p50",
+        overhead: Some(("round_trip_overhead_pct", "overhead of any second statement (SELECT 1)")),
+    },
+    EnqueueVariant {
+        key: "tx_second_row_p50_ms",
+        label: "the same plus a row in a second plain table instead: p50",
+        overhead: Some(("second_row_overhead_pct", "overhead of any second row (plain table)")),
+    },
+    EnqueueVariant {
+        key: "tx_outbox_10_p50_ms",
+        label: "the same plus 10 outbox messages (enqueue_batch): p50",
+        overhead: None,
+    },
+    EnqueueVariant {
+        key: "tx_outbox_one_statement_p50_ms",
+        label: "the same, row and message in one statement (execute_with): p50",
+        overhead: Some(("enqueue_one_statement_overhead_pct", "enqueue overhead with execute_with")),
+    },
+];
 
 /// Transactions a second that `producers` concurrent producers commit for 3 s: one-row business
 /// transactions alone, with one outbox message each, and (PostgreSQL) with one message enqueued
@@ -1462,27 +1495,25 @@ async fn main() -> Result<(), BoxError> {
     if run("enqueue") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
         opened.push(store.clone());
-        let ([plain, with_outbox, round_trip, second_row, with_ten], one_statement) =
-            enqueue_overhead(&store, &topic, args.payload).await?;
-        report.add("tx_plain_p50_ms", "one-row business transaction: p50", ms(plain), "ms");
-        report.add("tx_outbox_p50_ms", "the same plus one outbox message: p50", ms(with_outbox), "ms");
-        report.add("tx_round_trip_p50_ms", "the same plus a bare SELECT 1 instead: p50", ms(round_trip), "ms");
-        report.add(
-            "tx_second_row_p50_ms",
-            "the same plus a row in a second plain table instead: p50",
-            ms(second_row),
-            "ms",
-        );
-        report.add("tx_outbox_10_p50_ms", "the same plus 10 outbox messages (enqueue_batch): p50", ms(with_ten), "ms");
-        let overhead = |d: Duration| (ms(d) / ms(plain) - 1.0) * 100.0;
-        report.add("enqueue_overhead_pct", "enqueue overhead", overhead(with_outbox), "%");
-        report.add("round_trip_overhead_pct", "overhead of any second statement (SELECT 1)", overhead(round_trip), "%");
-        report.add("second_row_overhead_pct", "overhead of any second row (plain table)", overhead(second_row), "%");
-        if let Some(one_statement) = one_statement {
-            let label = "the same, row and message in one statement (execute_with): p50";
-            report.add("tx_outbox_one_statement_p50_ms", label, ms(one_statement), "ms");
-            let label = "enqueue overhead with execute_with";
-            report.add("enqueue_one_statement_overhead_pct", label, overhead(one_statement), "%");
+        // A round's figures move by a few points with the machine's background work: each figure is
+        // the median over `--repeat` rounds, an overhead the median of the rounds' own overheads (the
+        // variants of one round are interleaved, so they saw the same machine).
+        let mut rounds = Vec::new();
+        for _ in 0..args.repeat {
+            rounds.push(enqueue_overhead(&store, &topic, args.payload).await?);
+        }
+        let rounds_label = if args.repeat > 1 { format!(" (median of {})", args.repeat) } else { String::new() };
+        for (i, EnqueueVariant { key, label, overhead }) in ENQUEUE_VARIANTS.iter().enumerate() {
+            let p50s: Vec<f64> = rounds.iter().filter_map(|round| round[i].map(ms)).collect();
+            if p50s.is_empty() {
+                continue;
+            }
+            report.add(key, &format!("{label}{rounds_label}"), median(p50s), "ms");
+            if let Some((key, label)) = overhead {
+                let overheads =
+                    rounds.iter().filter_map(|round| Some((ms(round[i]?) / ms(round[0]?) - 1.0) * 100.0)).collect();
+                report.add(key, label, median(overheads), "%");
+            }
         }
     }
     if run("producers") {
