@@ -517,6 +517,15 @@ async fn a_worker_that_panics_is_started_again() {
     assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
 }
 
+/// A relay of one worker that does not poll within these tests: it claims when woken or at once.
+fn one_worker_that_never_polls(store: &MemoryStore, publisher: &MemoryPublisher) -> Relay {
+    Relay::builder(store.clone(), publisher.clone())
+        .concurrency(1)
+        .poll_interval(Duration::from_secs(3600))
+        .build()
+        .unwrap()
+}
+
 /// With a store that wakes a relay on every commit, a worker whose batch of keyless messages was not
 /// full waits for that wake-up once it settled: one claim per message at a trickle, not a second,
 /// empty claim after each.
@@ -524,11 +533,7 @@ async fn a_worker_that_panics_is_started_again() {
 async fn after_a_short_keyless_batch_a_worker_waits_for_the_next_commit() {
     let store = MemoryStore::new();
     let publisher = MemoryPublisher::new();
-    let relay = Relay::builder(store.clone(), publisher.clone())
-        .concurrency(1)
-        .poll_interval(Duration::from_secs(3600))
-        .build()
-        .unwrap();
+    let relay = one_worker_that_never_polls(&store, &publisher);
     let (shutdown, running) = start(&relay);
     tokio::time::sleep(Duration::from_millis(10)).await; // the first claim finds nothing
     let before = store.claims();
@@ -552,11 +557,7 @@ async fn after_a_batch_with_keys_a_worker_claims_again_at_once() {
         store.enqueue_committed(NewMessage::new("t", format!("{n}")).key("order-1")).unwrap();
     }
     let publisher = MemoryPublisher::new();
-    let relay = Relay::builder(store.clone(), publisher.clone())
-        .concurrency(1)
-        .poll_interval(Duration::from_secs(3600))
-        .build()
-        .unwrap();
+    let relay = one_worker_that_never_polls(&store, &publisher);
     let (shutdown, running) = start(&relay);
     let waited = time_until_published(&publisher, 3).await;
     assert!(waited < Duration::from_secs(1), "a key's successors waited {waited:?} for a poll");
@@ -572,11 +573,7 @@ async fn after_a_batch_with_keys_a_worker_claims_again_at_once() {
 async fn without_wake_ups_a_worker_claims_again_after_each_batch() {
     let store = store_with(1).without_wake_ups();
     let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(100));
-    let relay = Relay::builder(store.clone(), publisher.clone())
-        .concurrency(1)
-        .poll_interval(Duration::from_secs(3600))
-        .build()
-        .unwrap();
+    let relay = one_worker_that_never_polls(&store, &publisher);
     let (shutdown, running) = start(&relay);
     tokio::time::sleep(Duration::from_millis(50)).await; // the first message is being published
     store.enqueue_committed(NewMessage::new("t", "during")).unwrap();
