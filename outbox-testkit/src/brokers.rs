@@ -156,9 +156,9 @@ impl PublisherHarness for RabbitMqHarness {
 impl Drop for RabbitMqHarness {
     fn drop(&mut self) {
         let (url, queue) = (self.url.clone(), self.queue.clone());
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move { outbox_brokers::rabbitmq::delete_queue(&url, &queue).await });
-        }
+        crate::env::clean_up_now(async move {
+            let _ = outbox_brokers::rabbitmq::delete_queue(&url, &queue).await;
+        });
     }
 }
 
@@ -230,11 +230,10 @@ impl PublisherHarness for RedisHarness {
 impl Drop for RedisHarness {
     fn drop(&mut self) {
         let (url, keys) = (self.url.clone(), [self.stream.clone(), self.wrong_type_key.clone()]);
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                let mut conn = RedisHarness::admin(&url).await;
-                let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
-            });
-        }
+        crate::env::clean_up_now(async move {
+            let Ok(client) = redis::Client::open(url.as_str()) else { return };
+            let Ok(mut conn) = client.get_multiplexed_async_connection().await else { return };
+            let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await;
+        });
     }
 }

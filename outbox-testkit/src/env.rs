@@ -38,6 +38,21 @@ pub fn backend(var: &str, backend: &str) -> Option<String> {
     }
 }
 
+/// Runs `clean_up` to its end from a `Drop`: on a thread of its own with a runtime of its own, so it
+/// neither needs the caller's runtime nor dies with it when a test returns (a task spawned there
+/// would be dropped unfinished). Errors are ignored: this is best-effort tidying.
+pub fn clean_up_now<F>(clean_up: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tidy = std::thread::spawn(move || {
+        if let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            runtime.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(5), clean_up).await.ok() });
+        }
+    });
+    let _ = tidy.join();
+}
+
 /// A fresh table / topic / stream name: `prefix` and 12 random hex digits.
 pub fn unique_name(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
