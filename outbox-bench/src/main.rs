@@ -71,6 +71,8 @@ usage: cargo run --release -p outbox-bench -- [OPTIONS]
   --poll-interval MS     the latency test's relay polls this often (default: the relay's, 1000)
   --busy-poll-interval MS  the latency test's relay polls this soon after finding messages (default none)
   --producers N          concurrent producers of the producer-throughput test (default 8)
+  --idle-listeners N     PostgreSQL: connections LISTENing on other channels during the enqueue
+                         test, as other relays or applications in the same database (default 0)
   --old-rows N           old rows for the claim-cost test (default 1000000)
   --repeat N             throughput and enqueue rounds, the median is reported (default 3)
   --sweep-batch N[,N]    throughput at each batch size; --plot FILE.svg draws it
@@ -99,6 +101,7 @@ struct Args {
     poll_interval: Duration,
     busy_poll_interval: Option<Duration>,
     producers: usize,
+    idle_listeners: usize,
     old_rows: usize,
     keys: usize,
     relays: usize,
@@ -134,6 +137,7 @@ fn parse_args() -> Result<Args, BoxError> {
         poll_interval: RelayOptions::default().poll_interval,
         busy_poll_interval: None,
         producers: 8,
+        idle_listeners: 0,
         old_rows: 1_000_000,
         keys: 0,
         relays: 1,
@@ -170,6 +174,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--poll-interval" => args.poll_interval = Duration::from_millis(number(value()?)? as u64),
             "--busy-poll-interval" => args.busy_poll_interval = Some(Duration::from_millis(number(value()?)? as u64)),
             "--producers" => args.producers = number(value()?)?,
+            "--idle-listeners" => args.idle_listeners = number(value()?)?,
             "--old-rows" => args.old_rows = number(value()?)?,
             "--keys" => args.keys = number(value()?)?,
             "--relays" => args.relays = number(value()?)?,
@@ -220,6 +225,15 @@ fn parse_args() -> Result<Args, BoxError> {
 
 fn env(var: &str) -> Result<String, BoxError> {
     std::env::var(var).map_err(|_| format!("{var} is not set; run `source scripts/test-services.sh` first").into())
+}
+
+/// A spawned task, aborted when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// A store handle of any backend, with what the harness needs beyond `Store`.
@@ -413,6 +427,34 @@ impl AnyStore {
             }
             Self::Sqlite(s) => Self::Sqlite(SqliteStore::new(s.pool().clone(), s.options().clone())?),
         })
+    }
+
+    /// PostgreSQL: how many connections to this database are listening for notifications (other stores:
+    /// `None`).
+    async fn listening_connections(&self) -> Result<Option<i64>, BoxError> {
+        let Self::Postgres(s) = self else { return Ok(None) };
+        let sql = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN %'";
+        Ok(Some(sqlx::query_scalar(sql).fetch_one(s.pool()).await?))
+    }
+
+    /// PostgreSQL: `n` connections listening on channels nobody notifies, until the returned tasks
+    /// are dropped (other stores: none).
+    async fn idle_listeners(&self, n: usize) -> Result<Vec<AbortOnDrop>, BoxError> {
+        let Self::Postgres(s) = self else { return Ok(Vec::new()) };
+        let mut tasks = Vec::new();
+        for i in 0..n {
+            let mut listener = sqlx::postgres::PgListener::connect_with(s.pool()).await?;
+            listener.listen(&format!("{}_idle_{i}", s.channel())).await?;
+            tasks.push(AbortOnDrop(tokio::spawn(async move { while listener.recv().await.is_ok() {} })));
+        }
+        Ok(tasks)
+    }
+
+    /// Drops this store's tables and lets the handle go, which stops its PostgreSQL listener: every
+    /// `LISTEN`ing connection in the database is woken by every notifying commit, whatever its
+    /// channel, so a finished part's listener would slow down the parts after it.
+    async fn close(self) -> Result<(), BoxError> {
+        self.drop_tables().await
     }
 
     /// Drops the tables this store created (the benchmark's tables are throwaway, named per run).
@@ -1383,11 +1425,9 @@ async fn main() -> Result<(), BoxError> {
     }
     let mut report = Report { rows: Vec::new(), json: BTreeMap::new() };
     let publisher = make_publisher(&args.publisher, &topic, &args).await?;
-    let mut opened: Vec<AnyStore> = Vec::new();
 
     if run("raw") || run("relay") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
-        opened.push(store.clone());
         let t = throughput(&store, &publisher, &args, &topic, args.batch, run("relay")).await?;
         let rounds = if args.repeat > 1 { format!(", median of {}", args.repeat) } else { String::new() };
         report.add("raw_broker_msgs_per_s", &format!("raw broker: publisher alone (msg/s{rounds})"), t.broker, "msg/s");
@@ -1429,10 +1469,10 @@ async fn main() -> Result<(), BoxError> {
             );
             report.add("relay_cpu_ceiling_ratio", "relay / CPU ceiling", relay / ceiling, "x");
         }
+        store.close().await?;
     }
     if !args.sweep.is_empty() {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
-        opened.push(store.clone());
         let mut points = Vec::new();
         let mut sweep = Vec::new();
         for &batch in &args.sweep {
@@ -1454,13 +1494,13 @@ async fn main() -> Result<(), BoxError> {
             write_plot(path, &title, &points)?;
             println!("plot written to {path}");
         }
+        store.close().await?;
     }
     if run("latency") {
         let raw = raw_broker_latency(&publisher, &args, &topic).await?;
         let label = format!("raw broker at {} msg/s, one message per publish", args.rate);
         report.add_percentiles("raw_broker_latency", &format!("{label}:"), &raw, P50_P99);
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
-        opened.push(store.clone());
         let loaded = raw_broker_latency_under_load(&store, &publisher, &args, &topic).await?;
         let label = format!("{label}, while the database commits {} one-row transactions/s:", args.rate);
         report.add_percentiles("raw_broker_latency_loaded", &label, &loaded, P50_P99);
@@ -1491,13 +1531,14 @@ async fn main() -> Result<(), BoxError> {
                 "",
             );
         }
+        store.close().await?;
     }
     if run("enqueue") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
-        opened.push(store.clone());
         // A round's figures move by a few points with the machine's background work: each figure is
         // the median over `--repeat` rounds, an overhead the median of the rounds' own overheads (the
         // variants of one round are interleaved, so they saw the same machine).
+        let _listeners = store.idle_listeners(args.idle_listeners).await?;
         let mut rounds = Vec::new();
         for _ in 0..args.repeat {
             rounds.push(enqueue_overhead(&store, &topic, args.payload).await?);
@@ -1515,10 +1556,14 @@ async fn main() -> Result<(), BoxError> {
                 report.add(key, label, median(overheads), "%");
             }
         }
+        if let Some(listeners) = store.listening_connections().await? {
+            let label = "connections LISTENing in the database during the test (each notifying commit wakes all)";
+            report.add("enqueue_listening_connections", label, listeners as f64, "");
+        }
+        store.close().await?;
     }
     if run("producers") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
-        opened.push(store.clone());
         let rates = producer_throughput(&store, &topic, &args).await?;
         let business = rates.first().map_or(0.0, |(_, rate)| *rate);
         for (name, rate) in &rates {
@@ -1538,6 +1583,7 @@ async fn main() -> Result<(), BoxError> {
                 );
             }
         }
+        store.close().await?;
     }
     if run("claim") {
         let (empty, full) = claim_cost(&args.store, &args, &topic).await?;
@@ -1548,19 +1594,17 @@ async fn main() -> Result<(), BoxError> {
     }
     if run("idle") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
-        opened.push(store.clone());
         let qps = idle_queries(&store, true).await?;
         report.add("idle_queries_per_s", "idle relay (4 workers): claims per second", qps, "q/s");
+        store.close().await?;
     }
     cleanup_broker(&args.publisher, &topic).await;
-    for store in &opened {
-        store.drop_tables().await?;
-    }
     if let Some(path) = &args.json {
         let mut json = serde_json::json!({
             "store": args.store, "publisher": args.publisher, "messages": args.messages, "keys": args.keys,
             "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency, "in_flight": args.in_flight, "relays": args.relays,
             "poll_interval_ms": args.poll_interval.as_millis() as u64, "producers": args.producers,
+            "idle_listeners": args.idle_listeners,
             "busy_poll_interval_ms": args.busy_poll_interval.map(|d| d.as_millis() as u64),
             "enqueue_notifications": args.enqueue_notifications,
             "results": report.json,
