@@ -28,6 +28,7 @@ ROWS = [
     ("round_trip_overhead_pct", "overhead of any second statement (SELECT 1)", "{:.0f}%"),
     ("tx_outbox_one_statement_p50_ms", "the row and the message in one statement (execute_with) p50 (ms)", "{:.2f}"),
     ("enqueue_one_statement_overhead_pct", "enqueue overhead with execute_with", "{:.0f}%"),
+    ("enqueue_listening_connections", "connections listening in the database during the enqueue test", "{:.0f}"),
     ("producers_business_tx_per_s", "8 producers: one-row business transactions (tx/s)", "{:,.0f}"),
     ("producers_outbox_tx_per_s", "8 producers: the same plus one outbox message (tx/s)", "{:,.0f}"),
     ("producers_outbox_without_notifications_tx_per_s", "the same without enqueue notifications (tx/s)", "{:,.0f}"),

@@ -171,10 +171,12 @@ pub struct StoreOptions {
     /// transactions that notify, a database-wide lock held through each commit's WAL flush: on the
     /// benchmark machine, 8 producers committing a one-row business transaction with one message did
     /// about half as many transactions a second with notifications as without (docs/benchmarks.md).
-    /// Turn this off where many transactions enqueue at once; relays then find messages by polling,
-    /// so give them a `busy_poll_interval` (docs/configuration.md, "Many producers"). Relays still listen, so producers that notify (other
-    /// processes, other settings) still wake them. MySQL and SQLite ignore it (their wake-ups are
-    /// in-process).
+    /// Each notifying commit also wakes every connection listening in the database, whatever its
+    /// channel (each relay's store holds one). Turn this off where many transactions enqueue at
+    /// once; relays then find messages by polling, so give them a `busy_poll_interval`
+    /// (docs/configuration.md, "Many producers"). Relays still listen, so producers that notify
+    /// (other processes, other settings) still wake them. MySQL and SQLite ignore it (their
+    /// wake-ups are in-process).
     pub enqueue_notifications: bool,
 }
 
