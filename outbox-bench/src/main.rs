@@ -437,13 +437,13 @@ impl AnyStore {
         Ok(Some(sqlx::query_scalar(sql).fetch_one(s.pool()).await?))
     }
 
-    /// PostgreSQL: `n` connections listening on channels nobody notifies, until the returned tasks
-    /// are dropped (other stores: none).
+    /// PostgreSQL: `n` connections of their own (not from the store's pool) listening on channels
+    /// nobody notifies, until the returned tasks are dropped (other stores: none).
     async fn idle_listeners(&self, n: usize) -> Result<Vec<AbortOnDrop>, BoxError> {
         let Self::Postgres(s) = self else { return Ok(Vec::new()) };
         let mut tasks = Vec::new();
         for i in 0..n {
-            let mut listener = sqlx::postgres::PgListener::connect_with(s.pool()).await?;
+            let mut listener = sqlx::postgres::PgListener::connect(&env("OUTBOX_TEST_POSTGRES_URL")?).await?;
             listener.listen(&format!("{}_idle_{i}", s.channel())).await?;
             tasks.push(AbortOnDrop(tokio::spawn(async move { while listener.recv().await.is_ok() {} })));
         }
