@@ -51,6 +51,8 @@ struct Shared {
     failing_claims: AtomicUsize,
     /// Waiting relays ignore commits and only poll (for tests).
     no_wake_ups: AtomicBool,
+    /// Relays are woken at enqueue, before the commit, as SQLite and MySQL do (for tests).
+    wake_at_enqueue: AtomicBool,
     /// Claims answered, empty ones included (for tests).
     claims: AtomicUsize,
 }
@@ -85,7 +87,9 @@ impl MemoryTransaction {
         }
         state.inbox.extend(self.inbox_marks);
         drop(state);
-        self.store.shared.wake.notify_one();
+        if !self.store.shared.wake_at_enqueue.load(Ordering::Relaxed) {
+            self.store.shared.wake.notify_one();
+        }
         Ok(())
     }
 
@@ -160,6 +164,7 @@ impl MemoryStore {
                 claim_delay: Mutex::new(Duration::ZERO),
                 failing_claims: AtomicUsize::new(0),
                 no_wake_ups: AtomicBool::new(false),
+                wake_at_enqueue: AtomicBool::new(false),
                 claims: AtomicUsize::new(0),
             }),
         }
@@ -185,6 +190,14 @@ impl MemoryStore {
     /// Applies to all clones.
     pub fn without_wake_ups(self) -> Self {
         self.shared.no_wake_ups.store(true, Ordering::Relaxed);
+        self
+    }
+
+    /// Wakes a waiting relay when a message is enqueued in a transaction, before the transaction
+    /// commits, and not at the commit: as the SQLite and MySQL stores do, which have no commit-time
+    /// notification (for tests of commits that come later than their wake-up). Applies to all clones.
+    pub fn waking_at_enqueue(self) -> Self {
+        self.shared.wake_at_enqueue.store(true, Ordering::Relaxed);
         self
     }
 
@@ -280,6 +293,9 @@ impl Enqueue for MemoryStore {
         }
         let id = message.id();
         tx.messages.push(message);
+        if self.shared.wake_at_enqueue.load(Ordering::Relaxed) {
+            self.shared.wake.notify_one();
+        }
         Ok(id)
     }
 
@@ -455,7 +471,7 @@ impl Store for MemoryStore {
     }
 
     fn wakes_on_commit(&self) -> bool {
-        !self.shared.no_wake_ups.load(Ordering::Relaxed)
+        !self.shared.no_wake_ups.load(Ordering::Relaxed) && !self.shared.wake_at_enqueue.load(Ordering::Relaxed)
     }
 
     async fn wait_for_work(&self, timeout: Duration) {

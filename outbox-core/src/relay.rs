@@ -28,6 +28,15 @@ use crate::publisher::{panic_text, PublishError, Publisher};
 use crate::retry::{RetryDecision, RetryPolicy};
 use crate::store::{Failure, RelayId, Retry, Store};
 
+/// A store without commit wake-ups ([`Store::wakes_on_commit`] false) may wake a relay before the
+/// transaction commits: SQLite and MySQL wake it when a message is enqueued. When the claim after
+/// such a wake-up finds nothing, the transaction is likely still open, so the worker polls again this
+/// soon, doubling the wait after each poll that finds nothing...
+const LATE_COMMIT_FIRST_WAIT: Duration = Duration::from_millis(5);
+/// ...up to this wait (about 1.3 s after the wake-up in all); a later commit waits for the next
+/// regular poll.
+const LATE_COMMIT_LAST_WAIT: Duration = Duration::from_millis(640);
+
 /// Runs the outbox relay. [`Relay`] is the implementation; the trait lets applications wrap it or swap
 /// it in their tests.
 #[async_trait]
@@ -415,7 +424,9 @@ impl Inner {
     /// polls the store every `poll_interval`; the others wait for a store notification or for a peer
     /// that found work, so an idle relay costs one query per interval however many workers it has.
     /// With a `busy_poll_interval`, worker 0 polls that soon after finding messages and doubles the
-    /// wait after each poll that finds none.
+    /// wait after each poll that finds none. On a store without commit wake-ups, a wake-up whose claim
+    /// finds nothing (SQLite and MySQL wake relays at enqueue, before the commit) is followed by polls
+    /// after [`LATE_COMMIT_FIRST_WAIT`], doubling up to [`LATE_COMMIT_LAST_WAIT`].
     async fn work(&self, worker: usize, shutdown: CancellationToken) {
         let options = &self.options;
         let longest_wait = if worker == 0 { options.poll_interval } else { options.poll_interval.saturating_mul(30) };
@@ -424,6 +435,10 @@ impl Inner {
         let wakes_on_commit = self.store.wakes_on_commit();
         // The claim under way follows a wait for work (a poll or a wake-up), not a settled batch.
         let mut after_wait = false;
+        // ...and that wait was cut short by the store's wake-up.
+        let mut after_wake_up = false;
+        // Polling for a commit that came later than its wake-up (see `LATE_COMMIT_FIRST_WAIT`).
+        let mut chasing_late_commit = false;
         let mut in_flight = FuturesUnordered::new();
         let mut claiming: Option<BoxFuture<'_, Result<Vec<Message>>>> = None;
         // Claim without waiting for a wake-up: at start, after a full claim, after a batch settled.
@@ -447,6 +462,7 @@ impl Inner {
             // shared 2-core machine, did not lower RabbitMQ's p99 (docs/benchmarks.md, sixth and
             // seventh sessions).
             let waiting_for_work = claiming.is_none() && in_flight.is_empty() && !claim_now && !paused;
+            let wait_started = tokio::time::Instant::now();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some((settled, claim_again)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -459,14 +475,25 @@ impl Inner {
                 Some(claimed) = OptionFuture::from(claiming.as_mut()) => {
                     claiming = None;
                     let polled = std::mem::take(&mut after_wait);
+                    let woken = std::mem::take(&mut after_wake_up);
                     match claimed {
                         Ok(batch) if batch.is_empty() => {
                             claim_now = false;
-                            if polled {
-                                idle_wait = idle_wait.saturating_mul(2).min(longest_wait);
+                            if woken && !wakes_on_commit {
+                                // Woken, perhaps before the commit: look again soon.
+                                (idle_wait, chasing_late_commit) = (LATE_COMMIT_FIRST_WAIT, true);
+                            } else if polled {
+                                idle_wait = idle_wait.saturating_mul(2);
+                                if chasing_late_commit && idle_wait > LATE_COMMIT_LAST_WAIT.min(options.poll_interval) {
+                                    (idle_wait, chasing_late_commit) = (longest_wait, false);
+                                }
+                                idle_wait = idle_wait.min(longest_wait);
                             }
                         }
                         Ok(batch) => {
+                            if std::mem::take(&mut chasing_late_commit) {
+                                idle_wait = longest_wait;
+                            }
                             if let Some(busy) = busy_wait {
                                 idle_wait = busy;
                             }
@@ -489,7 +516,10 @@ impl Inner {
                     }
                 }
                 Some(()) = OptionFuture::from(paused_until.map(tokio::time::sleep_until)) => {}
-                _ = self.store.wait_for_work(idle_wait), if waiting_for_work => (claim_now, after_wait) = (true, true),
+                _ = self.store.wait_for_work(idle_wait), if waiting_for_work => {
+                    (claim_now, after_wait) = (true, true);
+                    after_wake_up = wait_started.elapsed() < idle_wait;
+                }
                 _ = self.found_work.notified(), if waiting_for_work => (claim_now, after_wait) = (true, true),
             }
         }

@@ -151,7 +151,10 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Whether every committed message, from any process, wakes one waiter of
     /// [`Store::wait_for_work`] (or leaves it a permit) once it is claimable (default `false`). A
     /// relay then waits for that wake-up after a batch without keys that was not full, instead of
-    /// claiming again at once to find messages committed while it published.
+    /// claiming again at once to find messages committed while it published. A store without them may
+    /// wake a relay early, before the commit (SQLite and MySQL wake it at enqueue): when the claim
+    /// after such a wake-up finds nothing, the relay polls again after 5 ms, doubling the wait up to
+    /// 640 ms, then goes back to its `poll_interval`.
     fn wakes_on_commit(&self) -> bool {
         false
     }

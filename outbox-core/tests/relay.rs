@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use outbox_core::memory::{MemoryPublisher, MemoryStore};
 use outbox_core::{
-    async_trait, CancellationToken, DeadLetterHook, Dispatcher, Jitter, Message, NewMessage, PublishError, Relay,
-    RelayId, RetryPolicy, Router, Store,
+    async_trait, CancellationToken, DeadLetterHook, Dispatcher, Enqueue, Jitter, Message, NewMessage, PublishError,
+    Relay, RelayId, RetryPolicy, Router, Store,
 };
 
 fn policy(max_attempts: u32, initial_ms: u64) -> RetryPolicy {
@@ -579,6 +579,56 @@ async fn without_wake_ups_a_worker_claims_again_after_each_batch() {
     store.enqueue_committed(NewMessage::new("t", "during")).unwrap();
     let waited = time_until_published(&publisher, 2).await;
     assert!(waited < Duration::from_secs(1), "the message committed during a publish waited {waited:?}");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// SQLite and MySQL wake a relay when a message is enqueued, before its transaction commits. A
+/// transaction that commits later than that wake-up is polled for again soon (5 ms, then doubling),
+/// not left for the next regular poll; a rolled-back one costs a bounded number of extra claims.
+#[tokio::test(start_paused = true)]
+async fn a_commit_later_than_its_wake_up_is_found_long_before_the_next_poll() {
+    let store = MemoryStore::new().waking_at_enqueue();
+    let publisher = MemoryPublisher::new();
+    let relay = one_worker_that_never_polls(&store, &publisher);
+    let (shutdown, running) = start(&relay);
+    tokio::time::sleep(Duration::from_millis(10)).await; // the first claim finds nothing
+
+    let mut tx = store.begin();
+    store.enqueue(&mut tx, NewMessage::new("t", "late")).await.unwrap(); // wakes the worker now
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(publisher.published_len(), 0, "published before the commit");
+    tx.commit().unwrap();
+    let waited = time_until_published(&publisher, 1).await;
+    assert!(waited <= Duration::from_millis(100), "committed 100 ms after its wake-up, it waited {waited:?} more");
+
+    // A rolled-back transaction: a few polls, then back to the regular poll interval (an hour here).
+    let before = store.claims();
+    let mut tx = store.begin();
+    store.enqueue(&mut tx, NewMessage::new("t", "rolled back")).await.unwrap();
+    tx.rollback();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let claims = store.claims() - before;
+    assert!((2..=9).contains(&claims), "{claims} claims after a rolled-back enqueue");
+    shutdown.cancel();
+    running.await.unwrap().unwrap();
+}
+
+/// A store with commit wake-ups is not polled again after a wake-up whose claim found nothing.
+#[tokio::test(start_paused = true)]
+async fn a_store_that_wakes_on_commit_gets_no_late_commit_polls() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let relay = one_worker_that_never_polls(&store, &publisher);
+    let (shutdown, running) = start(&relay);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let before = store.claims();
+    // A commit whose message another relay took first: the wake-up's claim finds nothing.
+    let id = store.enqueue_committed(NewMessage::new("t", "taken")).unwrap();
+    store.claim(RelayId::new(), 10, Duration::from_secs(3600)).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(store.claims() - before, 2, "the other relay's claim and the woken worker's, nothing more");
+    assert!(store.pending().iter().any(|m| m.id == id));
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
