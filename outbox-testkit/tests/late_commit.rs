@@ -43,34 +43,33 @@ where
     waited
 }
 
+/// Enqueues one message on `$store` (a SQL store), holds the transaction open, commits, and checks
+/// that the message was published soon after the commit.
+macro_rules! a_late_commit_is_published_soon {
+    ($store:expr) => {{
+        use outbox_core::{Enqueue, NewMessage};
+        let store = $store;
+        let waited = published_after_commit(store.clone(), || async {
+            let mut tx = store.pool().begin().await.expect("begin");
+            store.enqueue(&mut *tx, NewMessage::new("t", "late")).await.expect("enqueue");
+            tokio::time::sleep(HELD_OPEN).await;
+            tx.commit().await.expect("commit");
+        })
+        .await;
+        assert!(waited < Duration::from_secs(5), "published {waited:?} after the commit: by the poll, not soon after");
+    }};
+}
+
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqlite_a_commit_later_than_its_wake_up_is_published_soon() {
-    use outbox_core::{Enqueue, NewMessage};
     let h = outbox_testkit::sqlite::SqliteHarness::new().await;
-    let store = h.sqlite_store().clone();
-    let waited = published_after_commit(store.clone(), || async {
-        let mut tx = store.pool().begin().await.expect("begin");
-        store.enqueue(&mut *tx, NewMessage::new("t", "late")).await.expect("enqueue");
-        tokio::time::sleep(HELD_OPEN).await;
-        tx.commit().await.expect("commit");
-    })
-    .await;
-    assert!(waited < Duration::from_secs(5), "published {waited:?} after the commit: by the poll, not soon after");
+    a_late_commit_is_published_soon!(h.sqlite_store().clone());
 }
 
 #[cfg(feature = "mysql")]
 #[tokio::test]
 async fn mysql_a_commit_later_than_its_wake_up_is_published_soon() {
-    use outbox_core::{Enqueue, NewMessage};
     let Some(h) = outbox_testkit::mysql::MySqlHarness::new().await else { return };
-    let store = h.mysql_store().clone();
-    let waited = published_after_commit(store.clone(), || async {
-        let mut tx = store.pool().begin().await.expect("begin");
-        store.enqueue(&mut *tx, NewMessage::new("t", "late")).await.expect("enqueue");
-        tokio::time::sleep(HELD_OPEN).await;
-        tx.commit().await.expect("commit");
-    })
-    .await;
-    assert!(waited < Duration::from_secs(5), "published {waited:?} after the commit: by the poll, not soon after");
+    a_late_commit_is_published_soon!(h.mysql_store().clone());
 }
