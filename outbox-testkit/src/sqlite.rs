@@ -1,5 +1,7 @@
 //! A [`StoreHarness`] over [`SqliteStore`]: a fresh database file and tables per harness.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use outbox_core::Result;
@@ -10,10 +12,26 @@ use crate::env::unique_name;
 #[allow(unused_imports)]
 use crate::StoreHarness;
 
-/// A harness on its own database file in the temp directory.
+/// A harness on its own database file in the temp directory, deleted when the last clone is dropped.
 #[derive(Debug, Clone)]
 pub struct SqliteHarness {
     store: SqliteStore,
+    _file: Arc<DatabaseFile>,
+}
+
+/// A database file (with its `-wal` and `-shm` companions) deleted on drop. On Unix a connection
+/// still open keeps working on the unlinked file.
+#[derive(Debug)]
+struct DatabaseFile(PathBuf);
+
+impl Drop for DatabaseFile {
+    fn drop(&mut self) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut path = self.0.clone().into_os_string();
+            path.push(suffix);
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 impl SqliteHarness {
@@ -25,11 +43,12 @@ impl SqliteHarness {
     /// The same with `options` (the table prefix is replaced by a unique one).
     pub async fn with_options(options: StoreOptions) -> Self {
         let path = std::env::temp_dir().join(format!("{}.db", unique_name("outbox_test")));
+        let file = Arc::new(DatabaseFile(path.clone()));
         let base = SqliteStore::connect(&format!("sqlite://{}", path.display())).await.expect("open SQLite");
         let options = options.table_prefix(&unique_name("t")).expect("valid prefix");
         let store = SqliteStore::new(base.pool().clone(), options).expect("store");
         store.migrate().await.expect("migrate");
-        Self { store }
+        Self { store, _file: file }
     }
 
     /// The store.
