@@ -453,8 +453,19 @@ impl AnyStore {
     /// Drops this store's tables and lets the handle go, which stops its PostgreSQL listener: every
     /// `LISTEN`ing connection in the database is woken by every notifying commit, whatever its
     /// channel, so a finished part's listener would slow down the parts after it.
+    /// A SQLite store's database file is deleted too.
     async fn close(self) -> Result<(), BoxError> {
-        self.drop_tables().await
+        self.drop_tables().await?;
+        if let Self::Sqlite(s) = &self {
+            let file: String = sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                .fetch_one(s.pool())
+                .await?;
+            s.pool().close().await;
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{file}{suffix}"));
+            }
+        }
+        Ok(())
     }
 
     /// Drops the tables this store created (the benchmark's tables are throwaway, named per run).
@@ -1364,7 +1375,7 @@ async fn claim_cost(kind: &str, args: &Args, topic: &str) -> Result<(Duration, D
     };
     store.add_old_rows(args.old_rows, &table).await?;
     let full = sample().await?;
-    store.drop_tables().await?;
+    store.close().await?;
     Ok((empty, full))
 }
 
