@@ -47,6 +47,7 @@ use outbox_sqlx::mysql::MySqlStore;
 use outbox_sqlx::postgres::PostgresStore;
 use outbox_sqlx::sqlite::SqliteStore;
 use outbox_sqlx::StoreOptions;
+use tokio_util::task::AbortOnDropHandle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -225,15 +226,6 @@ fn parse_args() -> Result<Args, BoxError> {
 
 fn env(var: &str) -> Result<String, BoxError> {
     std::env::var(var).map_err(|_| format!("{var} is not set; run `source scripts/test-services.sh` first").into())
-}
-
-/// A spawned task, aborted when this is dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 /// A store handle of any backend, with what the harness needs beyond `Store`.
@@ -439,13 +431,13 @@ impl AnyStore {
 
     /// PostgreSQL: `n` connections of their own (not from the store's pool) listening on channels
     /// nobody notifies, until the returned tasks are dropped (other stores: none).
-    async fn idle_listeners(&self, n: usize) -> Result<Vec<AbortOnDrop>, BoxError> {
+    async fn idle_listeners(&self, n: usize) -> Result<Vec<AbortOnDropHandle<()>>, BoxError> {
         let Self::Postgres(s) = self else { return Ok(Vec::new()) };
         let mut tasks = Vec::new();
         for i in 0..n {
             let mut listener = sqlx::postgres::PgListener::connect(&env("OUTBOX_TEST_POSTGRES_URL")?).await?;
             listener.listen(&format!("{}_idle_{i}", s.channel())).await?;
-            tasks.push(AbortOnDrop(tokio::spawn(async move { while listener.recv().await.is_ok() {} })));
+            tasks.push(AbortOnDropHandle::new(tokio::spawn(async move { while listener.recv().await.is_ok() {} })));
         }
         Ok(tasks)
     }
