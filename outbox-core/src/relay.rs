@@ -435,8 +435,8 @@ impl Inner {
         let wakes_on_commit = self.store.wakes_on_commit();
         // The claim under way follows a wait for work (a poll or a wake-up), not a settled batch.
         let mut after_wait = false;
-        // ...and that wait was cut short by the store's wake-up.
-        let mut after_wake_up = false;
+        // ...and that wait was cut short by the wake-up of a store that may wake before the commit.
+        let mut after_early_wake_up = false;
         // Polling for a commit that came later than its wake-up (see `LATE_COMMIT_FIRST_WAIT`).
         let mut chasing_late_commit = false;
         let mut in_flight = FuturesUnordered::new();
@@ -462,7 +462,8 @@ impl Inner {
             // shared 2-core machine, did not lower RabbitMQ's p99 (docs/benchmarks.md, sixth and
             // seventh sessions).
             let waiting_for_work = claiming.is_none() && in_flight.is_empty() && !claim_now && !paused;
-            let wait_started = tokio::time::Instant::now();
+            // Only a store without commit wake-ups needs to know whether a wait was cut short.
+            let wait_started = (waiting_for_work && !wakes_on_commit).then(tokio::time::Instant::now);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some((settled, claim_again)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -475,11 +476,11 @@ impl Inner {
                 Some(claimed) = OptionFuture::from(claiming.as_mut()) => {
                     claiming = None;
                     let polled = std::mem::take(&mut after_wait);
-                    let woken = std::mem::take(&mut after_wake_up);
+                    let woken_early = std::mem::take(&mut after_early_wake_up);
                     match claimed {
                         Ok(batch) if batch.is_empty() => {
                             claim_now = false;
-                            if woken && !wakes_on_commit {
+                            if woken_early {
                                 // Woken, perhaps before the commit: look again soon.
                                 (idle_wait, chasing_late_commit) = (LATE_COMMIT_FIRST_WAIT, true);
                             } else if polled {
@@ -518,7 +519,7 @@ impl Inner {
                 Some(()) = OptionFuture::from(paused_until.map(tokio::time::sleep_until)) => {}
                 _ = self.store.wait_for_work(idle_wait), if waiting_for_work => {
                     (claim_now, after_wait) = (true, true);
-                    after_wake_up = wait_started.elapsed() < idle_wait;
+                    after_early_wake_up = wait_started.is_some_and(|started| started.elapsed() < idle_wait);
                 }
                 _ = self.found_work.notified(), if waiting_for_work => (claim_now, after_wait) = (true, true),
             }
