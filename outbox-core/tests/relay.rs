@@ -526,16 +526,24 @@ fn one_worker_that_never_polls(store: &MemoryStore, publisher: &MemoryPublisher)
         .unwrap()
 }
 
+/// Starts [`one_worker_that_never_polls`] on `store` with a fresh publisher and lets its first claim
+/// find nothing, so the worker is waiting for work.
+async fn start_idle_worker(
+    store: &MemoryStore,
+) -> (MemoryPublisher, CancellationToken, tokio::task::JoinHandle<outbox_core::Result<()>>) {
+    let publisher = MemoryPublisher::new();
+    let (shutdown, running) = start(&one_worker_that_never_polls(store, &publisher));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    (publisher, shutdown, running)
+}
+
 /// With a store that wakes a relay on every commit, a worker whose batch of keyless messages was not
 /// full waits for that wake-up once it settled: one claim per message at a trickle, not a second,
 /// empty claim after each.
 #[tokio::test(start_paused = true)]
 async fn after_a_short_keyless_batch_a_worker_waits_for_the_next_commit() {
     let store = MemoryStore::new();
-    let publisher = MemoryPublisher::new();
-    let relay = one_worker_that_never_polls(&store, &publisher);
-    let (shutdown, running) = start(&relay);
-    tokio::time::sleep(Duration::from_millis(10)).await; // the first claim finds nothing
+    let (publisher, shutdown, running) = start_idle_worker(&store).await;
     let before = store.claims();
     for n in 1..=10 {
         store.enqueue_committed(NewMessage::new("t", format!("{n}"))).unwrap();
@@ -589,10 +597,7 @@ async fn without_wake_ups_a_worker_claims_again_after_each_batch() {
 #[tokio::test(start_paused = true)]
 async fn a_commit_later_than_its_wake_up_is_found_long_before_the_next_poll() {
     let store = MemoryStore::new().waking_at_enqueue();
-    let publisher = MemoryPublisher::new();
-    let relay = one_worker_that_never_polls(&store, &publisher);
-    let (shutdown, running) = start(&relay);
-    tokio::time::sleep(Duration::from_millis(10)).await; // the first claim finds nothing
+    let (publisher, shutdown, running) = start_idle_worker(&store).await;
 
     let mut tx = store.begin();
     store.enqueue(&mut tx, NewMessage::new("t", "late")).await.unwrap(); // wakes the worker now
@@ -618,10 +623,7 @@ async fn a_commit_later_than_its_wake_up_is_found_long_before_the_next_poll() {
 #[tokio::test(start_paused = true)]
 async fn a_store_that_wakes_on_commit_gets_no_late_commit_polls() {
     let store = MemoryStore::new();
-    let publisher = MemoryPublisher::new();
-    let relay = one_worker_that_never_polls(&store, &publisher);
-    let (shutdown, running) = start(&relay);
-    tokio::time::sleep(Duration::from_millis(10)).await;
+    let (_publisher, shutdown, running) = start_idle_worker(&store).await;
     let before = store.claims();
     // A commit whose message another relay took first: the wake-up's claim finds nothing.
     let id = store.enqueue_committed(NewMessage::new("t", "taken")).unwrap();
