@@ -16,6 +16,8 @@
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 pub mod brokers;
+#[cfg(feature = "chaos")]
+pub mod chaos;
 #[cfg(feature = "testcontainers")]
 pub mod containers;
 pub mod env;
