@@ -164,6 +164,8 @@ pub struct FaultCounts {
     pub relay_kills: u64,
     /// Relay processes that exited on their own (and were started again).
     pub relay_exits: u64,
+    /// Rounds of terminating the run's database connections.
+    pub db_terminate_rounds: u64,
     /// Database connections terminated.
     pub backends_terminated: u64,
     /// Database restarts.
@@ -178,6 +180,7 @@ pub struct FaultCounts {
 struct Counters {
     relay_kills: AtomicU64,
     relay_exits: AtomicU64,
+    db_terminate_rounds: AtomicU64,
     backends_terminated: AtomicU64,
     db_restarts: AtomicU64,
     broker_faults: AtomicU64,
@@ -190,6 +193,7 @@ impl Counters {
         FaultCounts {
             relay_kills: get(&self.relay_kills),
             relay_exits: get(&self.relay_exits),
+            db_terminate_rounds: get(&self.db_terminate_rounds),
             backends_terminated: get(&self.backends_terminated),
             db_restarts: get(&self.db_restarts),
             broker_faults: get(&self.broker_faults),
@@ -248,7 +252,8 @@ impl Report {
         let verdict = if self.passed() { "PASSED".to_owned() } else { format!("FAILED: {}", self.failures.join("; ")) };
         format!(
             "chaos {store:?} -> {publisher:?}{defect}, seed {seed}, {duration} s of faults, drained in {drain:.1} s\n\
-             faults: {kills} relay kills, {exits} relay exits, {terminated} database connections terminated, \
+             faults: {kills} relay kills, {exits} relay exits, {terminated} database connections terminated \
+             in {rounds} rounds, \
              {restarts} database restarts, {broker} broker disturbances, {errors} faults not injected\n\
              messages: {expected} committed, {unknown} of unknown outcome ({unknown_delivered} delivered), \
              {rolled_back} rolled back\n\
@@ -264,6 +269,7 @@ impl Report {
             kills = f.relay_kills,
             exits = f.relay_exits,
             terminated = f.backends_terminated,
+            rounds = f.db_terminate_rounds,
             restarts = f.db_restarts,
             broker = f.broker_faults,
             errors = f.fault_errors,
@@ -401,8 +407,7 @@ impl Plan {
         let relays = self.options.relays as u64;
         let cut_off = faults.relay_kills
             + faults.relay_exits
-            + (faults.db_restarts + faults.broker_faults) * relays
-            + if faults.backends_terminated > 0 { (faults.backends_terminated / 2).max(1) } else { 0 };
+            + (faults.db_restarts + faults.db_terminate_rounds + faults.broker_faults) * relays;
         cut_off * per_relay
     }
 }
@@ -669,9 +674,10 @@ async fn inject_faults(
                         let slot = rng.random_range(0..kill_switches.len());
                         kill_switches[slot].send(()).await.map_err(|e| -> BoxError { e.into() })
                     }
-                    Fault::DbTerminate => {
-                        store.terminate_backends().await.map(|n| bump(&counters.backends_terminated, n))
-                    }
+                    Fault::DbTerminate => store.terminate_backends().await.map(|n| {
+                        bump(&counters.db_terminate_rounds, 1);
+                        bump(&counters.backends_terminated, n);
+                    }),
                     Fault::DbRestart => restart_database(&plan, &store).await.map(|()| bump(&counters.db_restarts, 1)),
                     Fault::Broker => {
                         let down_for = Duration::from_secs_f64(plan.options.broker_down);
