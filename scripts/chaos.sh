@@ -29,4 +29,4 @@ for defect in ack-before-publish unordered-retry; do
   fi
   echo "chaos: the planted defect $defect was caught"
 done
-echo "chaos: 3 clean runs passed, 2 planted defects caught"
+echo "chaos: 5 passed, 0 failed"
