@@ -634,3 +634,89 @@ async fn a_store_that_wakes_on_commit_gets_no_late_commit_polls() {
     shutdown.cancel();
     running.await.unwrap().unwrap();
 }
+
+/// A memory store whose lease extensions fail, as they do while the database is away.
+#[derive(Debug)]
+struct NoLeaseExtensions(MemoryStore);
+
+#[async_trait]
+impl Store for NoLeaseExtensions {
+    async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> outbox_core::Result<Vec<Message>> {
+        self.0.claim(owner, limit, lease).await
+    }
+    async fn extend_lease(&self, _: RelayId, _: &[outbox_core::MessageId], _: Duration) -> outbox_core::Result<()> {
+        Err(outbox_core::Error::store("extend_lease", true, "the database is away"))
+    }
+    async fn release(&self, owner: RelayId, ids: &[outbox_core::MessageId]) -> outbox_core::Result<()> {
+        self.0.release(owner, ids).await
+    }
+    async fn acknowledge(&self, ids: &[outbox_core::MessageId]) -> outbox_core::Result<()> {
+        self.0.acknowledge(ids).await
+    }
+    async fn reschedule(&self, owner: RelayId, retries: &[outbox_core::Retry]) -> outbox_core::Result<()> {
+        self.0.reschedule(owner, retries).await
+    }
+    async fn dead_letter(&self, owner: RelayId, failures: &[outbox_core::Failure]) -> outbox_core::Result<()> {
+        self.0.dead_letter(owner, failures).await
+    }
+    async fn dead_letters(&self, limit: usize) -> outbox_core::Result<Vec<outbox_core::DeadLetter>> {
+        self.0.dead_letters(limit).await
+    }
+    async fn replay_dead_letters(&self, ids: &[outbox_core::MessageId]) -> outbox_core::Result<u64> {
+        self.0.replay_dead_letters(ids).await
+    }
+    async fn purge_dead_letters(&self, ids: &[outbox_core::MessageId]) -> outbox_core::Result<u64> {
+        self.0.purge_dead_letters(ids).await
+    }
+    async fn purge_published(&self, older_than: Duration, limit: usize) -> outbox_core::Result<u64> {
+        self.0.purge_published(older_than, limit).await
+    }
+    async fn stats(&self) -> outbox_core::Result<outbox_core::OutboxStats> {
+        self.0.stats().await
+    }
+}
+
+/// Counts its drops: a publish future dropped before it finished.
+struct CountOnDrop(Arc<AtomicU32>);
+
+impl Drop for CountOnDrop {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// Guarantee 3 (two live relays never publish the same message at once): a relay whose lease cannot
+/// be extended gives its publish up before the lease ends, when another relay may claim the batch,
+/// and reschedules the batch as a transient failure.
+#[tokio::test(start_paused = true)]
+async fn a_relay_that_cannot_extend_its_lease_gives_the_publish_up_before_the_lease_ends() {
+    let memory = store_with(1);
+    let lease = Duration::from_secs(3);
+    let (finished, dropped) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
+    let publisher = outbox_core::publisher_fn({
+        let (finished, dropped) = (finished.clone(), dropped.clone());
+        move |_message| {
+            let (finished, guard) = (finished.clone(), CountOnDrop(dropped.clone()));
+            async move {
+                let _guard = guard;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), PublishError>(())
+            }
+        }
+    });
+    let relay = Relay::builder(NoLeaseExtensions(memory.clone()), publisher)
+        .lease(lease)
+        .retry_policy(policy(25, 10_000))
+        .build()
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    assert_eq!(relay.dispatch_once().await.unwrap(), 1);
+    let gave_up_after = started.elapsed();
+    assert!(gave_up_after < lease, "the publish ran {gave_up_after:?}, past the {lease:?} lease");
+    assert!(gave_up_after >= lease * 8 / 10, "given up too early: {gave_up_after:?}");
+    assert_eq!((finished.load(Ordering::SeqCst), dropped.load(Ordering::SeqCst)), (0, 1), "publish abandoned");
+    assert_eq!(relay.metrics().retried, 1);
+    let stats = memory.stats().await.unwrap();
+    assert_eq!((stats.pending, stats.retrying), (1, 1), "the message waits for its retry: {stats:?}");
+}

@@ -1,0 +1,172 @@
+//! One relay worker: claim -> publish -> settle, with its [`ClaimSchedule`] deciding when to claim
+//! and how long to wait for work.
+
+use std::collections::HashSet;
+use std::panic::AssertUnwindSafe;
+
+use futures::future::{BoxFuture, FutureExt, OptionFuture};
+use futures::stream::{FuturesUnordered, StreamExt};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info_span, warn, Instrument};
+
+use super::schedule::ClaimSchedule;
+use super::{bump, Inner};
+use crate::error::{Error, Result};
+use crate::message::{Message, MessageId};
+use crate::publisher::panic_text;
+
+/// A claimed batch and when its claim was sent: its lease runs from no earlier than that.
+pub(super) struct Claim {
+    pub(super) batch: Vec<Message>,
+    pub(super) sent_at: Instant,
+}
+
+impl Inner {
+    pub(super) fn lock_in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<MessageId>> {
+        self.in_flight.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs [`Inner::work`] until shutdown, starting it again (after `error_backoff`) if it panics: a
+    /// panic in a store or a hook must not leave the relay with fewer workers and no sign of it. The
+    /// batches the panicked loop had in flight stay leased until their lease ends, then are claimed
+    /// again.
+    pub(super) async fn work_until_shutdown(&self, worker: usize, shutdown: CancellationToken) {
+        loop {
+            match AssertUnwindSafe(self.work(worker, shutdown.clone())).catch_unwind().await {
+                Ok(()) => return,
+                Err(panic) => {
+                    bump(&self.counters.worker_panics, 1);
+                    error!(worker, panic = %panic_text(&*panic), "outbox relay worker panicked; restarting it");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(self.options.error_backoff) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// One worker's loop. While a backlog lasts (its claims come back full) a worker keeps up to
+    /// `batches_in_flight` batches in flight, a claim under way included: it claims the next batch
+    /// while the broker confirms the current one and publishes it as soon as it is claimed. Without a
+    /// backlog it waits for a wake-up; [`ClaimSchedule`] says when it claims and how long it waits.
+    async fn work(&self, worker: usize, shutdown: CancellationToken) {
+        let options = &self.options;
+        let mut schedule = ClaimSchedule::new(options, worker, self.store.wakes_on_commit());
+        let mut in_flight = FuturesUnordered::new();
+        let mut claiming: Option<BoxFuture<'_, Result<Claim>>> = None;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let now = Instant::now();
+            let room = in_flight.len() + usize::from(claiming.is_some()) < options.batches_in_flight;
+            if claiming.is_none() && room && schedule.claim_due(now) {
+                claiming = Some(Box::pin(self.claim()));
+            }
+            // No backlog: wait for a wake-up only once this worker's batches have settled.
+            let wait = schedule.wait_for_work(now, claiming.is_some() || !in_flight.is_empty());
+            let wait_started = wait.filter(|_| schedule.times_waits()).map(|_| Instant::now());
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some((settled, claim_again)) = in_flight.next(), if !in_flight.is_empty() => {
+                    schedule.settled(claim_again);
+                    if let Err(e) = settled {
+                        schedule.store_error(self.store_error(&e));
+                    }
+                }
+                Some(claimed) = OptionFuture::from(claiming.as_mut()) => {
+                    claiming = None;
+                    match claimed {
+                        Ok(Claim { batch, sent_at }) => {
+                            let keyed = batch.iter().any(|m| m.key.is_some());
+                            let after = schedule.claimed(batch.len(), keyed);
+                            if after.wake_peers {
+                                self.found_work.notify_waiters();
+                            }
+                            if !batch.is_empty() {
+                                let span = info_span!("outbox.batch", relay = %self.id, size = batch.len());
+                                let settle = self.publish_and_settle(batch, sent_at).instrument(span);
+                                in_flight.push(settle.map(move |settled| (settled, after.claim_again_when_settled)));
+                            }
+                        }
+                        Err(e) => schedule.store_error(self.store_error(&e)),
+                    }
+                }
+                Some(()) = OptionFuture::from(schedule.paused_until().map(tokio::time::sleep_until)) => {}
+                _ = self.store.wait_for_work(wait.unwrap_or_default()), if wait.is_some() => {
+                    let cut_short = wait_started.zip(wait).is_some_and(|(started, wait)| started.elapsed() < wait);
+                    schedule.woken(cut_short);
+                }
+                _ = self.found_work.notified(), if wait.is_some() => schedule.peer_found_work(),
+            }
+        }
+        // Shutdown: no new claims. A claim under way is handed back while the batches in flight finish.
+        let hand_back = async {
+            if let Some(Ok(claim)) = OptionFuture::from(claiming).await {
+                if !claim.batch.is_empty() {
+                    self.hand_back(&claim.batch).await;
+                }
+            }
+        };
+        let finish = async {
+            while let Some((settled, _)) = in_flight.next().await {
+                if let Err(e) = settled {
+                    self.store_error(&e);
+                }
+            }
+        };
+        tokio::join!(hand_back, finish);
+    }
+
+    /// Counts and logs a store error; returns the instant before which the worker claims nothing.
+    fn store_error(&self, e: &Error) -> Instant {
+        bump(&self.counters.store_errors, 1);
+        error!(error = %e, "outbox relay: store error; backing off");
+        Instant::now() + self.options.error_backoff
+    }
+
+    /// Drops finished (or handed-back) messages from the in-flight set.
+    pub(super) fn forget_in_flight<'a>(&self, ids: impl IntoIterator<Item = &'a MessageId>) {
+        let mut in_flight = self.lock_in_flight();
+        for id in ids {
+            in_flight.remove(id);
+        }
+    }
+
+    /// Claims a batch and records it as in flight.
+    async fn claim(&self) -> Result<Claim> {
+        let options = &self.options;
+        let sent_at = Instant::now();
+        let batch = self.store.claim(self.id, options.batch_size, options.lease).await?;
+        if !batch.is_empty() {
+            bump(&self.counters.batches, 1);
+            bump(&self.counters.claimed, batch.len());
+            self.lock_in_flight().extend(batch.iter().map(|m| m.id));
+        }
+        Ok(Claim { batch, sent_at })
+    }
+
+    /// Releases a claimed batch that will not be published (a claim that returned after shutdown), so another
+    /// relay can take it at once instead of waiting for the lease to expire.
+    async fn hand_back(&self, batch: &[Message]) {
+        let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
+        match self.store.release(self.id, &ids).await {
+            Ok(()) => self.forget_in_flight(&ids),
+            Err(e) => {
+                warn!(error = %e, messages = ids.len(), "outbox relay could not hand back a batch claimed at shutdown; its lease will expire")
+            }
+        }
+    }
+
+    pub(super) async fn dispatch_once(&self) -> Result<usize> {
+        let Claim { batch, sent_at } = self.claim().await?;
+        let claimed = batch.len();
+        if claimed == 0 {
+            return Ok(0);
+        }
+        let span = info_span!("outbox.batch", relay = %self.id, size = claimed);
+        self.publish_and_settle(batch, sent_at).instrument(span).await.map(|()| claimed)
+    }
+}
