@@ -27,49 +27,37 @@
 
 mod brokers;
 pub mod check;
+mod faults;
 mod relay;
+mod report;
 mod stores;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use outbox_core::{BoxError, NewMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 pub use brokers::BrokerKind;
 pub use check::{Outcome, Tally};
+pub use faults::Fault;
 pub use relay::{relay_process, Defect, RelayProcessOptions};
+pub use report::{FaultCounts, Report};
 pub use stores::StoreKind;
 
+use faults::{inject_faults, supervise};
 use relay::{BROKER_URL_VAR, STORE_URL_VAR};
+use report::Counters;
 use stores::{ChaosStore, TxOutcome};
 
 /// The outbox topic every message of a run is enqueued on.
 const TOPIC: &str = "chaos.events";
-
-/// A fault the chaos driver injects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Fault {
-    /// SIGKILL a random relay process and start it again.
-    RelayKill,
-    /// Terminate the run's database connections (PostgreSQL `pg_terminate_backend`, MariaDB `KILL`).
-    DbTerminate,
-    /// Restart the database server (`--db-restart-cmd`).
-    DbRestart,
-    /// Disturb the broker: drop its clients' connections, and every other time restart it where that
-    /// loses nothing (RabbitMQ `stop_app`/`start_app`, Redis `SHUTDOWN SAVE` and a start; a
-    /// memory-backed Kafka only has its connections dropped).
-    Broker,
-}
 
 /// The settings of a chaos run.
 #[derive(Debug, Clone, clap::Args)]
@@ -155,139 +143,6 @@ pub struct RunOptions {
     /// Print the report as JSON on stdout (the readable one goes to stderr).
     #[arg(long)]
     pub json: bool,
-}
-
-/// How many faults of each kind a run injected.
-#[derive(Debug, Default, Serialize)]
-pub struct FaultCounts {
-    /// Relay processes killed with SIGKILL.
-    pub relay_kills: u64,
-    /// Relay processes that exited on their own (and were started again).
-    pub relay_exits: u64,
-    /// Rounds of terminating the run's database connections.
-    pub db_terminate_rounds: u64,
-    /// Database connections terminated.
-    pub backends_terminated: u64,
-    /// Database restarts.
-    pub db_restarts: u64,
-    /// Broker disturbances.
-    pub broker_faults: u64,
-    /// Faults that could not be injected (their errors are logged).
-    pub fault_errors: u64,
-}
-
-#[derive(Debug, Default)]
-struct Counters {
-    relay_kills: AtomicU64,
-    relay_exits: AtomicU64,
-    db_terminate_rounds: AtomicU64,
-    backends_terminated: AtomicU64,
-    db_restarts: AtomicU64,
-    broker_faults: AtomicU64,
-    fault_errors: AtomicU64,
-}
-
-impl Counters {
-    fn snapshot(&self) -> FaultCounts {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        FaultCounts {
-            relay_kills: get(&self.relay_kills),
-            relay_exits: get(&self.relay_exits),
-            db_terminate_rounds: get(&self.db_terminate_rounds),
-            backends_terminated: get(&self.backends_terminated),
-            db_restarts: get(&self.db_restarts),
-            broker_faults: get(&self.broker_faults),
-            fault_errors: get(&self.fault_errors),
-        }
-    }
-}
-
-fn bump(counter: &AtomicU64, by: u64) {
-    counter.fetch_add(by, Ordering::Relaxed);
-}
-
-/// The result of a chaos run.
-#[derive(Debug, Serialize)]
-pub struct Report {
-    /// The store.
-    pub store: StoreKind,
-    /// The broker.
-    pub publisher: BrokerKind,
-    /// The planted defect, if any.
-    pub defect: Option<Defect>,
-    /// The seed (pass it back with `--seed` to repeat the schedule).
-    pub seed: u64,
-    /// The faults that were enabled.
-    pub faults_enabled: Vec<Fault>,
-    /// Seconds of producing and faults.
-    pub duration_s: u64,
-    /// Seconds the relays took to drain the outbox after the faults stopped.
-    pub drain_s: f64,
-    /// Messages still in the outbox when the drain timed out (0 when drained).
-    pub pending_left: u64,
-    /// The faults injected.
-    pub faults: FaultCounts,
-    /// The count.
-    pub tally: Tally,
-    /// The most duplicates the design allows here: every fault that cut a relay off could have
-    /// published once more what that relay held claimed.
-    pub duplicate_bound: u64,
-    /// What broke a guarantee (empty: passed).
-    pub failures: Vec<String>,
-    /// Where the relays' logs are.
-    pub log_dir: PathBuf,
-}
-
-impl Report {
-    /// Whether every guarantee held.
-    pub fn passed(&self) -> bool {
-        self.failures.is_empty()
-    }
-
-    /// A readable summary.
-    pub fn summary(&self) -> String {
-        let t = &self.tally;
-        let f = &self.faults;
-        let defect = self.defect.map(|d| format!(" with the planted defect {d:?}")).unwrap_or_default();
-        let verdict = if self.passed() { "PASSED".to_owned() } else { format!("FAILED: {}", self.failures.join("; ")) };
-        format!(
-            "chaos {store:?} -> {publisher:?}{defect}, seed {seed}, {duration} s of faults, drained in {drain:.1} s\n\
-             faults: {kills} relay kills, {exits} relay exits, {terminated} database connections terminated \
-             in {rounds} rounds, \
-             {restarts} database restarts, {broker} broker disturbances, {errors} faults not injected\n\
-             messages: {expected} committed, {unknown} of unknown outcome ({unknown_delivered} delivered), \
-             {rolled_back} rolled back\n\
-             broker: {received} received, {delivered} distinct, {duplicates} duplicates (bound {bound}), \
-             {lost} lost, {unexpected} unexpected, {corrupted} altered, {order} order violations, \
-             {dead} dead letters\n\
-             {verdict}",
-            store = self.store,
-            publisher = self.publisher,
-            seed = self.seed,
-            duration = self.duration_s,
-            drain = self.drain_s,
-            kills = f.relay_kills,
-            exits = f.relay_exits,
-            terminated = f.backends_terminated,
-            rounds = f.db_terminate_rounds,
-            restarts = f.db_restarts,
-            broker = f.broker_faults,
-            errors = f.fault_errors,
-            expected = t.expected,
-            unknown = t.unknown_outcome,
-            unknown_delivered = t.unknown_outcome_delivered,
-            rolled_back = t.rolled_back,
-            received = t.received,
-            delivered = t.delivered,
-            duplicates = t.duplicates,
-            bound = self.duplicate_bound,
-            lost = t.lost,
-            unexpected = t.unexpected,
-            corrupted = t.corrupted,
-            order = t.order_violations,
-            dead = t.dead_letters,
-        )
-    }
 }
 
 /// The URLs, names and schedule of one run, resolved from its options.
@@ -537,45 +392,6 @@ pub async fn run(options: RunOptions) -> Result<Report, BoxError> {
     })
 }
 
-/// Keeps one relay process running: starts it, starts it again when it exits or is killed, and
-/// kills it for good when `stop` is cancelled.
-async fn supervise(
-    plan: Arc<Plan>,
-    slot: usize,
-    mut kill: mpsc::Receiver<()>,
-    stop: CancellationToken,
-    counters: Arc<Counters>,
-) {
-    loop {
-        let mut child: Child = match plan.relay_command(slot).and_then(|mut c| Ok(c.spawn()?)) {
-            Ok(child) => child,
-            Err(e) => {
-                eprintln!("chaos: cannot start relay {slot}: {e}");
-                bump(&counters.fault_errors, 1);
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        tokio::select! {
-            status = child.wait() => {
-                bump(&counters.relay_exits, 1);
-                eprintln!("chaos: relay {slot} exited by itself ({status:?}); see relay-{slot}.log; starting it again");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Some(()) = kill.recv() => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                bump(&counters.relay_kills, 1);
-            }
-            _ = stop.cancelled() => {
-                let _ = child.start_kill();
-                let _ = child.wait().await;
-                return;
-            }
-        }
-    }
-}
-
 /// One producer: owns keys `p{producer}-k{n}`, enqueues its share of the messages in transactions of
 /// one to four, spread over the run, and records each message's outcome.
 async fn produce(
@@ -634,91 +450,6 @@ async fn produce(
         if tokio::time::Instant::now() > deadline + Duration::from_secs(60) {
             eprintln!("chaos: producer {producer} gave up 60 s after the run's end with {done} of {share} messages");
             return;
-        }
-    }
-}
-
-/// Runs every enabled fault on its schedule until `stop`; a fault under way finishes first, so the
-/// services are up when this returns.
-async fn inject_faults(
-    plan: Arc<Plan>,
-    store: ChaosStore,
-    kill_switches: Vec<mpsc::Sender<()>>,
-    stop: CancellationToken,
-    counters: Arc<Counters>,
-) {
-    let o = &plan.options;
-    let mut tasks = Vec::new();
-    for (n, fault) in plan.faults.iter().copied().enumerate() {
-        let every = match fault {
-            Fault::RelayKill => o.kill_every,
-            Fault::DbTerminate => o.db_terminate_every,
-            Fault::DbRestart => o.db_restart_every,
-            Fault::Broker => o.broker_every,
-        };
-        let (plan, store, kill_switches, stop, counters) =
-            (plan.clone(), store.clone(), kill_switches.clone(), stop.clone(), counters.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_mul(31).wrapping_add(n as u64));
-            let mut round = 0u64;
-            loop {
-                // Each wait is the interval give or take a quarter, so faults drift across each other.
-                let wait = Duration::from_secs_f64(every * rng.random_range(0.75..1.25));
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-                round += 1;
-                let injected = match fault {
-                    Fault::RelayKill => {
-                        let slot = rng.random_range(0..kill_switches.len());
-                        kill_switches[slot].send(()).await.map_err(|e| -> BoxError { e.into() })
-                    }
-                    Fault::DbTerminate => store.terminate_backends().await.map(|n| {
-                        bump(&counters.db_terminate_rounds, 1);
-                        bump(&counters.backends_terminated, n);
-                    }),
-                    Fault::DbRestart => restart_database(&plan, &store).await.map(|()| bump(&counters.db_restarts, 1)),
-                    Fault::Broker => {
-                        let down_for = Duration::from_secs_f64(plan.options.broker_down);
-                        brokers::disturb(
-                            plan.options.publisher,
-                            &plan.broker_url,
-                            round % 2 == 0,
-                            down_for,
-                            &plan.options.redis_start_cmd,
-                        )
-                        .await
-                        .map(|what| {
-                            eprintln!("chaos: {what}");
-                            bump(&counters.broker_faults, 1);
-                        })
-                    }
-                };
-                if let Err(e) = injected {
-                    eprintln!("chaos: could not inject {fault:?}: {e}");
-                    bump(&counters.fault_errors, 1);
-                }
-            }
-        }));
-    }
-    for task in tasks {
-        let _ = task.await;
-    }
-}
-
-/// Restarts the database and waits until it answers again.
-async fn restart_database(plan: &Plan, store: &ChaosStore) -> Result<(), BoxError> {
-    eprintln!("chaos: restarting the database");
-    shell(&plan.db_restart_cmd).await?;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match store.dyn_store().stats().await {
-            Ok(_) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                return Err(format!("the database did not come back within 60 s: {e}").into())
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
     }
 }
