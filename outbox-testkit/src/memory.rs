@@ -61,3 +61,10 @@ impl StoreHarness for MemoryHarness {
         }
     }
 }
+
+impl crate::store_suite::IntoHarness for MemoryHarness {
+    type Harness = Self;
+    fn into_harness(self) -> Option<Self> {
+        Some(self)
+    }
+}

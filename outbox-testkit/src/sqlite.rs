@@ -67,3 +67,10 @@ crate::store_suite::sqlx_harness!(SqliteHarness, store, {
         SqliteStore::new(self.store.pool().clone(), options).map(|_| ())
     }
 });
+
+impl crate::store_suite::IntoHarness for SqliteHarness {
+    type Harness = Self;
+    fn into_harness(self) -> Option<Self> {
+        Some(self)
+    }
+}

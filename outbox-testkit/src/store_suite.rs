@@ -48,20 +48,6 @@ impl<H: StoreHarness> IntoHarness for Option<H> {
     }
 }
 
-macro_rules! harness_is_itself {
-    ($($t:ty),*) => {$(
-        impl IntoHarness for $t {
-            type Harness = $t;
-            fn into_harness(self) -> Option<$t> {
-                Some(self)
-            }
-        }
-    )*};
-}
-harness_is_itself!(crate::memory::MemoryHarness);
-#[cfg(feature = "sqlite")]
-harness_is_itself!(crate::sqlite::SqliteHarness);
-
 /// The transaction plumbing every sqlx-based harness shares: `store()`, `enqueue` and `process_once` in
 /// a transaction of the store's own pool that commits or rolls back (dropping a sqlx transaction rolls
 /// it back).
