@@ -275,7 +275,7 @@ impl Publisher for RabbitMqPublisher {
 pub enum QueueType {
     /// A classic queue, RabbitMQ's default. Its confirms for persistent messages wait for the queue
     /// to sync its index, which it does when idle or on a timer: on the benchmark machine a confirm
-    /// took 5-12 ms at p99 at 1,000 msg/s (docs/benchmarks.md, eighth session).
+    /// took 5-12 ms at p99 at 1,000 msg/s (docs/benchmarks.md).
     Classic,
     /// A quorum queue (Raft, replicated; RabbitMQ's recommended durable queue type). A confirm comes
     /// once the message is in the Raft log: 1-2 ms at p99 on the same machine, and 3-4 times the
