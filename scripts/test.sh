@@ -8,6 +8,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-services.sh
 cargo test --workspace --all-features "$@"
+if [ -n "${OUTBOX_TEST_SKIP:-}" ]; then
+  echo "test: the tests of these backends were skipped by request (OUTBOX_TEST_SKIP): $OUTBOX_TEST_SKIP"
+fi
 if [ "$#" -eq 0 ]; then
   bash scripts/chaos.sh
 fi

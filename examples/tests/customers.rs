@@ -6,20 +6,13 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use outbox_testkit::env::backend;
 use sqlx::Connection;
 
 fn urls() -> Option<(String, String)> {
-    let require = std::env::var("OUTBOX_TEST_REQUIRE_ALL").is_ok_and(|v| v == "1");
-    match (std::env::var("OUTBOX_TEST_MYSQL_URL"), std::env::var("OUTBOX_TEST_AMQP_URL")) {
-        (Ok(db), Ok(amqp)) => Some((db, amqp)),
-        _ if require => {
-            panic!("OUTBOX_TEST_MYSQL_URL and OUTBOX_TEST_AMQP_URL are required (OUTBOX_TEST_REQUIRE_ALL=1)")
-        }
-        _ => {
-            eprintln!("NOT RUN: set OUTBOX_TEST_MYSQL_URL and OUTBOX_TEST_AMQP_URL (scripts/test-services.sh)");
-            None
-        }
-    }
+    let db = backend("OUTBOX_TEST_MYSQL_URL", "MySQL / MariaDB");
+    let amqp = backend("OUTBOX_TEST_AMQP_URL", "RabbitMQ");
+    db.zip(amqp)
 }
 
 fn spawn(db: &str, amqp: &str, args: &[&str]) -> Child {

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use outbox_testkit::env::backend;
 use sqlx::Connection;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
@@ -147,11 +148,7 @@ fn terminate(child: Child) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_is_sent_retried_parked_and_survives_sigterm() {
-    let Ok(db) = std::env::var("OUTBOX_TEST_POSTGRES_URL") else {
-        assert!(std::env::var("OUTBOX_TEST_REQUIRE_ALL").is_err(), "OUTBOX_TEST_POSTGRES_URL is required");
-        eprintln!("NOT RUN: set OUTBOX_TEST_POSTGRES_URL");
-        return;
-    };
+    let Some(db) = backend("OUTBOX_TEST_POSTGRES_URL", "PostgreSQL") else { return };
     let mut conn = sqlx::PgConnection::connect(&db).await.unwrap();
     for table in ["mail_deliveries", "mail_messages", "mail_dead_letters", "mail_inbox"] {
         sqlx::query(&format!("DROP TABLE IF EXISTS {table}")).execute(&mut conn).await.unwrap();

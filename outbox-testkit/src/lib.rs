@@ -36,7 +36,7 @@ pub use publisher_suite::PublisherHarness;
 pub use store_suite::StoreHarness;
 
 /// Stamps every check of [`mod@publisher_suite`] into a named `#[tokio::test]` in a module `$name`.
-/// `$make` returns a future of `Option<harness>` (`None`: not configured, reported by [`env::backend`]).
+/// `$make` returns a future of `Option<harness>` (`None`: the backend is skipped, see [`env::backend`]).
 /// A check a backend cannot run is listed after `not_applicable:` with the reason; it still becomes a
 /// named test, which prints that reason, so the difference is declared, never silent.
 #[macro_export]
@@ -73,7 +73,7 @@ macro_rules! publisher_suite {
 
 /// Stamps every check of [`mod@store_suite`] into a named `#[tokio::test]` in a module `$name`.
 /// `$make` is a closure or function returning a future of a harness, or of `Option<harness>` where
-/// `None` means the backend is not configured (see [`env::backend`]).
+/// `None` means the backend is skipped by `OUTBOX_TEST_SKIP` (see [`env::backend`]).
 #[macro_export]
 macro_rules! store_suite {
     ($name:ident, $make:expr) => {
