@@ -257,7 +257,7 @@ impl KafkaPublisher {
 
     /// Waits up to `timeout` for queued messages to be delivered.
     pub fn flush(&self, timeout: Duration) -> Result<()> {
-        self.producer.flush(timeout).map_err(|e| Error::store("flush", true, e))
+        self.producer.flush(timeout).map_err(|e| Error::broker("flush", true, e))
     }
 }
 

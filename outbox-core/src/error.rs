@@ -26,6 +26,24 @@ pub enum Error {
         /// What is wrong with it; never contains a secret.
         reason: String,
     },
+    /// A statement the caller handed to the SDK is malformed (for example, it refers to a
+    /// placeholder it does not bind); nothing was run.
+    #[error("invalid statement: {reason}")]
+    InvalidStatement {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The broker failed outside a publish (a flush, a connection set up by hand).
+    #[error("broker error during {operation}: {source}")]
+    Broker {
+        /// The operation that failed (`flush`, ...).
+        operation: &'static str,
+        /// Whether a retry may succeed.
+        transient: bool,
+        /// The underlying error, with secrets removed.
+        #[source]
+        source: BoxError,
+    },
     /// The database (or other backing system) failed.
     #[error("store error during {operation}: {source}")]
     Store {
@@ -53,6 +71,16 @@ impl Error {
         Self::InvalidConfig { reason: reason.to_string() }
     }
 
+    /// An [`Error::InvalidStatement`].
+    pub fn invalid_statement(reason: impl fmt::Display) -> Self {
+        Self::InvalidStatement { reason: reason.to_string() }
+    }
+
+    /// An [`Error::Broker`].
+    pub fn broker(operation: &'static str, transient: bool, source: impl Into<BoxError>) -> Self {
+        Self::Broker { operation, transient, source: source.into() }
+    }
+
     /// An [`Error::Store`].
     pub fn store(operation: &'static str, transient: bool, source: impl Into<BoxError>) -> Self {
         Self::Store { operation, transient, source: source.into() }
@@ -60,6 +88,6 @@ impl Error {
 
     /// Whether retrying the failed call later may succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Store { transient: true, .. })
+        matches!(self, Self::Store { transient: true, .. } | Self::Broker { transient: true, .. })
     }
 }

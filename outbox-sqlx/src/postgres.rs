@@ -509,11 +509,10 @@ impl PostgresStore {
         // would silently take one of them instead of failing.
         let highest = highest_placeholder(business);
         if highest > arguments.len() {
-            return Err(Error::store(
-                "execute_with",
-                false,
-                format!("the statement refers to ${highest} but binds {} values", arguments.len()),
-            ));
+            return Err(Error::invalid_statement(format!(
+                "the statement refers to ${highest} but binds {} values",
+                arguments.len()
+            )));
         }
         let first = arguments.len() + 1;
         let parts = message.into_parts();
