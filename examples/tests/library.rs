@@ -25,7 +25,7 @@ fn run(db: &str, kafka: &str, topic: &str, args: &[&str]) -> String {
 #[tokio::test]
 async fn the_checked_in_migration_is_the_sql_the_sdk_hands_out() {
     let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://localhost/unused").unwrap();
-    let store = PostgresStore::new(pool, StoreOptions::default().table_prefix("library").unwrap());
+    let store = PostgresStore::new(pool, StoreOptions::default().table_prefix("library").unwrap()).unwrap();
     let file = include_str!("../migrations/20261124000000_outbox.sql");
     assert_eq!(file.trim(), store.schema_sql().trim(), "regenerate examples/migrations from schema_sql()");
 }

@@ -1306,7 +1306,7 @@ async fn producer_throughput(store: &AnyStore, topic: &str, args: &Args) -> Resu
     let mut variants: Vec<(String, AnyStore, bool)> =
         vec![("business".into(), store.clone(), false), ("outbox".into(), store.clone(), true)];
     if let AnyStore::Postgres(s) = store {
-        let quiet = PostgresStore::new(s.pool().clone(), s.options().clone().enqueue_notifications(false));
+        let quiet = PostgresStore::new(s.pool().clone(), s.options().clone().enqueue_notifications(false))?;
         variants.push(("outbox_without_notifications".into(), AnyStore::Postgres(quiet), true));
     }
     let mut best = vec![0.0f64; variants.len()];

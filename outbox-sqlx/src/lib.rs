@@ -178,6 +178,9 @@ pub struct StoreOptions {
     /// (other processes, other settings) still wake them. MySQL and SQLite ignore it (their
     /// wake-ups are in-process).
     pub enqueue_notifications: bool,
+    /// The pool size of a store opened with `connect_with` (default: 8 for PostgreSQL and MySQL, 4
+    /// for SQLite). A store built with `new` uses the pool it is given.
+    pub max_connections: Option<u32>,
 }
 
 impl Default for StoreOptions {
@@ -188,6 +191,7 @@ impl Default for StoreOptions {
             retention: None,
             durable_relay_commits: false,
             enqueue_notifications: true,
+            max_connections: None,
         }
     }
 }
@@ -224,6 +228,14 @@ impl StoreOptions {
     pub fn enqueue_notifications(mut self, notify: bool) -> Self {
         self.enqueue_notifications = notify;
         self
+    }
+    /// The pool size of a store opened with `connect_with`: 1 to 1,000 connections.
+    pub fn max_connections(mut self, connections: u32) -> Result<Self> {
+        if !(1..=1000).contains(&connections) {
+            return Err(Error::invalid_config(format!("max_connections must be 1 to 1000, not {connections}")));
+        }
+        self.max_connections = Some(connections);
+        Ok(self)
     }
 }
 

@@ -273,18 +273,19 @@ impl MySqlStore {
     pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Self> {
         let connect = MySqlConnectOptions::from_str(url).map_err(|e| connect_error(url, e))?;
         let pool = MySqlPoolOptions::new()
-            .max_connections(8)
+            .max_connections(options.max_connections.unwrap_or(8))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(connect)
             .await
             .map_err(|e| connect_error(url, e))?;
-        Ok(Self::new(pool, options))
+        Self::new(pool, options)
     }
 
-    /// A store over your own pool.
-    pub fn new(pool: MySqlPool, options: StoreOptions) -> Self {
+    /// A store over your own pool. Fails on options MySQL cannot honour (none today; the same shape
+    /// as the other stores).
+    pub fn new(pool: MySqlPool, options: StoreOptions) -> Result<Self> {
         let sql = Sql::new(&options);
-        Self { inner: Arc::new(Inner { pool, options, sql, wake: Notify::new() }) }
+        Ok(Self { inner: Arc::new(Inner { pool, options, sql, wake: Notify::new() }) })
     }
 
     /// The options in force (table names, limits, retention).

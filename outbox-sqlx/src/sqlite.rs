@@ -239,17 +239,22 @@ impl SqliteStore {
     /// Opens (creating if missing) the database at `url` (`sqlite://path.db`) in WAL mode, with the
     /// default [`StoreOptions`].
     pub async fn connect(url: &str) -> Result<Self> {
-        let options = SqliteConnectOptions::from_str(url)
+        Self::connect_with(url, StoreOptions::default()).await
+    }
+
+    /// Opens the database at `url` with `options` (a pool of `options.max_connections`, default 4).
+    pub async fn connect_with(url: &str, options: StoreOptions) -> Result<Self> {
+        let connect = SqliteConnectOptions::from_str(url)
             .map_err(|e| connect_error(url, e))?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
+            .max_connections(options.max_connections.unwrap_or(4))
+            .connect_with(connect)
             .await
             .map_err(|e| connect_error(url, e))?;
-        Self::new(pool, StoreOptions::default())
+        Self::new(pool, options)
     }
 
     /// A store over your own pool.

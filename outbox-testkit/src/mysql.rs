@@ -33,7 +33,7 @@ impl MySqlHarness {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to MySQL at {}: {e}", outbox_sqlx::redact_url(&url)));
         let options = options.table_prefix(&unique_name("t")).expect("names");
-        let store = MySqlStore::new(pool, options);
+        let store = MySqlStore::new(pool, options).expect("store");
         store.migrate().await.expect("migrate");
         Some(Self { store })
     }
@@ -51,7 +51,7 @@ crate::store_suite::sqlx_harness!(MySqlHarness, store, {
 
     fn store_with_prefix(&self, prefix: &str) -> Result<()> {
         let options = StoreOptions::default().table_prefix(prefix)?;
-        let _ = MySqlStore::new(self.store.pool().clone(), options);
+        MySqlStore::new(self.store.pool().clone(), options)?;
         Ok(())
     }
 });

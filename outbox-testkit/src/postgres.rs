@@ -36,7 +36,7 @@ impl PostgresHarness {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to PostgreSQL at {}: {e}", outbox_sqlx::redact_url(&url)));
         let options = options.schema(TEST_SCHEMA).and_then(|o| o.table_prefix(&unique_name("t"))).expect("names");
-        let store = PostgresStore::new(pool, options);
+        let store = PostgresStore::new(pool, options).expect("store");
         store.migrate().await.expect("migrate");
         Some(Self { store })
     }
@@ -54,7 +54,7 @@ crate::store_suite::sqlx_harness!(PostgresHarness, store, {
 
     fn store_with_prefix(&self, prefix: &str) -> Result<()> {
         let options = StoreOptions::default().table_prefix(prefix)?;
-        let _ = PostgresStore::new(self.store.pool().clone(), options);
+        PostgresStore::new(self.store.pool().clone(), options)?;
         Ok(())
     }
 });

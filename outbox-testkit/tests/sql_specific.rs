@@ -46,7 +46,7 @@ async fn postgres_relay_commits_leave_the_connection_setting_alone() {
             .schema(TEST_SCHEMA)
             .and_then(|o| o.table_prefix(&unique_name("sc")))
             .expect("names");
-        let store = PostgresStore::new(pool.clone(), options);
+        let store = PostgresStore::new(pool.clone(), options).expect("store");
         store.migrate().await.expect("migrate");
         let mut tx = pool.begin().await.expect("begin");
         for i in 0..3 {
@@ -161,7 +161,8 @@ async fn postgres_notification_wakes_an_idle_relay_at_commit() {
 async fn postgres_enqueue_without_notifications_sends_none() {
     let Some(h) = PostgresHarness::new().await else { return };
     let store = h.postgres_store().clone();
-    let quiet = PostgresStore::new(store.pool().clone(), store.options().clone().enqueue_notifications(false));
+    let quiet =
+        PostgresStore::new(store.pool().clone(), store.options().clone().enqueue_notifications(false)).expect("store");
     let mut listener = sqlx::postgres::PgListener::connect_with(store.pool()).await.expect("listener");
     listener.listen(store.channel()).await.expect("listen");
 
@@ -278,7 +279,8 @@ async fn postgres_execute_with_writes_the_business_row_and_the_message_together(
 
     // Notifications off: the same statement, no notification.
     while tokio::time::timeout(Duration::from_millis(200), listener.recv()).await.is_ok() {}
-    let quiet = PostgresStore::new(store.pool().clone(), store.options().clone().enqueue_notifications(false));
+    let quiet =
+        PostgresStore::new(store.pool().clone(), store.options().clone().enqueue_notifications(false)).expect("store");
     let mut tx = store.pool().begin().await.expect("begin");
     quiet
         .execute_with(&mut tx, sqlx::query(&insert).bind(7_i64).bind(1_i64), NewMessage::new("t", "q"))

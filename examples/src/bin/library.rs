@@ -96,7 +96,7 @@ async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into())).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let pool = PgPool::connect(&env("DATABASE_URL")?).await.map_err(error_from("connect"))?;
-    let store = PostgresStore::new(pool.clone(), StoreOptions::default().table_prefix(PREFIX)?);
+    let store = PostgresStore::new(pool.clone(), StoreOptions::default().table_prefix(PREFIX)?)?;
     let kafka_topic = std::env::var("KAFKA_TOPIC").unwrap_or_else(|_| "library.orders".into());
     match args.first().map(String::as_str) {
         Some("schema") => print!("{}", store.schema_sql()),
