@@ -46,7 +46,19 @@ _outbox_start_tansu() {
   disown 2>/dev/null || true
 }
 
+_outbox_need() { # command package: installs the Debian package when the command is missing
+  command -v "$1" >/dev/null && return 0
+  echo "test-services: installing $2 (for $1)"
+  if ! apt-get install -y -q "$2" >/dev/null 2>&1; then
+    apt-get update -q >/dev/null 2>&1 && apt-get install -y -q "$2" >/dev/null 2>&1 ||
+      { echo "test-services: cannot install $2, which provides $1" >&2; return 1; }
+  fi
+}
+
 _outbox_services() {
+  # ss drops client connections in the Kafka tests and the chaos test; pgrep waits for a stopped MariaDB.
+  _outbox_need ss iproute2 || return 1
+  _outbox_need pgrep procps || return 1
   local pgver
   pgver=$(ls /etc/postgresql 2>/dev/null | head -n1)
   _outbox_ensure PostgreSQL 5432 "pg_ctlcluster --skip-systemctl-redirect $pgver main start" || return 1

@@ -7,9 +7,7 @@ use outbox_testkit::brokers::RabbitMqHarness;
 use outbox_testkit::brokers::RedisHarness;
 
 #[cfg(feature = "kafka")]
-outbox_testkit::publisher_suite!(kafka, KafkaHarness::new, not_applicable: [
-    recovers_after_the_connection_is_killed => "the local Kafka (tansu, memory storage) cannot drop client connections without losing its topics; librdkafka reconnects by itself"
-]);
+outbox_testkit::publisher_suite!(kafka, KafkaHarness::new);
 #[cfg(feature = "rabbitmq")]
 outbox_testkit::publisher_suite!(rabbitmq, RabbitMqHarness::new);
 #[cfg(feature = "rabbitmq")]
