@@ -225,17 +225,16 @@ impl PublisherHarness for RedisHarness {
         self.wrong_type_key.clone()
     }
     async fn kill_connections(&self) {
-        let mut conn = Self::admin(&self.url).await;
-        let _: i64 = redis::cmd("CLIENT")
-            .arg("KILL")
-            .arg("TYPE")
-            .arg("normal")
-            .arg("SKIPME")
-            .arg("yes")
-            .query_async(&mut conn)
-            .await
-            .expect("CLIENT KILL");
+        kill_redis_clients(&self.url).await.expect("CLIENT KILL");
     }
+}
+
+/// Closes every client connection of the Redis server at `url` but the caller's own (`CLIENT KILL
+/// TYPE normal SKIPME yes`); returns how many were closed.
+#[cfg(feature = "redis")]
+pub async fn kill_redis_clients(url: &str) -> redis::RedisResult<i64> {
+    let mut conn = redis::Client::open(url)?.get_multiplexed_async_connection().await?;
+    redis::cmd("CLIENT").arg("KILL").arg("TYPE").arg("normal").arg("SKIPME").arg("yes").query_async(&mut conn).await
 }
 
 #[cfg(feature = "redis")]

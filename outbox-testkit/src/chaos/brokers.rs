@@ -130,15 +130,7 @@ pub(crate) async fn disturb(
             Ok("redis SHUTDOWN SAVE and restart")
         }
         (BrokerKind::Redis, false) => {
-            let mut conn = redis_connection(url).await?;
-            let _: i64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("normal")
-                .arg("SKIPME")
-                .arg("yes")
-                .query_async(&mut conn)
-                .await?;
+            crate::brokers::kill_redis_clients(url).await?;
             Ok("redis clients killed")
         }
     }
