@@ -1,0 +1,182 @@
+//! The SQL text of a MySQL / MariaDB store, built once from its table names.
+
+use crate::StoreOptions;
+
+use super::NOW;
+
+pub(super) struct Sql {
+    pub(super) schema: String,
+    pub(super) messages: String,
+    pub(super) dead: String,
+    pub(super) insert: String,
+    pub(super) insert_rows: Vec<(usize, String)>,
+    pub(super) existing: String,
+    pub(super) existing_dead: String,
+    pub(super) candidates: String,
+    pub(super) key_heads: String,
+    pub(super) reschedule: String,
+    pub(super) to_dead: String,
+    pub(super) delete_owned: String,
+    pub(super) list_dead: String,
+    pub(super) purge_published: String,
+    pub(super) stats: String,
+    pub(super) count_dead: String,
+    pub(super) inbox: String,
+}
+
+impl Sql {
+    pub(super) fn new(options: &StoreOptions) -> Self {
+        let t = &options.tables;
+        let (m, d, i) =
+            (t.qualified(&t.messages(), '`'), t.qualified(&t.dead_letters(), '`'), t.qualified(&t.inbox(), '`'));
+        let table_options = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
+        let ready = |alias: &str| {
+            format!(
+                "{alias}.published_at IS NULL AND {alias}.available_at <= {NOW} \
+                 AND ({alias}.locked_until IS NULL OR {alias}.locked_until <= {NOW})"
+            )
+        };
+        Self {
+            schema: format!(
+                r#"CREATE TABLE IF NOT EXISTS {m} (
+    seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    id CHAR(36) NOT NULL,
+    topic VARCHAR(255) NOT NULL,
+    msg_key VARCHAR(255) NULL,
+    payload LONGBLOB NOT NULL,
+    headers LONGTEXT NOT NULL,
+    idempotency_key VARCHAR(255) NULL,
+    created_at DATETIME(6) NOT NULL,
+    available_at DATETIME(6) NOT NULL,
+    attempts INT NOT NULL DEFAULT 0,
+    last_error TEXT NULL,
+    locked_by CHAR(36) NULL,
+    locked_until DATETIME(6) NULL,
+    published_at DATETIME(6) NULL,
+    UNIQUE KEY uq_id (id),
+    UNIQUE KEY uq_idempotency (idempotency_key),
+    KEY ix_pending (published_at, seq),
+    KEY ix_key (msg_key, published_at, seq)
+) {table_options};
+CREATE TABLE IF NOT EXISTS {d} (
+    seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+    id CHAR(36) NOT NULL,
+    topic VARCHAR(255) NOT NULL,
+    msg_key VARCHAR(255) NULL,
+    payload LONGBLOB NOT NULL,
+    headers LONGTEXT NOT NULL,
+    idempotency_key VARCHAR(255) NULL,
+    created_at DATETIME(6) NOT NULL,
+    attempts INT NOT NULL,
+    error TEXT NOT NULL,
+    dead_at DATETIME(6) NOT NULL,
+    UNIQUE KEY uq_id (id),
+    UNIQUE KEY uq_idempotency (idempotency_key)
+) {table_options};
+CREATE TABLE IF NOT EXISTS {i} (
+    consumer VARCHAR(255) NOT NULL,
+    message_id CHAR(36) NOT NULL,
+    processed_at DATETIME(6) NOT NULL,
+    PRIMARY KEY (consumer, message_id)
+) {table_options}"#
+            ),
+            insert: format!(
+                "INSERT INTO {m} (id, topic, msg_key, payload, headers, idempotency_key, created_at, available_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, {NOW}, DATE_ADD({NOW}, INTERVAL ? MICROSECOND))"
+            ),
+            // Multi-row inserts for batches without idempotency keys, largest first: a batch is cut
+            // into powers of two (10 = 8 + 2), so it takes few statements and at most nine distinct
+            // ones reach the prepared-statement cache.
+            insert_rows: [256, 128, 64, 32, 16, 8, 4, 2, 1]
+                .into_iter()
+                .map(|n| {
+                    let row = format!("(?, ?, ?, ?, ?, {NOW}, DATE_ADD({NOW}, INTERVAL ? MICROSECOND))");
+                    let rows = vec![row; n].join(", ");
+                    (n, format!("INSERT INTO {m} (id, topic, msg_key, payload, headers, created_at, available_at) VALUES {rows}"))
+                })
+                .collect(),
+            existing: format!("SELECT id FROM {m} WHERE idempotency_key = ?"),
+            existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = ?"),
+            // Candidates (a consistent read, no locks): the oldest claimable keyless rows, and a window
+            // of the oldest claimable keyed rows, each flagged whether it is its key's head (no older
+            // unfinished row of the same key). `kind` tells the two apart.
+            candidates: format!(
+                "(SELECT k.seq, CAST(0 AS SIGNED) AS kind, CAST(1 AS SIGNED) AS head FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT ?) \
+                 UNION ALL \
+                 (SELECT w.seq, CAST(1 AS SIGNED) AS kind, CAST(NOT EXISTS (SELECT 1 FROM {m} e WHERE e.msg_key = w.msg_key \
+                    AND e.published_at IS NULL AND e.seq < w.seq) AS SIGNED) AS head \
+                  FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} ORDER BY w.seq LIMIT ?)",
+                ready_k = ready("k"),
+                ready_w = ready("w"),
+            ),
+            // Every key's head, with a loose index scan over (msg_key, published_at, seq) (`GROUP BY`
+            // with `MIN`): O(keys), used only when the window is clogged with rows queued behind heads.
+            key_heads: format!(
+                "SELECT h.seq FROM (SELECT MIN(seq) AS seq FROM {m} WHERE published_at IS NULL AND msg_key IS NOT NULL \
+                 GROUP BY msg_key) heads JOIN {m} h ON h.seq = heads.seq WHERE {ready_h} ORDER BY h.seq LIMIT ?",
+                ready_h = ready("h"),
+            ),
+            reschedule: format!(
+                "UPDATE {m} SET locked_by = NULL, locked_until = NULL, \
+                 available_at = DATE_ADD({NOW}, INTERVAL ? MICROSECOND), last_error = ? \
+                 WHERE id = ? AND locked_by = ? AND published_at IS NULL"
+            ),
+            to_dead: format!(
+                "INSERT INTO {d} (id, topic, msg_key, payload, headers, idempotency_key, created_at, attempts, error, dead_at) \
+                 SELECT id, topic, msg_key, payload, headers, idempotency_key, created_at, attempts, ?, {NOW} FROM {m} \
+                 WHERE id = ? AND locked_by = ? AND published_at IS NULL"
+            ),
+            delete_owned: format!("DELETE FROM {m} WHERE id = ? AND locked_by = ?"),
+            list_dead: format!(
+                "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, error, error, dead_at \
+                 FROM {d} ORDER BY seq LIMIT ?"
+            ),
+            purge_published: format!(
+                "DELETE FROM {m} WHERE published_at IS NOT NULL \
+                 AND published_at <= DATE_SUB({NOW}, INTERVAL ? MICROSECOND) ORDER BY published_at LIMIT ?"
+            ),
+            stats: format!(
+                "SELECT COUNT(*), CAST(COALESCE(SUM(last_error IS NOT NULL), 0) AS SIGNED), \
+                 TIMESTAMPDIFF(MICROSECOND, MIN(created_at), {NOW}) FROM {m} WHERE published_at IS NULL"
+            ),
+            count_dead: format!("SELECT COUNT(*) FROM {d}"),
+            inbox: format!(
+                // IGNORE only has the duplicate key to ignore: both values are validated before binding.
+                "INSERT IGNORE INTO {i} (consumer, message_id, processed_at) VALUES (?, ?, {NOW})"
+            ),
+            messages: m,
+            dead: d,
+        }
+    }
+
+    pub(super) fn placeholders(n: usize) -> String {
+        let mut s = String::with_capacity(n * 2);
+        for i in 0..n {
+            s.push_str(if i == 0 { "?" } else { ",?" });
+        }
+        s
+    }
+
+    pub(super) fn lock_rows(&self, n: usize) -> String {
+        format!(
+            "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, last_error FROM {} \
+             WHERE seq IN ({}) AND published_at IS NULL AND (locked_until IS NULL OR locked_until <= {NOW}) \
+             ORDER BY seq FOR UPDATE SKIP LOCKED",
+            self.messages,
+            Self::placeholders(n)
+        )
+    }
+
+    pub(super) fn set_lease(&self, n: usize) -> String {
+        format!(
+            "UPDATE {} SET locked_by = ?, locked_until = DATE_ADD({NOW}, INTERVAL ? MICROSECOND), attempts = attempts + 1 \
+             WHERE seq IN ({})",
+            self.messages,
+            Self::placeholders(n)
+        )
+    }
+
+    pub(super) fn by_ids(&self, prefix: &str, n: usize) -> String {
+        format!("{prefix} id IN ({})", Self::placeholders(n))
+    }
+}
