@@ -25,6 +25,26 @@ fn spawn(db: &str, amqp: &str, args: &[&str]) -> Child {
         .expect("spawn customers")
 }
 
+/// Kills every process it tracks when it is dropped, also when the test fails: a relay left running
+/// would go on claiming the next run's messages and publish them to a queue nobody reads.
+#[derive(Default)]
+struct Reaper(Vec<u32>);
+
+impl Reaper {
+    fn track(&mut self, child: Child) -> Child {
+        self.0.push(child.id());
+        child
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).stderr(Stdio::null()).status();
+        }
+    }
+}
+
 fn output(child: Child) -> String {
     let out = child.wait_with_output().expect("wait");
     assert!(out.status.success(), "process failed: {:?}", out.status);
@@ -41,15 +61,16 @@ async fn relay_killed_twice_loses_nothing_and_the_worker_applies_each_event_once
     let queue = format!("customers_e2e_{}", std::process::id());
     let relay_args = ["relay", "--queue", &queue, "--lease-secs", "2"];
 
-    let worker = spawn(&db, &amqp, &["worker", "--queue", &queue, "--expect", "1000"]);
-    let mut relay = spawn(&db, &amqp, &relay_args);
+    let mut reaper = Reaper::default();
+    let worker = reaper.track(spawn(&db, &amqp, &["worker", "--queue", &queue, "--expect", "1000"]));
+    let mut relay = reaper.track(spawn(&db, &amqp, &relay_args));
     std::thread::sleep(Duration::from_millis(1500));
-    let app = spawn(&db, &amqp, &["app", "--queue", &queue, "--count", "1000"]);
+    let app = reaper.track(spawn(&db, &amqp, &["app", "--queue", &queue, "--count", "1000"]));
     for _ in 0..2 {
         std::thread::sleep(Duration::from_millis(1200));
         relay.kill().unwrap(); // SIGKILL: no shutdown, claims left leased
         relay.wait().unwrap();
-        relay = spawn(&db, &amqp, &relay_args);
+        relay = reaper.track(spawn(&db, &amqp, &relay_args));
     }
     assert!(output(app).contains("created 1000 customers"));
 
