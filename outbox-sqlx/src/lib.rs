@@ -325,16 +325,33 @@ fn is_transient(e: &sqlx::Error) -> bool {
         | sqlx::Error::WorkerCrashed
         | sqlx::Error::Tls(_)
         | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => {
-            let code = db.code().unwrap_or_default();
-            // PostgreSQL: serialization failure, deadlock, connection and shutdown classes.
-            // MySQL/MariaDB: 1205 lock wait timeout, 1213 deadlock. SQLite: 5 busy, 6 locked.
-            matches!(code.as_ref(), "40001" | "40P01" | "1205" | "1213" | "5" | "6" | "517" | "261")
-                || code.starts_with("08")
-                || code.starts_with("57P")
-        }
+        sqlx::Error::Database(db) => database_error_is_transient(db.as_ref()),
         _ => false,
     }
+}
+
+/// Whether a retry of the same work may succeed, by each database's own error codes.
+#[cfg_attr(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")), allow(unused_variables))]
+fn database_error_is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "postgres")]
+    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+        let code = pg.code();
+        // Serialization failure, deadlock, lock not available (`lock_timeout`); the connection
+        // exception class; operator intervention (terminated backend, shutdown, cannot connect now).
+        return matches!(code, "40001" | "40P01" | "55P03") || code.starts_with("08") || code.starts_with("57P");
+    }
+    #[cfg(feature = "mysql")]
+    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // Lock wait timeout, deadlock, too many connections, server shutting down, connection
+        // killed (MariaDB), server gone away, connection lost.
+        return matches!(my.number(), 1205 | 1213 | 1040 | 1053 | 1927 | 2006 | 2013);
+    }
+    #[cfg(feature = "sqlite")]
+    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+        // SQLITE_BUSY and SQLITE_LOCKED with their extended codes (recovery, snapshot, shared cache).
+        return matches!(db.code().as_deref(), Some("5" | "6" | "261" | "262" | "517"));
+    }
+    false
 }
 
 /// Connects to `url`, never letting its password reach an error message.
