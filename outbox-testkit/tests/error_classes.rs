@@ -13,6 +13,28 @@ fn classify(e: sqlx::Error) -> Error {
     error_from("test")(e)
 }
 
+/// Deadlocks connection `$a` (in a transaction holding row 1 of `$table`) with `$b`, asserts the
+/// error is transient, rolls both back and evaluates to `$a`.
+macro_rules! assert_deadlock_is_transient {
+    ($a:ident, $b:ident, $table:ident) => {{
+        $b.execute("BEGIN").await.expect("begin");
+        $b.execute(format!("UPDATE {} SET v = 2 WHERE id = 2", $table).as_str()).await.expect("lock row 2");
+        let sql = format!("UPDATE {} SET v = 1 WHERE id = 2", $table);
+        let a_waits = tokio::spawn(async move {
+            let result = $a.execute(sql.as_str()).await.map(drop);
+            ($a, result)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let b_result = $b.execute(format!("UPDATE {} SET v = 2 WHERE id = 1", $table).as_str()).await.map(drop);
+        let (mut a, a_result) = a_waits.await.expect("task");
+        let deadlocked = a_result.err().or(b_result.err()).expect("one of the two transactions deadlocked");
+        assert!(classify(deadlocked).is_transient(), "a deadlock is transient");
+        let _ = a.execute("ROLLBACK").await;
+        let _ = $b.execute("ROLLBACK").await;
+        a
+    }};
+}
+
 #[tokio::test]
 async fn postgres_error_classes() {
     let Some(url) = backend("OUTBOX_TEST_POSTGRES_URL", "PostgreSQL") else { return };
@@ -38,23 +60,7 @@ async fn postgres_error_classes() {
     b.execute("SET lock_timeout = 0").await.expect("reset lock_timeout");
 
     // Deadlock: transient (for the transaction PostgreSQL aborts).
-    b.execute("BEGIN").await.expect("begin");
-    b.execute(format!("UPDATE {table} SET v = 2 WHERE id = 2").as_str()).await.expect("lock row 2");
-    let a_waits = {
-        let sql = format!("UPDATE {table} SET v = 1 WHERE id = 2");
-        async move {
-            let result = a.execute(sql.as_str()).await.map(drop);
-            (a, result)
-        }
-    };
-    let a_waits = tokio::spawn(a_waits);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let b_result = b.execute(format!("UPDATE {table} SET v = 2 WHERE id = 1").as_str()).await.map(drop);
-    let (mut a, a_result) = a_waits.await.expect("task");
-    let deadlocked = a_result.err().or(b_result.err()).expect("one of the two transactions deadlocked");
-    assert!(classify(deadlocked).is_transient(), "a deadlock is transient");
-    let _ = a.execute("ROLLBACK").await;
-    let _ = b.execute("ROLLBACK").await;
+    let mut a = assert_deadlock_is_transient!(a, b, table);
 
     // A terminated connection: transient.
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut a).await.expect("pid");
@@ -89,23 +95,7 @@ async fn mysql_error_classes() {
     assert!(classify(timeout).is_transient(), "a lock wait timeout is transient");
 
     // Deadlock (1213): transient.
-    b.execute("BEGIN").await.expect("begin");
-    b.execute(format!("UPDATE {table} SET v = 2 WHERE id = 2").as_str()).await.expect("lock row 2");
-    let a_waits = {
-        let sql = format!("UPDATE {table} SET v = 1 WHERE id = 2");
-        async move {
-            let result = a.execute(sql.as_str()).await.map(drop);
-            (a, result)
-        }
-    };
-    let a_waits = tokio::spawn(a_waits);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let b_result = b.execute(format!("UPDATE {table} SET v = 2 WHERE id = 1").as_str()).await.map(drop);
-    let (mut a, a_result) = a_waits.await.expect("task");
-    let deadlocked = a_result.err().or(b_result.err()).expect("one of the two transactions deadlocked");
-    assert!(classify(deadlocked).is_transient(), "a deadlock is transient");
-    let _ = a.execute("ROLLBACK").await;
-    let _ = b.execute("ROLLBACK").await;
+    let mut a = assert_deadlock_is_transient!(a, b, table);
 
     // A killed connection: transient.
     let id: u64 = sqlx::query_scalar("SELECT CONNECTION_ID()").fetch_one(&mut a).await.expect("id");
