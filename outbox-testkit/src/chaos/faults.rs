@@ -107,7 +107,7 @@ pub(super) async fn inject_faults(
                         let slot = rng.random_range(0..kill_switches.len());
                         kill_switches[slot].send(()).await.map_err(|e| -> BoxError { e.into() })
                     }
-                    Fault::DbTerminate => store.terminate_backends().await.map(|n| {
+                    Fault::DbTerminate => terminate_patiently(&store).await.map(|n| {
                         bump(&counters.db_terminate_rounds, 1);
                         bump(&counters.backends_terminated, n);
                     }),
@@ -152,6 +152,19 @@ async fn restart_database(plan: &Plan, store: &ChaosStore) -> Result<(), BoxErro
                 return Err(format!("the database did not come back within 60 s: {e}").into())
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Terminates the run's database connections, waiting out a database restart under way (the
+/// restart also cuts the connection this query would use).
+async fn terminate_patiently(store: &ChaosStore) -> Result<u64, BoxError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match store.terminate_backends().await {
+            Ok(terminated) => return Ok(terminated),
+            Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(250)).await,
+            Err(e) => return Err(e),
         }
     }
 }
