@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::channel::oneshot;
-use outbox_core::{Error, Headers, Message, MessageId, PublishError, Publisher, Result};
+use outbox_core::{Error, Headers, HeldKeys, Message, MessageId, PublishError, Publisher, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -271,7 +271,13 @@ impl Publisher for KafkaPublisher {
             done: Mutex::new(Some(done)),
         });
         let mut outcomes: Vec<Result<(), PublishError>> = Vec::with_capacity(batch.len());
+        let mut held = HeldKeys::default();
         for message in batch {
+            if let Err(e) = held.check(message) {
+                outcomes.push(Err(e));
+                in_flight.settled(None);
+                continue;
+            }
             let topic = self.options.topics.destination(&message.topic);
             if !valid_topic(&topic) {
                 outcomes.push(Err(PublishError::permanent(format!(
@@ -291,13 +297,15 @@ impl Publisher for KafkaPublisher {
             if let Some(key) = &message.key {
                 record = record.key(key.as_str());
             }
-            outcomes.push(match self.producer.send(record) {
+            let outcome = match self.producer.send(record) {
                 Ok(()) => Ok(()),
                 Err((e, _)) => {
                     in_flight.settled(None);
                     Err(classify(e))
                 }
-            });
+            };
+            held.record(message, &outcome);
+            outcomes.push(outcome);
         }
         // The publishing call's own share: the batch completes once every report is in.
         in_flight.settled(None);
@@ -309,6 +317,12 @@ impl Publisher for KafkaPublisher {
         let failures = std::mem::take(&mut *in_flight.failures.lock().unwrap_or_else(|p| p.into_inner()));
         apply_failures(batch, &mut outcomes, failures);
         outcomes
+    }
+
+    /// The idempotent producer keeps the order of each partition, and a key maps to one partition; a
+    /// message that cannot be queued holds its key's later messages back.
+    fn keeps_key_order(&self) -> bool {
+        true
     }
 }
 

@@ -187,6 +187,11 @@ impl RabbitMqPublisher {
 
 #[async_trait]
 impl Publisher for RabbitMqPublisher {
+    /// One channel sends the batch in order, and its confirms report each message.
+    fn keeps_key_order(&self) -> bool {
+        true
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
         let channel = match self.channel().await {
             Ok(channel) => channel,

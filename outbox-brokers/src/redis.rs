@@ -180,6 +180,11 @@ impl RedisPublisher {
 
 #[async_trait]
 impl Publisher for RedisPublisher {
+    /// One pipeline on one connection runs the batch's `XADD`s in order.
+    fn keeps_key_order(&self) -> bool {
+        true
+    }
+
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
         let mut conn = match self.connection().await {
             Ok(conn) => conn,

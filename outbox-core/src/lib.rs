@@ -57,7 +57,7 @@ pub mod store;
 pub use async_trait::async_trait;
 pub use error::{BoxError, Error, Result};
 pub use message::{DeadLetter, Headers, Message, MessageId, MessageLimits, NewMessage, NewMessageParts};
-pub use publisher::{publisher_fn, FnPublisher, PublishError, PublishOne, Publisher};
+pub use publisher::{publisher_fn, FnPublisher, HeldKeys, PublishError, PublishOne, Publisher};
 pub use relay::{DeadLetterHook, Dispatcher, Relay, RelayBuilder, RelayMetrics, RelayOptions};
 pub use retry::{Jitter, RetryDecision, RetryPolicy, RetryPolicyBuilder};
 pub use router::Router;

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::message::{DeadLetter, Message, MessageId, MessageLimits, NewMessage};
-use crate::publisher::{PublishError, Publisher};
+use crate::publisher::{HeldKeys, PublishError, Publisher};
 use crate::store::{Enqueue, Failure, Inbox, OutboxStats, RelayId, Retry, Store};
 
 #[derive(Debug)]
@@ -211,7 +211,8 @@ impl MemoryStore {
     fn claim_now(&self, owner: RelayId, limit: usize, lease: Duration) -> Vec<Message> {
         let now = Instant::now();
         let mut state = self.state();
-        let mut seen_keys: HashSet<&str> = HashSet::new();
+        // Per key: `true` while every earlier unfinished message of the key is in this claim.
+        let mut run_open: HashMap<&str, bool> = HashMap::new();
         let mut claimed_seqs = Vec::new();
         for (seq, entry) in &state.entries {
             if claimed_seqs.len() >= limit {
@@ -220,13 +221,16 @@ impl MemoryStore {
             if entry.published_at.is_some() {
                 continue;
             }
+            let leased = matches!(entry.lease, Some((_, until)) if until > now);
+            let claimable = !leased && entry.available_at <= now;
             if let Some(key) = entry.message.key.as_deref() {
-                if !seen_keys.insert(key) {
+                let open = run_open.entry(key).or_insert(true);
+                *open &= claimable;
+                if !*open {
                     continue;
                 }
             }
-            let leased = matches!(entry.lease, Some((_, until)) if until > now);
-            if !leased && entry.available_at <= now {
+            if claimable {
                 claimed_seqs.push(*seq);
             }
         }
@@ -561,11 +565,17 @@ impl Publisher for MemoryPublisher {
         if !self.delay.is_zero() {
             tokio::time::sleep(self.delay).await;
         }
+        let mut held = HeldKeys::default();
         let outcomes: Vec<Result<(), PublishError>> = batch
             .iter()
-            .map(|m| match self.fail.as_ref().and_then(|rule| rule(m)) {
-                Some(e) => Err(e),
-                None => Ok(()),
+            .map(|m| {
+                held.check(m)?;
+                let outcome = match self.fail.as_ref().and_then(|rule| rule(m)) {
+                    Some(e) => Err(e),
+                    None => Ok(()),
+                };
+                held.record(m, &outcome);
+                outcome
             })
             .collect();
         let mut published = self.lock();
@@ -575,5 +585,10 @@ impl Publisher for MemoryPublisher {
             }
         }
         outcomes
+    }
+
+    /// Delivers in batch order, and after a transient failure none of that key's later messages.
+    fn keeps_key_order(&self) -> bool {
+        true
     }
 }

@@ -1,6 +1,7 @@
 //! The broker contract: [`Publisher`], its error [`PublishError`], and helpers for writing one.
 
 use std::any::Any;
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -71,11 +72,13 @@ pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> &str {
 /// Publishes messages to a broker (or anywhere: an email sender, a webhook). Object safe: used as
 /// `Arc<dyn Publisher>`.
 ///
-/// `publish` returns one outcome per message, in the order of `batch`; a batch never holds two
-/// messages with the same key, so they may be sent concurrently. A message counts as published only
-/// when its outcome is `Ok`, which must mean the broker acknowledged it. If `publish` panics, the relay
-/// publishes that batch again one message per call, so only the messages that panic fail; the others
-/// may then reach the broker twice.
+/// `publish` returns one outcome per message, in the order of `batch`. A message counts as published
+/// only when its outcome is `Ok`, which must mean the broker acknowledged it. Unless the publisher
+/// says it [keeps key order](Publisher::keeps_key_order), a call never holds two messages with the
+/// same key, so they may be sent concurrently: the relay publishes a claim with several messages of a
+/// key in rounds, one message of each key per call. If `publish` panics, the relay publishes that
+/// batch again one message per call (in rounds where keys repeat), so only the messages that panic
+/// fail; the others may then reach the broker twice.
 ///
 /// For a publisher that handles one message at a time, implement [`PublishOne`] instead: every
 /// `PublishOne` is a `Publisher` that sends a batch's messages concurrently.
@@ -83,6 +86,56 @@ pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> &str {
 pub trait Publisher: Send + Sync + fmt::Debug + 'static {
     /// Publishes `batch` and reports each message's outcome.
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>>;
+
+    /// Whether one call may hold several messages of a key (default `false`). A publisher that says
+    /// so delivers the messages of a key in batch order and, once one of them fails, delivers none of
+    /// the key's later messages of that call (it reports them failed too). A broker client that keeps
+    /// the order of what one connection sends qualifies: Kafka's idempotent producer (per partition),
+    /// an AMQP channel with publisher confirms, a Redis pipeline. The relay then publishes a whole
+    /// claim in one call, which is what makes keyed traffic as fast as keyless.
+    fn keeps_key_order(&self) -> bool {
+        false
+    }
+}
+
+/// For a publisher that [keeps key order](Publisher::keeps_key_order): remembers the keys of a batch
+/// whose message failed transiently, so that none of their later messages is sent.
+///
+/// ```
+/// use outbox_core::{HeldKeys, Message, PublishError};
+///
+/// fn publish(batch: &[Message], send: impl Fn(&Message) -> Result<(), PublishError>) -> Vec<Result<(), PublishError>> {
+///     let mut held = HeldKeys::default();
+///     batch.iter().map(|message| {
+///         held.check(message)?;
+///         let outcome = send(message);
+///         held.record(message, &outcome);
+///         outcome
+///     }).collect()
+/// }
+/// ```
+#[derive(Debug, Default)]
+pub struct HeldKeys<'a>(HashSet<&'a str>);
+
+impl<'a> HeldKeys<'a> {
+    /// `Err` (transient, not sent) when an earlier message of this message's key failed transiently.
+    pub fn check(&self, message: &Message) -> Result<(), PublishError> {
+        match message.key.as_deref() {
+            Some(key) if self.0.contains(key) => {
+                Err(PublishError::transient("not sent: an earlier message of its key failed in this batch"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records a message's outcome: a transient failure holds its key back for the rest of the batch.
+    pub fn record(&mut self, message: &'a Message, outcome: &Result<(), PublishError>) {
+        if let (Err(e), Some(key)) = (outcome, message.key.as_deref()) {
+            if e.is_transient() {
+                self.0.insert(key);
+            }
+        }
+    }
 }
 
 /// A publisher written one message at a time. A `publish_one` that panics fails its own message
@@ -164,5 +217,8 @@ where
 impl<P: Publisher + ?Sized> Publisher for Arc<P> {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
         (**self).publish(batch).await
+    }
+    fn keeps_key_order(&self) -> bool {
+        (**self).keeps_key_order()
     }
 }

@@ -10,10 +10,12 @@
 //!    it meanwhile. When the lease ends without an acknowledgement, it is claimable again.
 //! 3. Every claim counts an attempt (`Message::attempts`), so a message that crashes its relay still
 //!    reaches the dead letters.
-//! 4. A claim returns, for each key, only the oldest message of that key still in the outbox, and only
-//!    when that message is claimable: a message with a key is never claimed while an earlier message with
-//!    the same key is pending, leased or waiting for a retry. Keys are therefore published in enqueue
-//!    order, one message per key at a time. Messages without a key have no order.
+//! 4. A claim takes the messages of a key as a run in enqueue order that starts at the key's oldest
+//!    message still in the outbox: a message with a key is claimed only when every earlier message of
+//!    its key is published, dead-lettered or in the same claim. While a message of a key is leased or
+//!    waits for a retry, no later message of that key is claimed. Keys are therefore published in
+//!    enqueue order, and a key's messages are never in two claims at once. Messages without a key have
+//!    no order.
 //! 5. Enqueueing twice with the same idempotency key while the first message is in the outbox (pending,
 //!    retained or dead) stores one message and returns the first one's id.
 

@@ -720,3 +720,82 @@ async fn a_relay_that_cannot_extend_its_lease_gives_the_publish_up_before_the_le
     let stats = memory.stats().await.unwrap();
     assert_eq!((stats.pending, stats.retrying), (1, 1), "the message waits for its retry: {stats:?}");
 }
+
+/// A publisher that does not keep key order (the default): it records each call,
+/// fails the messages whose payload is `poison` permanently and those whose payload is `flaky` once.
+#[derive(Debug, Default)]
+struct RecordingPublisher {
+    calls: Mutex<Vec<Vec<Message>>>,
+    failed_once: Mutex<Vec<outbox_core::MessageId>>,
+}
+
+#[async_trait]
+impl outbox_core::Publisher for RecordingPublisher {
+    async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        self.calls.lock().unwrap().push(batch.to_vec());
+        batch
+            .iter()
+            .map(|m| match &m.payload[..] {
+                b"poison" => Err(PublishError::permanent("poison")),
+                b"flaky" if !self.failed_once.lock().unwrap().contains(&m.id) => {
+                    self.failed_once.lock().unwrap().push(m.id);
+                    Err(PublishError::transient("flaky"))
+                }
+                _ => Ok(()),
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_key_run_goes_out_in_rounds_through_a_publisher_that_does_not_keep_key_order() {
+    let store = MemoryStore::new();
+    let payloads = ["1", "2", "poison", "4", "5", "flaky", "7", "8"];
+    let mut tx = store.begin();
+    let run = store
+        .enqueue_batch(&mut tx, payloads.iter().map(|p| NewMessage::new("t", *p).key("a")).collect())
+        .await
+        .unwrap();
+    let other = store.enqueue(&mut tx, NewMessage::new("t", "b").key("b")).await.unwrap();
+    tx.commit().unwrap();
+    let publisher = Arc::new(RecordingPublisher::default());
+    let relay =
+        Relay::builder_shared(Arc::new(store.clone()), publisher.clone()).retry_policy(policy(5, 100)).build().unwrap();
+
+    assert_eq!(relay.dispatch_once().await.unwrap(), 9, "one claim takes the whole run and the other key");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert_eq!(relay.dispatch_once().await.unwrap(), 3, "the retried 6th and the 7th and 8th handed back after it");
+    assert_eq!(store.pending_len(), 0);
+
+    let calls = publisher.calls.lock().unwrap().clone();
+    for call in &calls {
+        let keys: Vec<_> = call.iter().map(|m| m.key.clone()).collect();
+        let distinct: std::collections::HashSet<_> = keys.iter().collect();
+        assert_eq!(distinct.len(), keys.len(), "a call held two messages of one key: {keys:?}");
+    }
+    let sent: Vec<_> = calls.iter().flatten().map(|m| m.id).collect();
+    let mut want = run[..6].to_vec();
+    want.insert(1, other);
+    want.extend([run[5], run[6], run[7]]);
+    assert_eq!(sent, want, "rounds in enqueue order; nothing of key a after its failed 6th until it is retried");
+    let dead: Vec<_> = store.dead_letters(10).await.unwrap().into_iter().map(|d| d.message.id).collect();
+    assert_eq!(dead, vec![run[2]]);
+    let metrics = relay.metrics();
+    assert_eq!((metrics.published, metrics.retried, metrics.dead_lettered), (8, 1, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_publisher_that_keeps_key_order_gets_the_whole_run_in_one_call() {
+    let store = MemoryStore::new();
+    let mut tx = store.begin();
+    let run = store
+        .enqueue_batch(&mut tx, (0..5).map(|n| NewMessage::new("t", format!("{n}")).key("a")).collect())
+        .await
+        .unwrap();
+    tx.commit().unwrap();
+    let publisher = MemoryPublisher::new();
+    let relay = Relay::builder(store.clone(), publisher.clone()).build().unwrap();
+    assert_eq!(relay.dispatch_once().await.unwrap(), 5);
+    assert_eq!(publisher.published().iter().map(|m| m.id).collect::<Vec<_>>(), run);
+    assert_eq!(relay.metrics().batches, 1);
+}

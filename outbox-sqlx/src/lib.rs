@@ -33,6 +33,8 @@ use std::time::Duration;
 
 use outbox_core::{Error, MessageLimits, Result};
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+mod key_runs;
 #[cfg(feature = "mysql")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mysql")))]
 pub mod mysql;

@@ -112,24 +112,28 @@ CREATE TABLE IF NOT EXISTS {i} (
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = ?"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = ?"),
             // Same candidate sources as the PostgreSQL claim (see there): keyless rows from their own
-            // index, key heads from a window of the oldest claimable keyed rows, and the head of every
-            // key (loose index scan) only when that window is clogged with queued rows.
+            // index, each key's run through a window of the oldest claimable keyed rows, and the head of
+            // every key (loose index scan) only when that window is clogged with queued rows. One
+            // writer at a time: the statement is atomic, so the runs need no check after it.
             claim: format!(
                 "UPDATE {m} SET locked_by = ?1, locked_until = ?2, attempts = attempts + 1 WHERE seq IN (\
                    WITH RECURSIVE \
                    keyless AS (SELECT k.seq FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT ?4), \
                    win AS MATERIALIZED (SELECT w.seq, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} \
                      ORDER BY w.seq LIMIT ?4 + ?4 / 4), \
-                   win_heads AS MATERIALIZED (SELECT w.seq FROM win w WHERE NOT EXISTS (SELECT 1 FROM {m} e \
-                     WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL)), \
+                   linked AS (SELECT w.seq, w.msg_key, lag(w.seq) OVER (PARTITION BY w.msg_key ORDER BY w.seq) AS before, \
+                     (SELECT max(e.seq) FROM {m} e WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL) AS prv \
+                     FROM win w), \
+                   runs AS MATERIALIZED (SELECT r.seq FROM (SELECT l.seq, min(l.prv IS l.before) OVER \
+                     (PARTITION BY l.msg_key ORDER BY l.seq) AS unbroken FROM linked l) r WHERE r.unbroken), \
                    keys(k) AS (SELECT (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL) \
-                       WHERE (SELECT count(*) FROM win) = ?4 + ?4 / 4 AND (SELECT count(*) FROM win_heads) < ?4 \
+                       WHERE (SELECT count(*) FROM win) = ?4 + ?4 / 4 AND (SELECT count(*) FROM runs) < ?4 \
                      UNION ALL SELECT (SELECT min(n.msg_key) FROM {m} n WHERE n.msg_key IS NOT NULL AND n.msg_key > keys.k \
                        AND n.published_at IS NULL) FROM keys WHERE keys.k IS NOT NULL), \
                    heads AS (SELECT h.seq FROM keys JOIN {m} h ON h.seq = (SELECT min(x.seq) FROM {m} x \
                        WHERE x.msg_key IS NOT NULL AND x.msg_key = keys.k AND x.published_at IS NULL) \
                      WHERE keys.k IS NOT NULL AND {ready_h}) \
-                   SELECT seq FROM keyless UNION SELECT seq FROM win_heads UNION SELECT seq FROM heads ORDER BY seq LIMIT ?4) \
+                   SELECT seq FROM keyless UNION SELECT seq FROM runs UNION SELECT seq FROM heads ORDER BY seq LIMIT ?4) \
                  RETURNING seq, {cols}",
                 ready_k = ready("k"),
                 ready_w = ready("w"),

@@ -90,7 +90,7 @@ macro_rules! store_suite {
                 retry_schedule_is_honoured,
                 dead_letters_are_listed_replayed_and_purged,
                 idempotency_key_stores_one_message,
-                one_message_per_key_in_flight_in_enqueue_order,
+                key_runs_in_enqueue_order,
                 heads_behind_a_long_queue_of_one_key_are_claimed,
                 payloads_and_headers_round_trip,
                 a_large_batch_is_stored_in_order,

@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use outbox_core::memory::MemoryPublisher;
 use outbox_core::{
-    CancellationToken, Dispatcher, Jitter, Message, MessageId, NewMessage, PublishError, Publisher, Relay,
+    CancellationToken, Dispatcher, HeldKeys, Jitter, Message, MessageId, NewMessage, PublishError, Publisher, Relay,
     RelayOptions, RetryPolicy,
 };
 
@@ -18,8 +18,12 @@ use crate::store_suite::StoreHarness;
 /// The header that makes [`FaultInjector`] fail a message permanently.
 pub const POISON_HEADER: &str = "x-outbox-test-poison";
 
+/// The header that makes [`FaultInjector`] fail a message transiently, the first time only.
+pub const FAIL_ONCE_HEADER: &str = "x-outbox-test-fail-once";
+
 /// A [`Publisher`] wrapper that injects faults: a deterministic fraction of messages fail transiently
 /// (without reaching the inner publisher), every message with the [`POISON_HEADER`] fails permanently,
+/// one with the [`FAIL_ONCE_HEADER`] fails transiently the first time it comes,
 /// and some batches are delayed. It counts what it handed to the inner publisher and what that
 /// accepted.
 #[derive(Debug)]
@@ -29,6 +33,8 @@ pub struct FaultInjector {
     delay_one_in: u64,
     delay: Duration,
     calls: AtomicU64,
+    failed_once: std::sync::Mutex<HashSet<MessageId>>,
+    largest_call: AtomicU64,
     forwarded: AtomicU64,
     delivered: AtomicU64,
     injected: AtomicU64,
@@ -44,6 +50,8 @@ impl FaultInjector {
             delay_one_in,
             delay,
             calls: AtomicU64::new(0),
+            failed_once: std::sync::Mutex::new(HashSet::new()),
+            largest_call: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             delivered: AtomicU64::new(0),
             injected: AtomicU64::new(0),
@@ -61,6 +69,17 @@ impl FaultInjector {
         self.forwarded.load(Ordering::SeqCst)
     }
 
+    /// The most messages one call carried.
+    pub fn largest_call(&self) -> u64 {
+        self.largest_call.load(Ordering::SeqCst)
+    }
+
+    /// Whether a message with the [`FAIL_ONCE_HEADER`] comes for the first time.
+    fn first_time(&self, message: &Message) -> bool {
+        message.headers.contains_key(FAIL_ONCE_HEADER)
+            && self.failed_once.lock().unwrap_or_else(|p| p.into_inner()).insert(message.id)
+    }
+
     /// Transient failures injected so far.
     pub fn injected(&self) -> u64 {
         self.injected.load(Ordering::SeqCst)
@@ -75,17 +94,25 @@ impl FaultInjector {
 #[async_trait]
 impl Publisher for FaultInjector {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
+        self.largest_call.fetch_max(batch.len() as u64, Ordering::SeqCst);
         if self.roll(self.delay_one_in) {
             tokio::time::sleep(self.delay).await;
         }
         let mut outcomes: Vec<Option<Result<(), PublishError>>> = Vec::with_capacity(batch.len());
         let mut forward = Vec::with_capacity(batch.len());
+        // An injected failure holds its key's later messages back, as a publisher that keeps key
+        // order must.
+        let mut held = HeldKeys::default();
         for message in batch {
-            if message.headers.contains_key(POISON_HEADER) {
+            if let Err(e) = held.check(message) {
+                outcomes.push(Some(Err(e)));
+            } else if message.headers.contains_key(POISON_HEADER) {
                 outcomes.push(Some(Err(PublishError::permanent("poisoned message (injected)"))));
-            } else if self.roll(self.fail_one_in) {
+            } else if self.first_time(message) || self.roll(self.fail_one_in) {
                 self.injected.fetch_add(1, Ordering::SeqCst);
-                outcomes.push(Some(Err(PublishError::transient("injected transient failure"))));
+                let outcome = Err(PublishError::transient("injected transient failure"));
+                held.record(message, &outcome);
+                outcomes.push(Some(outcome));
             } else {
                 outcomes.push(None);
                 forward.push(message.clone());
@@ -105,6 +132,10 @@ impl Publisher for FaultInjector {
                 })
             })
             .collect()
+    }
+
+    fn keeps_key_order(&self) -> bool {
+        self.inner.keeps_key_order()
     }
 }
 
@@ -286,7 +317,13 @@ where
     let mut last_per_key: HashMap<String, usize> = HashMap::new();
     for r in &received {
         let id = r.id.expect("message id");
-        *seen.entry(id).or_default() += 1;
+        let count = seen.entry(id).or_default();
+        *count += 1;
+        if *count > 1 {
+            // A redelivery (at-least-once) is a duplicate, not an order violation: order is that of
+            // each message's first delivery.
+            continue;
+        }
         let (key, _) = expected.get(&id).expect("a message that was enqueued");
         assert_eq!(&r.key, key);
         if let Some(key) = key {
@@ -316,4 +353,78 @@ where
         faulty.injected(),
         duplicates
     );
+}
+
+/// Per-key order inside one batch, with the real [`Relay`]: one key's eight messages, enqueued in one
+/// transaction, are claimed as one run; the 3rd fails permanently and the 6th transiently once.
+/// Messages 1-2 are published once, 3 is dead-lettered, 4-5 follow it; 6 is retried and 7-8, handed
+/// back unattempted, are published after it: each message exactly once, in enqueue order.
+pub async fn key_run_with_failures<S, P>(store: &S, publisher: &P)
+where
+    S: StoreHarness + ?Sized,
+    P: PublisherHarness + ?Sized,
+{
+    const RUN: usize = 8;
+    let faulty = Arc::new(FaultInjector::new(publisher.publisher(), 0, 0, Duration::ZERO));
+    let key = format!("run-{}", MessageId::new());
+    let messages: Vec<NewMessage> = (1..=RUN)
+        .map(|n| {
+            let message = NewMessage::new(publisher.topic(), format!("{n}")).key(key.clone());
+            match n {
+                3 => message.header(POISON_HEADER, "1"),
+                6 => message.header(FAIL_ONCE_HEADER, "1"),
+                _ => message,
+            }
+        })
+        .collect();
+    let ids = store.enqueue(messages, true).await.expect("enqueue");
+    let policy = RetryPolicy::builder()
+        .initial_delay(Duration::from_millis(100))
+        .jitter(Jitter::None)
+        .max_attempts(5)
+        .build()
+        .expect("policy");
+    let relay = Relay::builder_shared(store.store(), faulty.clone())
+        .batch_size(32)
+        .concurrency(1)
+        .poll_interval(Duration::from_millis(20))
+        .retry_policy(policy)
+        .build()
+        .expect("relay");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    let handle = store.store();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = handle.stats().await.expect("stats");
+        if stats.pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay did not drain the run within 60 s: {stats:?}, {:?}",
+            relay.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("relay task").expect("relay");
+
+    if faulty.keeps_key_order() {
+        assert_eq!(faulty.largest_call(), RUN as u64, "the key's run went to the publisher in one call");
+    } else {
+        assert_eq!(faulty.largest_call(), 1, "one message of the key per call");
+    }
+    let dead: Vec<MessageId> =
+        handle.dead_letters(100).await.expect("dead letters").into_iter().map(|d| d.message.id).collect();
+    assert_eq!(dead, vec![ids[2]], "the 3rd message is dead-lettered");
+    let received = publisher.read_back(RUN - 1, Duration::from_secs(30)).await.expect("read back");
+    let got: Vec<MessageId> = received.iter().filter_map(|r| r.id).filter(|id| ids.contains(id)).collect();
+    let want: Vec<MessageId> = ids.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, id)| *id).collect();
+    assert_eq!(got, want, "messages 1-2 and 4-8 once each, in enqueue order");
+    let metrics = relay.metrics();
+    assert_eq!((metrics.retried, metrics.dead_lettered), (1, 1), "one retry (the 6th), one dead letter (the 3rd)");
 }

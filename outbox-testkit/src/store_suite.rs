@@ -285,33 +285,43 @@ pub async fn idempotency_key_stores_one_message<H: StoreHarness + ?Sized>(h: &H)
     assert_eq!(third, first, "a dead-lettered message still holds its idempotency key");
 }
 
-/// Guarantee 4: per key, only the oldest unfinished message is claimable; a failing head holds back
-/// only its own key.
-pub async fn one_message_per_key_in_flight_in_enqueue_order<H: StoreHarness + ?Sized>(h: &H) {
+/// Guarantee 4: a claim takes each key's messages as a run in enqueue order from the key's oldest
+/// unfinished message; nothing of a key is claimed while an earlier message of it is leased or waits
+/// for a retry, and a failing message holds back only its own key.
+pub async fn key_runs_in_enqueue_order<H: StoreHarness + ?Sized>(h: &H) {
     let store = h.store();
     let a = commit(h, vec![msg("t", 0).key("a"), msg("t", 1).key("a"), msg("t", 2).key("a")]).await;
     let b = commit(h, vec![msg("t", 0).key("b"), msg("t", 1)]).await;
     let owner = RelayId::new();
     let first = claim(&*store, owner, 10, LEASE).await;
-    assert_eq!(ids(&first), vec![a[0], b[0], b[1]], "the head of each key and the keyless message, in order");
-    assert!(
-        claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(),
-        "a second message of a key while its head is leased"
-    );
+    assert_eq!(ids(&first), vec![a[0], a[1], a[2], b[0], b[1]], "each key's run and the keyless message, in order");
+    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "a key's messages in two claims at once");
 
-    let retry = Retry { id: a[0], error: "fail".into(), delay: Duration::from_millis(400) };
+    // The relay's outcome: a0 published, a1 failed (retry), a2 handed back unattempted.
+    store.acknowledge(&[a[0], b[0], b[1]]).await.expect("acknowledge");
+    let retry = Retry { id: a[1], error: "fail".into(), delay: Duration::from_millis(400) };
     store.reschedule(owner, &[retry]).await.expect("reschedule");
-    store.acknowledge(&[b[0], b[1]]).await.expect("acknowledge");
-    assert!(claim(&*store, owner, 10, LEASE).await.is_empty(), "key a moved past its failing head");
-    commit(h, vec![msg("t", 1).key("b")]).await;
-    assert_eq!(claim(&*store, owner, 10, LEASE).await.len(), 1, "key b is not held back by key a");
+    store.release(owner, &[a[2]]).await.expect("release");
+    assert!(claim(&*store, owner, 10, LEASE).await.is_empty(), "key a moved past its retrying message");
+    let b2 = commit(h, vec![msg("t", 2).key("b")]).await;
+    assert_eq!(ids(&claim(&*store, owner, 10, LEASE).await), b2, "key b is not held back by key a");
 
     tokio::time::sleep(Duration::from_millis(550)).await;
-    for expected in &a {
-        let next = claim(&*store, owner, 10, LEASE).await;
-        assert_eq!(ids(&next), vec![*expected], "key a in enqueue order");
-        store.acknowledge(&[*expected]).await.expect("acknowledge");
-    }
+    let again = claim(&*store, owner, 10, LEASE).await;
+    assert_eq!(ids(&again), vec![a[1], a[2]], "key a resumes in enqueue order");
+    assert_eq!(
+        again.iter().map(|m| m.attempts).collect::<Vec<_>>(),
+        vec![2, 1],
+        "a handed-back message's attempt is not counted"
+    );
+    store.acknowledge(&[a[1], a[2], b2[0]]).await.expect("acknowledge");
+
+    // A claim cut short by its limit leaves the rest of the run behind its leased part.
+    let c = commit(h, (0..3).map(|n| msg("t", n).key("c")).collect()).await;
+    assert_eq!(ids(&claim(&*store, owner, 2, LEASE).await), c[..2].to_vec(), "the run's first two");
+    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "the rest queues behind them");
+    store.release(owner, &c[..2]).await.expect("release");
+    assert_eq!(ids(&claim(&*store, owner, 10, LEASE).await), c, "the whole run once handed back");
 }
 
 /// Guarantee 4, at depth: the heads of other keys and keyless messages are claimed even when the
@@ -329,7 +339,7 @@ pub async fn heads_behind_a_long_queue_of_one_key_are_claimed<H: StoreHarness + 
     assert!(claim(&*store, RelayId::new(), 5, LEASE).await.is_empty(), "nothing else is claimable");
     store.acknowledge(&[hot[0], cold[0], keyless[0]]).await.expect("acknowledge");
     let third = claim(&*store, RelayId::new(), 5, LEASE).await;
-    assert_eq!(ids(&third), vec![hot[1]], "the next of the queue once its head is done");
+    assert_eq!(ids(&third), hot[1..6].to_vec(), "the queue's next run once its head is done");
 }
 
 /// Binary, empty, large and unicode payloads, keys and headers come back byte for byte.

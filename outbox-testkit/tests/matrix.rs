@@ -12,7 +12,7 @@ use outbox_testkit::brokers::{KafkaHarness, RabbitMqHarness, RedisHarness};
 use outbox_testkit::memory::MemoryHarness;
 use outbox_testkit::mysql::MySqlHarness;
 use outbox_testkit::postgres::PostgresHarness;
-use outbox_testkit::relay_suite::{relay_suite, MemoryPublisherHarness, RelayScenario};
+use outbox_testkit::relay_suite::{key_run_with_failures, relay_suite, MemoryPublisherHarness, RelayScenario};
 use outbox_testkit::sqlite::SqliteHarness;
 
 async fn memory_store() -> Option<MemoryHarness> {
@@ -27,6 +27,8 @@ macro_rules! matrix {
     ($($name:ident: $store:expr, $publisher:expr;)+) => {$(
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn $name() {
+            let (Some(store), Some(publisher)) = ($store.await, $publisher.await) else { return };
+            key_run_with_failures(&store, &publisher).await;
             let (Some(store), Some(publisher)) = ($store.await, $publisher.await) else { return };
             relay_suite(&store, &publisher, RelayScenario::default()).await;
         }

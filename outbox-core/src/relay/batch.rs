@@ -1,6 +1,7 @@
 //! One batch's life after its claim: publish it (renewing its lease, and giving up before the lease
 //! runs out), then settle it: acknowledge, reschedule, dead-letter.
 
+use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -15,8 +16,17 @@ use crate::publisher::{panic_text, PublishError};
 use crate::retry::RetryDecision;
 use crate::store::{Failure, Retry};
 
+/// What became of one claimed message: `None` when it was not attempted (an earlier message of its
+/// key will be retried, so it goes back to the outbox without counting the attempt).
+type Outcome = Option<std::result::Result<(), PublishError>>;
+
 impl Inner {
     /// Publishes a batch claimed at `claimed_at` and records each message's outcome in the store.
+    ///
+    /// A batch may hold a run of several messages of a key, in enqueue order. At the first message of a
+    /// key that will be retried, the key's later messages of the batch go back to the outbox
+    /// unattempted, so they are published after it; a message that is dead-lettered does not hold
+    /// its key back.
     pub(super) async fn publish_and_settle(&self, batch: Vec<Message>, claimed_at: Instant) -> Result<()> {
         let max_attempts = self.options.retry.max_attempts();
         let (exhausted, batch): (Vec<Message>, Vec<Message>) =
@@ -26,6 +36,7 @@ impl Inner {
 
         let mut acks = Vec::with_capacity(batch.len());
         let mut retries = Vec::new();
+        let mut releases = Vec::new();
         let mut dead: Vec<(Message, String)> = Vec::new();
         for message in exhausted {
             let error = format!(
@@ -34,29 +45,43 @@ impl Inner {
             );
             dead.push((message, error));
         }
+        let mut held_keys: HashSet<String> = HashSet::new();
         let mut outcomes = outcomes.into_iter();
         for message in batch {
-            let outcome = outcomes
-                .next()
-                .unwrap_or_else(|| Err(PublishError::transient("publisher returned fewer outcomes than messages")));
+            let outcome = outcomes.next().unwrap_or_else(|| {
+                Some(Err(PublishError::transient("publisher returned fewer outcomes than messages")))
+            });
+            let held = message.key.as_ref().is_some_and(|key| held_keys.contains(key));
             match outcome {
-                Ok(()) => acks.push(message.id),
-                Err(e) if e.is_transient() => match self.options.retry.decide(message.attempts) {
+                None => releases.push(message.id),
+                Some(Ok(())) => {
+                    if held {
+                        warn!(message_id = %message.id, "outbox publisher delivered a message after an earlier message of its key failed; the key's order may break when that one is retried");
+                    }
+                    acks.push(message.id)
+                }
+                Some(Err(_)) if held => releases.push(message.id),
+                Some(Err(e)) => match self.decide(&message, &e) {
                     RetryDecision::RetryAfter(delay) => {
                         warn!(message_id = %message.id, attempts = message.attempts, retry_in = ?delay, error = %e.report(), "outbox publish failed; will retry");
                         retries.push(Retry { id: message.id, error: e.report(), delay });
+                        if let Some(key) = message.key {
+                            held_keys.insert(key);
+                        }
                     }
-                    RetryDecision::DeadLetter => {
+                    RetryDecision::DeadLetter if e.is_transient() => {
                         let error = format!("gave up after {} attempts: {}", message.attempts, e.report());
                         dead.push((message, error));
                     }
+                    RetryDecision::DeadLetter => dead.push((message, e.report())),
                 },
-                Err(e) => dead.push((message, e.report())),
             }
         }
 
-        let settled = self.settle(&acks, &retries, &dead).await;
-        self.forget_in_flight(acks.iter().chain(retries.iter().map(|r| &r.id)).chain(dead.iter().map(|(m, _)| &m.id)));
+        let settled = self.settle(&acks, &retries, &dead, &releases).await;
+        self.forget_in_flight(
+            acks.iter().chain(retries.iter().map(|r| &r.id)).chain(dead.iter().map(|(m, _)| &m.id)).chain(&releases),
+        );
         settled?;
         if let Some(hook) = &self.hook {
             for (message, error) in &dead {
@@ -66,7 +91,22 @@ impl Inner {
         Ok(())
     }
 
-    async fn settle(&self, acks: &[MessageId], retries: &[Retry], dead: &[(Message, String)]) -> Result<()> {
+    /// Whether a failed message is retried (after a delay) or dead-lettered.
+    fn decide(&self, message: &Message, error: &PublishError) -> RetryDecision {
+        if error.is_transient() {
+            self.options.retry.decide(message.attempts)
+        } else {
+            RetryDecision::DeadLetter
+        }
+    }
+
+    async fn settle(
+        &self,
+        acks: &[MessageId],
+        retries: &[Retry],
+        dead: &[(Message, String)],
+        releases: &[MessageId],
+    ) -> Result<()> {
         if !acks.is_empty() {
             self.settle_step("acknowledge", || self.store.acknowledge(acks)).await?;
             bump(&self.counters.published, acks.len());
@@ -84,6 +124,10 @@ impl Inner {
             for (message, error) in dead {
                 error!(message_id = %message.id, topic = %message.topic, attempts = message.attempts, %error, "outbox message dead-lettered");
             }
+        }
+        // Last: until they are released, a key's later messages stay leased behind its retried one.
+        if !releases.is_empty() {
+            self.settle_step("release", || self.store.release(self.id, releases)).await?;
         }
         Ok(())
     }
@@ -112,18 +156,69 @@ impl Inner {
         }
     }
 
-    /// Publishes `batch`, turning a panic of the publisher into a transient failure. A batch whose
-    /// publish panicked is published again one message per call, so only the messages that panic fail
-    /// (and, retried, end in the dead letters) while their batch-mates go out, some maybe twice.
-    async fn publish_catching_panics(&self, batch: &[Message]) -> Vec<std::result::Result<(), PublishError>> {
-        let panic = match AssertUnwindSafe(self.publisher.publish(batch)).catch_unwind().await {
-            Ok(outcomes) => return outcomes,
-            Err(panic) => panic,
-        };
-        if let [_] = batch {
-            return vec![Err(PublishError::panicked(&*panic))];
+    /// Publishes `batch` so that a key's messages reach the broker in order. A publisher that
+    /// [keeps key order](crate::Publisher::keeps_key_order) takes the whole batch in one call;
+    /// otherwise a batch in which keys repeat goes out in rounds, one message of each key per call.
+    async fn publish_in_key_order(&self, batch: &[Message]) -> Vec<Outcome> {
+        let repeats_a_key = rounds(batch).len() > 1;
+        if repeats_a_key && !self.publisher.keeps_key_order() {
+            return self.publish_in_rounds(batch).await;
         }
-        warn!(messages = batch.len(), panic = %panic_text(&*panic), "outbox publisher panicked; publishing the batch one message at a time");
+        match AssertUnwindSafe(self.publisher.publish(batch)).catch_unwind().await {
+            Ok(outcomes) => outcomes.into_iter().map(Some).collect(),
+            Err(panic) if batch.len() == 1 => vec![Some(Err(PublishError::panicked(&*panic)))],
+            Err(panic) => {
+                warn!(messages = batch.len(), panic = %panic_text(&*panic), "outbox publisher panicked; publishing the batch one message at a time");
+                if repeats_a_key {
+                    self.publish_in_rounds(batch).await
+                } else {
+                    self.publish_one_by_one(batch).await.into_iter().map(Some).collect()
+                }
+            }
+        }
+    }
+
+    /// Publishes `batch` in rounds with at most one message of each key. Once a message of a key fails
+    /// and will be retried, the key's later messages are not attempted.
+    async fn publish_in_rounds(&self, batch: &[Message]) -> Vec<Outcome> {
+        let mut outcomes: Vec<Outcome> = batch.iter().map(|_| None).collect();
+        let mut held_keys: HashSet<&str> = HashSet::new();
+        for round in rounds(batch) {
+            let round: Vec<usize> = round
+                .into_iter()
+                .filter(|&i| !batch[i].key.as_deref().is_some_and(|key| held_keys.contains(key)))
+                .collect();
+            if round.is_empty() {
+                break;
+            }
+            let messages: Vec<Message> = round.iter().map(|&i| batch[i].clone()).collect();
+            let results = match AssertUnwindSafe(self.publisher.publish(&messages)).catch_unwind().await {
+                Ok(results) => results,
+                Err(panic) if messages.len() == 1 => vec![Err(PublishError::panicked(&*panic))],
+                Err(panic) => {
+                    warn!(messages = messages.len(), panic = %panic_text(&*panic), "outbox publisher panicked; publishing the round one message at a time");
+                    self.publish_one_by_one(&messages).await
+                }
+            };
+            let mut results = results.into_iter();
+            for i in round {
+                let result = results
+                    .next()
+                    .unwrap_or_else(|| Err(PublishError::transient("publisher returned fewer outcomes than messages")));
+                if let (Err(e), Some(key)) = (&result, batch[i].key.as_deref()) {
+                    if matches!(self.decide(&batch[i], e), RetryDecision::RetryAfter(_)) {
+                        held_keys.insert(key);
+                    }
+                }
+                outcomes[i] = Some(result);
+            }
+        }
+        outcomes
+    }
+
+    /// Publishes each message of `batch` (no key twice) in a call of its own, concurrently, so only
+    /// the messages that panic fail.
+    async fn publish_one_by_one(&self, batch: &[Message]) -> Vec<std::result::Result<(), PublishError>> {
         let one_by_one = batch.iter().map(|message| async move {
             match AssertUnwindSafe(self.publisher.publish(std::slice::from_ref(message))).catch_unwind().await {
                 Ok(mut outcomes) => outcomes
@@ -141,19 +236,9 @@ impl Inner {
     /// sooner. When extensions fail and the lease is about to run out, the publish is abandoned and
     /// its messages fail as transient (some may have reached the broker: at-least-once), so this
     /// relay does not go on publishing what another relay may claim once the lease is over.
-    /// Publishes `batch`, extending its lease every third of the lease while the publish runs. The
-    /// lease is held until `claimed_at + lease`, or a successful extension's send time + lease: both
-    /// were read before the statement went out, so on the store's clock the lease ends later, never
-    /// sooner. When extensions fail and the lease is about to run out, the publish is abandoned and
-    /// its messages fail as transient (some may have reached the broker: at-least-once), so this
-    /// relay does not go on publishing what another relay may claim once the lease is over.
-    async fn publish_renewing_lease(
-        &self,
-        batch: &[Message],
-        claimed_at: Instant,
-    ) -> Vec<std::result::Result<(), PublishError>> {
+    async fn publish_renewing_lease(&self, batch: &[Message], claimed_at: Instant) -> Vec<Outcome> {
         let lease = self.options.lease;
-        let publish = self.publish_catching_panics(batch);
+        let publish = self.publish_in_key_order(batch);
         tokio::pin!(publish);
         let every = lease / 3;
         let mut renew = tokio::time::interval_at(Instant::now() + every, every);
@@ -178,10 +263,33 @@ impl Inner {
                     warn!(messages = batch.len(), "outbox relay: the lease is running out before the publish finished; abandoning it");
                     return batch
                         .iter()
-                        .map(|_| Err(PublishError::transient("the claim's lease ran out before the publish finished")))
+                        .map(|_| Some(Err(PublishError::transient("the claim's lease ran out before the publish finished"))))
                         .collect();
                 }
             }
         }
     }
+}
+
+/// Splits `batch` into rounds with at most one message of each key: round `n` holds the `n`-th
+/// message of every key, and the first also every message without a key. Indices into `batch`, each
+/// round in batch order.
+fn rounds(batch: &[Message]) -> Vec<Vec<usize>> {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut rounds: Vec<Vec<usize>> = Vec::new();
+    for (i, message) in batch.iter().enumerate() {
+        let round = match message.key.as_deref() {
+            None => 0,
+            Some(key) => {
+                let count = seen.entry(key).or_insert(0);
+                *count += 1;
+                *count - 1
+            }
+        };
+        if rounds.len() <= round {
+            rounds.resize_with(round + 1, Vec::new);
+        }
+        rounds[round].push(i);
+    }
+    rounds
 }

@@ -8,6 +8,7 @@
 //! commits before anything is published. (MariaDB rejects `IN (SELECT ... LIMIT n)`, and a
 //! derived table makes every claim a full scan, so the claim is not a single statement.)
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
 use tokio::sync::Notify;
 
+use crate::key_runs::RunCheck;
 use crate::{connect_error, sql_error, StoreOptions};
 
 const COMMIT_GRACE: Duration = Duration::from_millis(2);
@@ -274,19 +276,34 @@ impl Store for MySqlStore {
         let mut tx = conn.begin().await.map_err(err)?;
         let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
         let window = limit.saturating_add(limit / 4);
-        let rows: Vec<(i64, i64, i64)> = sqlx::query_as(&sql.candidates)
+        // Keys come as bytes: the column's binary collation makes MySQL send it as VARBINARY.
+        let rows: Vec<(i64, i64, Option<Vec<u8>>, Option<i64>)> = sqlx::query_as(&sql.candidates)
             .bind(limit_i64)
             .bind(i64::try_from(window).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await
             .map_err(err)?;
-        let in_window = rows.iter().filter(|(_, kind, _)| *kind == 1).count();
-        let window_heads = rows.iter().filter(|(_, kind, head)| *kind == 1 && *head != 0).count();
-        let mut candidates: Vec<i64> = rows.iter().filter(|(_, _, head)| *head != 0).map(|(seq, _, _)| *seq).collect();
-        if in_window == window && window_heads < limit {
+        // Each key's run through the window (rows come in enqueue order within each kind).
+        let mut runs = RunCheck::default();
+        let mut previous: HashMap<i64, Option<i64>> = HashMap::with_capacity(rows.len());
+        let mut candidates = Vec::with_capacity(rows.len());
+        let (mut in_window, mut in_runs) = (0, 0);
+        for (seq, kind, key, prv) in &rows {
+            in_window += usize::from(*kind == 1);
+            let key = key.as_deref().map(String::from_utf8_lossy);
+            if runs.follows(*seq, key.as_deref(), *prv) {
+                in_runs += usize::from(*kind == 1);
+                previous.insert(*seq, *prv);
+                candidates.push(*seq);
+            }
+        }
+        if in_window == window && in_runs < limit {
             let heads: Vec<i64> =
                 sqlx::query_scalar(&sql.key_heads).bind(limit_i64).fetch_all(&mut *tx).await.map_err(err)?;
-            candidates.extend(heads);
+            for head in heads {
+                previous.entry(head).or_insert(None);
+                candidates.push(head);
+            }
         }
         candidates.sort_unstable();
         candidates.dedup();
@@ -301,11 +318,17 @@ impl Store for MySqlStore {
             lock = lock.bind(*seq);
         }
         let rows = lock.fetch_all(&mut *tx).await.map_err(err)?;
+        // A candidate another claim took meanwhile is skipped, and with it the rest of its key's run.
+        let mut runs = RunCheck::default();
         let mut seqs = Vec::with_capacity(rows.len());
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
-            seqs.push(row.try_get::<i64, _>(0).map_err(err)?);
+            let seq = row.try_get::<i64, _>(0).map_err(err)?;
             let mut message = decode_message(row)?;
+            if !runs.follows(seq, message.key.as_deref(), previous.get(&seq).copied().flatten()) {
+                continue;
+            }
+            seqs.push(seq);
             message.attempts += 1;
             claimed.push(message);
         }

@@ -98,13 +98,15 @@ CREATE TABLE IF NOT EXISTS {i} (
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = ?"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = ?"),
             // Candidates (a consistent read, no locks): the oldest claimable keyless rows, and a window
-            // of the oldest claimable keyed rows, each flagged whether it is its key's head (no older
-            // unfinished row of the same key). `kind` tells the two apart.
+            // of the oldest claimable keyed rows, each with its key and its predecessor among its key's
+            // unfinished rows (`NULL` for the key's oldest), from which the store follows each key's
+            // run. `kind` tells the two apart.
             candidates: format!(
-                "(SELECT k.seq, CAST(0 AS SIGNED) AS kind, CAST(1 AS SIGNED) AS head FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT ?) \
+                "(SELECT k.seq, CAST(0 AS SIGNED) AS kind, k.msg_key, CAST(NULL AS SIGNED) AS prv FROM {m} k \
+                    WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT ?) \
                  UNION ALL \
-                 (SELECT w.seq, CAST(1 AS SIGNED) AS kind, CAST(NOT EXISTS (SELECT 1 FROM {m} e WHERE e.msg_key = w.msg_key \
-                    AND e.published_at IS NULL AND e.seq < w.seq) AS SIGNED) AS head \
+                 (SELECT w.seq, CAST(1 AS SIGNED) AS kind, w.msg_key, (SELECT MAX(e.seq) FROM {m} e WHERE e.msg_key = w.msg_key \
+                    AND e.published_at IS NULL AND e.seq < w.seq) AS prv \
                   FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} ORDER BY w.seq LIMIT ?)",
                 ready_k = ready("k"),
                 ready_w = ready("w"),
@@ -160,8 +162,8 @@ CREATE TABLE IF NOT EXISTS {i} (
     pub(super) fn lock_rows(&self, n: usize) -> String {
         format!(
             "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, last_error FROM {} \
-             WHERE seq IN ({}) AND published_at IS NULL AND (locked_until IS NULL OR locked_until <= {NOW}) \
-             ORDER BY seq FOR UPDATE SKIP LOCKED",
+             WHERE seq IN ({}) AND published_at IS NULL AND available_at <= {NOW} \
+             AND (locked_until IS NULL OR locked_until <= {NOW}) ORDER BY seq FOR UPDATE SKIP LOCKED",
             self.messages,
             Self::placeholders(n)
         )

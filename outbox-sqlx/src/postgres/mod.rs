@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::key_runs::{keep_key_runs, LeasedRow};
 use crate::{connect_error, sql_error, StoreOptions};
 
 mod claim_floor;
@@ -384,14 +385,19 @@ impl Store for PostgresStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| sql_error("claim", e))?;
-        let mut claimed: Vec<(i64, Message)> = Vec::with_capacity(rows.len());
+        let get = |e| sql_error("claim", e);
+        let mut leased = Vec::with_capacity(rows.len());
         for row in &rows {
-            claimed.push((row.try_get(0).map_err(|e| sql_error("claim", e))?, decode_message(row)?));
+            let previous = row.try_get(9).map_err(get)?;
+            leased.push(LeasedRow { seq: row.try_get(0).map_err(get)?, previous, message: decode_message(row)? });
         }
-        claimed.sort_unstable_by_key(|(seq, _)| *seq);
-        let newest_keyless = claimed.iter().rev().find(|(_, m)| m.key.is_none()).map(|(seq, _)| *seq);
-        self.inner.floor.update(limit, claimed.len(), newest_keyless);
-        Ok(claimed.into_iter().map(|(_, m)| m).collect())
+        let newest_keyless = leased.iter().filter(|row| row.message.key.is_none()).map(|row| row.seq).max();
+        self.inner.floor.update(limit, leased.len(), newest_keyless);
+        let (claimed, back) = keep_key_runs(leased);
+        if !back.is_empty() {
+            self.release(owner, &back).await?;
+        }
+        Ok(claimed)
     }
 
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {

@@ -57,14 +57,15 @@ impl Sql {
         let notify = if options.enqueue_notifications { ", pg_notify($7, '')" } else { "" };
         // A claim must never scan the whole backlog. Keyless rows come oldest first from their own
         // partial index. Keyed rows come from a window of the oldest claimable keyed rows (limit + 25%,
-        // locked with SKIP LOCKED so concurrent claimers take disjoint windows): those that are key
-        // heads (no older unfinished row of the same key) are taken. Only when the window is full yet
-        // holds fewer than `limit` heads (it is clogged with rows queued behind in-flight or retrying
-        // heads) is the head of every key looked up, with a loose index scan over (msg_key, seq):
-        // O(keys) instead of O(backlog). The window's other rows are unlocked when the statement ends.
-        // Keyless and keyed rows are disjoint, so only the two keyed branches (a head can be in both)
-        // need de-duplicating: `UNION ALL` spares hashing the keyless rows (a 1,000-row claim: 3.0 ms
-        // instead of 3.35 ms).
+        // locked with SKIP LOCKED so concurrent claimers take disjoint windows). Of those, each key's
+        // run is taken: its rows in order, from the key's oldest unfinished row for as long as each
+        // row's predecessor among the key's unfinished rows (`prv`, one index probe) is the window's
+        // previous row of that key. A row queued behind a leased, retrying or skipped row is left.
+        // Only when the window is full yet yields fewer than `limit` rows (it is clogged with rows
+        // queued behind in-flight or retrying rows) is the head of every key looked up, with a loose
+        // index scan over (msg_key, seq): O(keys) instead of O(backlog). The window's other rows are
+        // unlocked when the statement ends. Keyless and keyed rows are disjoint, so only the two keyed
+        // branches (a head can be in both) need de-duplicating.
         let ready = |alias: &str| {
             format!(
                 "{alias}.published_at IS NULL AND {alias}.available_at <= now() \
@@ -73,20 +74,25 @@ impl Sql {
         };
         let claimable = format!(
             "WITH RECURSIVE \
-             keyless AS (SELECT k.seq, k.ctid FROM {m} k WHERE k.msg_key IS NULL AND k.seq > $4 AND {ready_k} ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
+             keyless AS (SELECT k.seq, k.ctid, NULL::bigint AS prv FROM {m} k WHERE k.msg_key IS NULL AND k.seq > $4 AND {ready_k} \
+               ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
              win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} \
                ORDER BY w.seq LIMIT $3 + $3 / 4 FOR UPDATE SKIP LOCKED), \
-             win_heads AS MATERIALIZED (SELECT w.seq, w.ctid FROM win w WHERE w.msg_key IS NULL OR NOT EXISTS \
-               (SELECT 1 FROM {m} e WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL)), \
-             clogged AS MATERIALIZED (SELECT (SELECT count(*) FROM win) = $3 + $3 / 4 AND (SELECT count(*) FROM win_heads) < $3 AS yes), \
+             linked AS (SELECT w.seq, w.ctid, w.msg_key, lag(w.seq) OVER (PARTITION BY w.msg_key ORDER BY w.seq) AS before, \
+               (SELECT max(e.seq) FROM {m} e WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL) AS prv FROM win w), \
+             runs AS MATERIALIZED (SELECT r.seq, r.ctid, r.prv FROM (SELECT l.seq, l.ctid, l.prv, \
+               bool_and(l.prv IS NOT DISTINCT FROM l.before) OVER (PARTITION BY l.msg_key ORDER BY l.seq) AS unbroken FROM linked l) r \
+               WHERE r.unbroken), \
+             clogged AS MATERIALIZED (SELECT (SELECT count(*) FROM win) = $3 + $3 / 4 AND (SELECT count(*) FROM runs) < $3 AS yes), \
              keys(k) AS (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL AND (SELECT yes FROM clogged) \
                UNION ALL SELECT (SELECT min(n.msg_key) FROM {m} n WHERE n.msg_key > keys.k AND n.published_at IS NULL) \
                FROM keys WHERE keys.k IS NOT NULL), \
              heads AS (SELECT (SELECT h.ctid FROM {m} h WHERE h.msg_key = keys.k AND h.published_at IS NULL ORDER BY h.seq LIMIT 1) AS ctid \
                FROM keys WHERE keys.k IS NOT NULL), \
-             more_heads AS (SELECT o.seq, o.ctid FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM heads)) \
+             more_heads AS (SELECT o.seq, o.ctid, NULL::bigint AS prv FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM heads)) \
                AND o.msg_key IS NOT NULL AND {ready_o} ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
-             SELECT seq, ctid FROM keyless UNION ALL (SELECT seq, ctid FROM win_heads UNION SELECT seq, ctid FROM more_heads) ORDER BY seq LIMIT $3",
+             SELECT seq, ctid, prv FROM keyless UNION ALL (SELECT seq, ctid, prv FROM runs UNION SELECT seq, ctid, prv FROM more_heads) \
+             ORDER BY seq LIMIT $3",
             ready_k = ready("k"),
             ready_w = ready("w"),
             ready_o = ready("o"),
@@ -94,10 +100,13 @@ impl Sql {
         // The update reaches the picked rows by the tuple ids that locked them (a TID scan), not by a
         // second walk of the primary key: a row this statement holds locked keeps its tuple id until
         // the statement ends. A row whose lockable version committed after the statement's snapshot
-        // is invisible to the TID scan, so it is unlocked untouched and left to the next claim.
+        // is invisible to the TID scan, so it is unlocked untouched and left to the next claim; each
+        // row comes back with its `prv`, so the store hands back a key's rows that followed it.
         let claim = format!(
-            "WITH picked AS ({claimable}) UPDATE {m} SET locked_by = $1, locked_until = now() + $2 * {MS}, attempts = attempts + 1 \
-             WHERE ctid = ANY (ARRAY(SELECT ctid FROM picked)) AND {relay_commit} RETURNING seq, {cols}"
+            "WITH picked AS ({claimable}), \
+             leased AS (UPDATE {m} SET locked_by = $1, locked_until = now() + $2 * {MS}, attempts = attempts + 1 \
+               WHERE ctid = ANY (ARRAY(SELECT ctid FROM picked)) AND {relay_commit} RETURNING seq, {cols}) \
+             SELECT l.*, p.prv FROM leased l JOIN picked p ON p.seq = l.seq"
         );
         // `fillfactor = 50`: a claim rewrites every row it leases, and with half of each page free the
         // new versions fit beside the old ones as HOT updates that touch no index (a claim of 1,000

@@ -108,6 +108,10 @@ impl Publisher for AckBeforePublish {
         }
         self.inner.publish(batch).await
     }
+
+    fn keeps_key_order(&self) -> bool {
+        self.inner.keeps_key_order()
+    }
 }
 
 /// See [`Defect::UnorderedRetry`].
@@ -137,5 +141,9 @@ impl Publisher for UnorderedRetry {
             .into_iter()
             .map(|outcome| outcome.or_else(|e| if e.is_transient() { Ok(()) } else { Err(e) }))
             .collect()
+    }
+
+    fn keeps_key_order(&self) -> bool {
+        self.inner.keeps_key_order()
     }
 }
