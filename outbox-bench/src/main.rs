@@ -11,7 +11,10 @@
 //! ```
 //! Options:
 //! - `--store postgres|mysql|sqlite`, `--publisher kafka|rabbitmq|redis|memory`;
-//! - `--messages N`, `--payload BYTES`, `--keys N` (ordering keys, round robin; default 0 = keyless);
+//! - `--messages N`, `--payload BYTES`, `--keys N` (ordering keys, round robin; default 0 = keyless),
+//!   `--hot-key-share F` (that share of the messages on one hot key, the rest over `--keys`);
+//! - `--key-sweep SPEC[,SPEC]` (relay and raw database throughput for each key mix, against keyless in
+//!   the same run; a SPEC is `N` keys, or `hot:F:N`);
 //! - `--batch N`, `--concurrency N` (workers per relay; default the relay's, 2), `--in-flight N`
 //!   (batches in flight per worker; default the relay's, 2), `--relays N` (relay instances, each with its
 //!   own pool; default 1), `--rate MSG_PER_S` (latency load), `--poll-interval MS` (the latency run's
@@ -64,6 +67,9 @@ usage: cargo run --release -p outbox-bench -- [OPTIONS]
   --messages N           backlog size for the throughput runs (default 100000)
   --payload BYTES        payload size (default 256)
   --keys N               ordering keys, round robin (default 0 = keyless)
+  --hot-key-share F      that share of the messages (0-1) on one hot key, the rest over --keys
+  --key-sweep SPEC[,SPEC]  throughput for each key mix against keyless in the same run; SPEC is N
+                         (N keys, round robin) or hot:F:N (share F on one key, the rest over N keys)
   --batch N              claim batch size (default 1000)
   --concurrency N        workers per relay (default: the relay's)
   --in-flight N          batches in flight per worker (default: the relay's)
@@ -104,7 +110,8 @@ struct Args {
     producers: usize,
     idle_listeners: usize,
     old_rows: usize,
-    keys: usize,
+    keys: KeyMix,
+    key_sweep: Vec<KeyMix>,
     relays: usize,
     kafka_settings: Vec<(String, String)>,
     amqp_queue: rabbitmq::QueueType,
@@ -140,7 +147,8 @@ fn parse_args() -> Result<Args, BoxError> {
         producers: 8,
         idle_listeners: 0,
         old_rows: 1_000_000,
-        keys: 0,
+        keys: KeyMix::KEYLESS,
+        key_sweep: Vec::new(),
         relays: 1,
         kafka_settings: Vec::new(),
         amqp_queue: rabbitmq::QueueType::Quorum,
@@ -177,7 +185,11 @@ fn parse_args() -> Result<Args, BoxError> {
             "--producers" => args.producers = number(value()?)?,
             "--idle-listeners" => args.idle_listeners = number(value()?)?,
             "--old-rows" => args.old_rows = number(value()?)?,
-            "--keys" => args.keys = number(value()?)?,
+            "--keys" => args.keys.keys = number(value()?)?,
+            "--hot-key-share" => args.keys.hot_share = KeyMix::share(&value()?)?,
+            "--key-sweep" => {
+                args.key_sweep = value()?.split(',').map(|spec| KeyMix::parse(spec.trim())).collect::<Result<_, _>>()?
+            }
             "--relays" => args.relays = number(value()?)?,
             "--kafka-setting" => {
                 let setting = value()?;
@@ -675,15 +687,67 @@ async fn cleanup_broker(kind: &str, topic: &str) {
     }
 }
 
-/// `n` messages; with `keys > 0` each has one of `keys` ordering keys, round robin.
-fn messages(topic: &str, n: usize, payload: usize, keys: usize) -> Vec<NewMessage> {
+/// How the messages of a run are keyed: a `hot_share` of them on one hot key, the rest round robin
+/// over `keys` keys (keyless when `keys` is 0).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct KeyMix {
+    keys: usize,
+    hot_share: f64,
+}
+
+impl KeyMix {
+    const KEYLESS: Self = Self { keys: 0, hot_share: 0.0 };
+
+    /// `N` or `hot:F:N`.
+    fn parse(spec: &str) -> Result<Self, BoxError> {
+        let number = |v: &str| v.parse::<usize>().map_err(|e| format!("key mix {spec:?}: {e}"));
+        match spec.split(':').collect::<Vec<_>>()[..] {
+            [keys] => Ok(Self { keys: number(keys)?, hot_share: 0.0 }),
+            ["hot", share, keys] => Ok(Self { keys: number(keys)?, hot_share: Self::share(share)? }),
+            _ => Err(format!("key mix {spec:?}: expected N or hot:SHARE:N").into()),
+        }
+    }
+
+    fn share(value: &str) -> Result<f64, BoxError> {
+        match value.parse::<f64>() {
+            Ok(share) if (0.0..=1.0).contains(&share) => Ok(share),
+            _ => Err(format!("a hot-key share is a number from 0 to 1, got {value:?}").into()),
+        }
+    }
+
+    /// The key of message `i`. Hot messages are spread evenly through the run.
+    fn key(&self, i: usize) -> Option<String> {
+        let hot = (((i + 1) as f64 * self.hot_share).floor() - (i as f64 * self.hot_share).floor()) >= 1.0;
+        if hot {
+            Some("hot".to_owned())
+        } else if self.keys > 0 {
+            Some(format!("k{}", i % self.keys))
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for KeyMix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.hot_share > 0.0 {
+            write!(f, "{:.0}% on one key, the rest on {} keys", self.hot_share * 100.0, self.keys)
+        } else if self.keys > 0 {
+            write!(f, "{} keys", self.keys)
+        } else {
+            f.write_str("keyless")
+        }
+    }
+}
+
+/// `n` messages keyed by `keys`.
+fn messages(topic: &str, n: usize, payload: usize, keys: KeyMix) -> Vec<NewMessage> {
     (0..n)
         .map(|i| {
             let message = NewMessage::new(topic, vec![(i % 251) as u8; payload]);
-            if keys > 0 {
-                message.key(format!("k{}", i % keys))
-            } else {
-                message
+            match keys.key(i) {
+                Some(key) => message.key(key),
+                None => message,
             }
         })
         .collect()
@@ -777,7 +841,7 @@ async fn raw_broker(
     let all: Vec<Message> = (0..args.messages)
         .map(|i| Message {
             id: MessageId::new(),
-            key: (args.keys > 0).then(|| format!("k{}", i % args.keys)),
+            key: args.keys.key(i),
             payload: vec![(i % 251) as u8; args.payload],
             ..now.clone()
         })
@@ -785,7 +849,7 @@ async fn raw_broker(
     // Warm up (connections, Kafka producer id).
     let warm = publisher.publish(&all[..1.min(all.len())]).await;
     if let Some(Err(e)) = warm.into_iter().next() {
-        return Err(format!("warm-up publish failed: {e}").into());
+        return Err(format!("warm-up publish failed: {}", e.report()).into());
     }
     let batches: Vec<&[Message]> = all.chunks(batch).collect();
     let (started, busy) = (Instant::now(), machine_busy());
@@ -1164,7 +1228,7 @@ async fn raw_broker_latency(
         async move {
             let started = Instant::now();
             if let Some(Err(e)) = publisher.publish(std::slice::from_ref(&message)).await.pop() {
-                return Err(format!("raw publish failed: {e}").into());
+                return Err(format!("raw publish failed: {}", e.report()).into());
             }
             samples.lock().map_err(|_| "poisoned")?.push(started.elapsed());
             Ok(())
@@ -1411,7 +1475,7 @@ async fn main() -> Result<(), BoxError> {
     let run = |name: &str| !args.skip.iter().any(|s| s == name);
     let topic = format!("outbox_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
     println!(
-        "outbox-bench: store={} publisher={} messages={} keys={} payload={}B batch={} concurrency={} in-flight={} relays={} ({} cores)",
+        "outbox-bench: store={} publisher={} messages={} keys: {} payload={}B batch={} concurrency={} in-flight={} relays={} ({} cores)",
         args.store,
         args.publisher,
         args.messages,
@@ -1472,6 +1536,30 @@ async fn main() -> Result<(), BoxError> {
             );
             report.add("relay_cpu_ceiling_ratio", "relay / CPU ceiling", relay / ceiling, "x");
         }
+        store.close().await?;
+    }
+    if !args.key_sweep.is_empty() {
+        let store = AnyStore::open(&args.store, store_options(&args)).await?;
+        let mut sweep = Vec::new();
+        let mut keyless: Option<f64> = None;
+        let mixes =
+            std::iter::once(KeyMix::KEYLESS).chain(args.key_sweep.iter().copied().filter(|m| *m != KeyMix::KEYLESS));
+        for keys in mixes {
+            let mixed = Args { keys, ..args.clone() };
+            let t = throughput(&store, &publisher, &mixed, &topic, args.batch, true).await?;
+            let relay = t.relay.unwrap_or(0.0);
+            let ratio = relay / *keyless.get_or_insert(relay);
+            println!(
+                "  {:<40} relay {relay:>10.0} msg/s ({ratio:.2}x keyless)   raw database {:>10.0} rows/s",
+                keys.to_string(),
+                t.database
+            );
+            sweep.push(serde_json::json!({
+                "keys": keys.keys, "hot_key_share": keys.hot_share, "label": keys.to_string(),
+                "relay": relay, "relay_vs_keyless": ratio, "raw_database": t.database, "raw_broker": t.broker,
+            }));
+        }
+        report.json.insert("key_sweep".into(), serde_json::Value::Array(sweep));
         store.close().await?;
     }
     if !args.sweep.is_empty() {
@@ -1604,7 +1692,7 @@ async fn main() -> Result<(), BoxError> {
     cleanup_broker(&args.publisher, &topic).await;
     if let Some(path) = &args.json {
         let mut json = serde_json::json!({
-            "store": args.store, "publisher": args.publisher, "messages": args.messages, "keys": args.keys,
+            "store": args.store, "publisher": args.publisher, "messages": args.messages, "keys": args.keys.keys, "hot_key_share": args.keys.hot_share,
             "payload": args.payload, "batch": args.batch, "concurrency": args.concurrency, "in_flight": args.in_flight, "relays": args.relays,
             "poll_interval_ms": args.poll_interval.as_millis() as u64, "producers": args.producers,
             "idle_listeners": args.idle_listeners,

@@ -196,7 +196,7 @@ impl Publisher for RabbitMqPublisher {
         let channel = match self.channel().await {
             Ok(channel) => channel,
             Err(e) => {
-                let text = e.to_string();
+                let text = e.report();
                 return batch.iter().map(|_| Err(PublishError::transient(text.clone()))).collect();
             }
         };

@@ -189,7 +189,7 @@ impl Publisher for RedisPublisher {
         let mut conn = match self.connection().await {
             Ok(conn) => conn,
             Err(e) => {
-                let text = e.to_string();
+                let text = e.report();
                 return batch.iter().map(|_| Err(PublishError::transient(text.clone()))).collect();
             }
         };

@@ -10,7 +10,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Everything that can go wrong in a store, the relay or configuration.
 ///
-/// Every variant says whether retrying the same call can help: see [`Error::is_transient`].
+/// Every variant says whether retrying the same call can help: see [`Error::is_transient`]. `Display`
+/// names what failed; the cause is the error's `source` (print the whole chain with
+/// [`Error::report`], or with an error reporter such as `anyhow`).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -34,7 +36,7 @@ pub enum Error {
         reason: String,
     },
     /// The broker failed outside a publish (a flush, a connection set up by hand).
-    #[error("broker error during {operation}: {source}")]
+    #[error("broker error during {operation}")]
     Broker {
         /// The operation that failed (`flush`, ...).
         operation: &'static str,
@@ -45,7 +47,7 @@ pub enum Error {
         source: BoxError,
     },
     /// The database (or other backing system) failed.
-    #[error("store error during {operation}: {source}")]
+    #[error("store error during {operation}")]
     Store {
         /// The operation that failed (`claim`, `enqueue`, ...).
         operation: &'static str,
@@ -61,6 +63,11 @@ pub enum Error {
 }
 
 impl Error {
+    /// The error and its whole `source` chain as one line.
+    pub fn report(&self) -> String {
+        report(self)
+    }
+
     /// An [`Error::InvalidMessage`].
     pub fn invalid_message(reason: impl fmt::Display) -> Self {
         Self::InvalidMessage { reason: reason.to_string() }
@@ -89,5 +96,32 @@ impl Error {
     /// Whether retrying the failed call later may succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Store { transient: true, .. } | Self::Broker { transient: true, .. })
+    }
+}
+
+/// `error` and its whole `source` chain as one line, `: `-separated.
+pub(crate) fn report(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::PublishError;
+
+    #[test]
+    fn display_names_what_failed_and_the_report_adds_each_cause_once() {
+        let error = Error::store("claim", true, "connection reset");
+        assert_eq!(error.to_string(), "store error during claim");
+        assert_eq!(error.report(), "store error during claim: connection reset");
+        let publish = PublishError::transient(Error::broker("flush", true, "timed out"));
+        assert_eq!(publish.report(), "transient publish error: broker error during flush: timed out");
     }
 }

@@ -18,10 +18,10 @@ use crate::message::Message;
 #[non_exhaustive]
 pub enum PublishError {
     /// May succeed later (broker down, timeout, throttled): the message is retried by the policy.
-    #[error("transient: {0}")]
+    #[error("transient publish error")]
     Transient(#[source] BoxError),
     /// Can never succeed (too large, unroutable, rejected): the message is dead-lettered at once.
-    #[error("permanent: {0}")]
+    #[error("permanent publish error")]
     Permanent(#[source] BoxError),
 }
 
@@ -48,15 +48,7 @@ impl PublishError {
 
     /// The error and its whole `source` chain as one line, as stored in `last_error`.
     pub fn report(&self) -> String {
-        use std::error::Error as _;
-        let mut text = self.to_string();
-        let mut source = self.source().and_then(|s| s.source());
-        while let Some(err) = source {
-            text.push_str(": ");
-            text.push_str(&err.to_string());
-            source = err.source();
-        }
-        text
+        crate::error::report(self)
     }
 }
 

@@ -148,7 +148,7 @@ impl Inner {
                 Err(e) if e.is_transient() => {
                     let Some(ms) = backoff.next() else { return Err(e) };
                     bump(&self.counters.store_errors, 1);
-                    warn!(error = %e, operation, retry_in_ms = ms, "outbox relay: settling a batch failed; retrying");
+                    warn!(error = %e.report(), operation, retry_in_ms = ms, "outbox relay: settling a batch failed; retrying");
                     tokio::time::sleep(Duration::from_millis(*ms)).await;
                 }
                 Err(e) => return Err(e),
@@ -256,7 +256,7 @@ impl Inner {
                     let sent_at = Instant::now();
                     match self.store.extend_lease(self.id, &ids, lease).await {
                         Ok(()) => held_until = sent_at + lease,
-                        Err(e) => warn!(error = %e, "outbox relay could not extend its lease; it gives the batch up if the lease runs out"),
+                        Err(e) => warn!(error = %e.report(), "outbox relay could not extend its lease; it gives the batch up if the lease runs out"),
                     }
                 }
                 _ = tokio::time::sleep_until(held_until - margin) => {

@@ -45,6 +45,10 @@ pub(super) struct ClaimSchedule {
     after_early_wake_up: bool,
     /// Polling for a commit that came later than its wake-up.
     chasing_late_commit: bool,
+    /// A batch that asked for another claim settled while the claim under way was out: that claim
+    /// may have been answered before the settle (a key's next message still held back), so claim
+    /// again whatever it finds.
+    settled_during_claim: bool,
     /// After a store error, no claim before this instant.
     paused_until: Option<Instant>,
 }
@@ -63,6 +67,7 @@ impl ClaimSchedule {
             after_wait: false,
             after_early_wake_up: false,
             chasing_late_commit: false,
+            settled_during_claim: false,
             paused_until: None,
         }
     }
@@ -74,9 +79,14 @@ impl ClaimSchedule {
         self.paused_until.is_some()
     }
 
-    /// Whether to start a claim now, given room for another batch in flight.
+    /// Whether to start a claim now, given room for another batch in flight. A `true` answer means
+    /// the worker starts one.
     pub(super) fn claim_due(&mut self, now: Instant) -> bool {
-        !self.paused(now) && self.claim_now
+        let due = !self.paused(now) && self.claim_now;
+        if due {
+            self.settled_during_claim = false;
+        }
+        due
     }
 
     /// How long to wait for work, or `None` while the worker has something to do: a claim or a batch
@@ -113,6 +123,10 @@ impl ClaimSchedule {
     pub(super) fn claimed(&mut self, claimed: usize, keyed: bool) -> AfterClaim {
         let polled = std::mem::take(&mut self.after_wait);
         let woken_early = std::mem::take(&mut self.after_early_wake_up);
+        if std::mem::take(&mut self.settled_during_claim) {
+            self.claim_now = true;
+            return AfterClaim { wake_peers: false, claim_again_when_settled: claimed > 0 };
+        }
         if claimed == 0 {
             self.claim_now = false;
             if woken_early {
@@ -143,6 +157,7 @@ impl ClaimSchedule {
     /// A batch settled; `claim_again` is what [`Self::claimed`] said for it.
     pub(super) fn settled(&mut self, claim_again: bool) {
         self.claim_now |= claim_again;
+        self.settled_during_claim |= claim_again;
     }
 
     /// A claim or a settle failed: claim again once the pause after a store error, until `until`, is over.
@@ -173,6 +188,20 @@ mod tests {
         assert_eq!(s.claimed(0, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
         assert!(!s.claim_due(now));
         assert_eq!(s.wait_for_work(now, false), Some(POLL));
+    }
+
+    #[test]
+    fn a_claim_answered_before_a_batch_settled_does_not_cancel_the_claim_that_settle_asked_for() {
+        let now = Instant::now();
+        let mut s = schedule(0, true, None);
+        assert!(s.claim_due(now));
+        assert!(s.claimed(10, true).claim_again_when_settled, "a full keyed batch");
+        assert!(s.claim_due(now), "the next claim goes out while the batch is in flight");
+        s.settled(true);
+        assert_eq!(s.claimed(0, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
+        assert!(s.claim_due(now), "the key's next messages were still held back when that claim was answered");
+        assert_eq!(s.claimed(0, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
+        assert!(!s.claim_due(now), "a claim after the settle that finds nothing: wait");
     }
 
     #[test]

@@ -123,7 +123,7 @@ impl Inner {
     /// Counts and logs a store error; returns the instant before which the worker claims nothing.
     fn store_error(&self, e: &Error) -> Instant {
         bump(&self.counters.store_errors, 1);
-        error!(error = %e, "outbox relay: store error; backing off");
+        error!(error = %e.report(), "outbox relay: store error; backing off");
         Instant::now() + self.options.error_backoff
     }
 
@@ -155,7 +155,7 @@ impl Inner {
         match self.store.release(self.id, &ids).await {
             Ok(()) => self.forget_in_flight(&ids),
             Err(e) => {
-                warn!(error = %e, messages = ids.len(), "outbox relay could not hand back a batch claimed at shutdown; its lease will expire")
+                warn!(error = %e.report(), messages = ids.len(), "outbox relay could not hand back a batch claimed at shutdown; its lease will expire")
             }
         }
     }

@@ -277,24 +277,35 @@ impl Store for MySqlStore {
         let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
         let window = limit.saturating_add(limit / 4);
         // Keys come as bytes: the column's binary collation makes MySQL send it as VARBINARY.
-        let rows: Vec<(i64, i64, Option<Vec<u8>>, Option<i64>)> = sqlx::query_as(&sql.candidates)
+        let rows: Vec<(i64, i64, Option<Vec<u8>>, i64)> = sqlx::query_as(&sql.candidates)
             .bind(limit_i64)
             .bind(i64::try_from(window).unwrap_or(i64::MAX))
             .fetch_all(&mut *tx)
             .await
             .map_err(err)?;
-        // Each key's run through the window (rows come in enqueue order within each kind).
-        let mut runs = RunCheck::default();
+        // Each key's run through the window: from the key's first row (its oldest) while its rows
+        // are ready. Per key: the run's last row so far, or `None` once it stopped.
+        let mut runs: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
         let mut previous: HashMap<i64, Option<i64>> = HashMap::with_capacity(rows.len());
         let mut candidates = Vec::with_capacity(rows.len());
         let (mut in_window, mut in_runs) = (0, 0);
-        for (seq, kind, key, prv) in &rows {
-            in_window += usize::from(*kind == 1);
-            let key = key.as_deref().map(String::from_utf8_lossy);
-            if runs.follows(*seq, key.as_deref(), *prv) {
-                in_runs += usize::from(*kind == 1);
-                previous.insert(*seq, *prv);
-                candidates.push(*seq);
+        for (seq, kind, key, ready) in rows {
+            let Some(key) = key.filter(|_| kind == 1) else {
+                previous.insert(seq, None);
+                candidates.push(seq);
+                continue;
+            };
+            in_window += 1;
+            let (last, continues) = match runs.get(&key) {
+                None => (None, ready != 0),
+                Some(Some(last)) => (Some(*last), ready != 0),
+                Some(None) => (None, false),
+            };
+            runs.insert(key, continues.then_some(seq));
+            if continues {
+                previous.insert(seq, last);
+                in_runs += 1;
+                candidates.push(seq);
             }
         }
         if in_window == window && in_runs < limit {

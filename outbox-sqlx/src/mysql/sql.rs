@@ -98,18 +98,19 @@ CREATE TABLE IF NOT EXISTS {i} (
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = ?"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = ?"),
             // Candidates (a consistent read, no locks): the oldest claimable keyless rows, and a window
-            // of the oldest claimable keyed rows, each with its key and its predecessor among its key's
-            // unfinished rows (`NULL` for the key's oldest), from which the store follows each key's
-            // run. `kind` tells the two apart.
+            // of the oldest unfinished keyed rows, claimable or not, each flagged `ready` when it is
+            // claimable. The window is a prefix of every unfinished keyed row in enqueue order, so a
+            // key's first row in it is the key's oldest, and a row of the key that is leased or waits
+            // for a retry is in it too: the store follows each key's run from its first row while
+            // the rows are ready, with no probe per row. `kind` tells keyless and keyed apart.
             candidates: format!(
-                "(SELECT k.seq, CAST(0 AS SIGNED) AS kind, k.msg_key, CAST(NULL AS SIGNED) AS prv FROM {m} k \
+                "(SELECT k.seq, CAST(0 AS SIGNED) AS kind, k.msg_key, CAST(1 AS SIGNED) AS ready FROM {m} k \
                     WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT ?) \
                  UNION ALL \
-                 (SELECT w.seq, CAST(1 AS SIGNED) AS kind, w.msg_key, (SELECT MAX(e.seq) FROM {m} e WHERE e.msg_key = w.msg_key \
-                    AND e.published_at IS NULL AND e.seq < w.seq) AS prv \
-                  FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} ORDER BY w.seq LIMIT ?)",
+                 (SELECT w.seq, CAST(1 AS SIGNED) AS kind, w.msg_key, CAST(w.available_at <= {NOW} \
+                    AND (w.locked_until IS NULL OR w.locked_until <= {NOW}) AS SIGNED) AS ready \
+                  FROM {m} w WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL ORDER BY w.seq LIMIT ?)",
                 ready_k = ready("k"),
-                ready_w = ready("w"),
             ),
             // Every key's head, with a loose index scan over (msg_key, published_at, seq) (`GROUP BY`
             // with `MIN`): O(keys), used only when the window is clogged with rows queued behind heads.

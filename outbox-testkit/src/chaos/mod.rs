@@ -473,7 +473,7 @@ async fn drain(store: &ChaosStore, timeout: Duration) -> u64 {
                 empty_in_a_row = 0;
                 pending = stats.pending;
             }
-            Err(e) => eprintln!("chaos: stats failed while draining: {e}"),
+            Err(e) => eprintln!("chaos: stats failed while draining: {}", e.report()),
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

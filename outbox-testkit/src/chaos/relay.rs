@@ -104,7 +104,7 @@ impl Publisher for AckBeforePublish {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
         let ids: Vec<_> = batch.iter().map(|m| m.id).collect();
         if let Err(e) = self.store.acknowledge(&ids).await {
-            return batch.iter().map(|_| Err(PublishError::transient(e.to_string()))).collect();
+            return batch.iter().map(|_| Err(PublishError::transient(e.report()))).collect();
         }
         self.inner.publish(batch).await
     }
