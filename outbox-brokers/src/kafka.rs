@@ -393,6 +393,19 @@ mod tests {
     }
 
     #[test]
+    fn debug_hides_secret_settings() {
+        let options = KafkaOptions::from_url("kafka://127.0.0.1:9092?sasl.username=app&sasl.password=hunter2")
+            .expect("url")
+            .setting("ssl.key.password", "hunter3")
+            .setting("sasl.oauthbearer.config", "hunter4");
+        let debug = format!("{options:?}");
+        for secret in ["hunter2", "hunter3", "hunter4"] {
+            assert!(!debug.contains(secret), "KafkaOptions Debug shows a secret: {debug}");
+        }
+        assert!(debug.contains("sasl.username") && debug.contains("app"), "{debug}");
+    }
+
+    #[test]
     fn the_message_id_header_parses_back_to_the_id() {
         let id = MessageId::new();
         assert_eq!(parse_id(id.to_string().as_bytes()), Some(id));

@@ -360,3 +360,24 @@ pub async fn read_back(url: &str, queue: &str, expected: usize, timeout: Duratio
     let _ = connection.close(0, "done".into()).await;
     Ok(received)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_hides_the_password_of_the_url() {
+        let options = RabbitMqOptions::from_url("amqp://app:hunter2@127.0.0.1:5672/%2f").expect("url");
+        let debug = format!("{options:?}");
+        assert!(!debug.contains("hunter2") && debug.contains("127.0.0.1"), "{debug}");
+        let publisher = RabbitMqPublisher::new(options);
+        let debug = format!("{publisher:?}");
+        assert!(!debug.contains("hunter2"), "RabbitMqPublisher Debug shows the password: {debug}");
+    }
+
+    #[test]
+    fn a_bad_url_is_a_typed_error_without_the_password() {
+        let error = RabbitMqOptions::from_url("amqp://app:hunter2@127.0.0.1:notaport/%2f").expect_err("bad url");
+        assert!(!error.report().contains("hunter2") && !format!("{error:?}").contains("hunter2"), "{error:?}");
+    }
+}

@@ -302,6 +302,16 @@ mod tests {
     }
 
     #[test]
+    fn debug_hides_the_password_of_the_url() {
+        let options = RedisOptions::from_url("redis://:hunter2@127.0.0.1:6379/0").expect("url");
+        let debug = format!("{options:?}");
+        assert!(!debug.contains("hunter2") && debug.contains("127.0.0.1"), "{debug}");
+        let publisher = RedisPublisher::new(options).expect("publisher");
+        let debug = format!("{publisher:?}");
+        assert!(!debug.contains("hunter2"), "RedisPublisher Debug shows the password: {debug}");
+    }
+
+    #[test]
     fn a_passing_server_state_is_transient_a_bad_command_is_not() {
         for reply in [
             "-OOM command not allowed when used memory > 'maxmemory'.\r\n",
