@@ -17,7 +17,15 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::message::{DeadLetter, Message, MessageId, MessageLimits, NewMessage};
 use crate::publisher::{HeldKeys, PublishError, Publisher};
-use crate::store::{Enqueue, Failure, Inbox, OutboxStats, RelayId, Retry, Store};
+use crate::store::{Enqueue, Failure, Inbox, KeySlice, OutboxStats, RelayId, Retry, Store};
+
+/// Whether `key` is in `slice` (by a fixed hash of the key).
+fn in_slice(key: &str, slice: KeySlice) -> bool {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut hasher);
+    hasher.finish() % u64::from(slice.count()) == u64::from(slice.index())
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -208,7 +216,7 @@ impl MemoryStore {
     }
 
     /// Leases up to `limit` claimable messages (the body of [`Store::claim`]).
-    fn claim_now(&self, owner: RelayId, limit: usize, lease: Duration) -> Vec<Message> {
+    fn claim_now(&self, owner: RelayId, limit: usize, lease: Duration, slice: Option<KeySlice>) -> Vec<Message> {
         let now = Instant::now();
         let mut state = self.state();
         // Per key: `true` while every earlier unfinished message of the key is in this claim.
@@ -224,6 +232,9 @@ impl MemoryStore {
             let leased = matches!(entry.lease, Some((_, until)) if until > now);
             let claimable = !leased && entry.available_at <= now;
             if let Some(key) = entry.message.key.as_deref() {
+                if slice.is_some_and(|slice| !in_slice(key, slice)) {
+                    continue;
+                }
                 let open = run_open.entry(key).or_insert(true);
                 *open &= claimable;
                 if !*open {
@@ -243,6 +254,27 @@ impl MemoryStore {
             }
         }
         out
+    }
+
+    /// The body of [`Store::claim`] and [`Store::claim_slice`].
+    async fn claim_in(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: Option<KeySlice>,
+    ) -> Result<Vec<Message>> {
+        self.shared.claims.fetch_add(1, Ordering::Relaxed);
+        let failing = &self.shared.failing_claims;
+        if failing.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
+            return Err(Error::store("claim", true, "injected claim failure (MemoryStore::fail_next_claims)"));
+        }
+        let claimed = self.claim_now(owner, limit, lease, slice);
+        let delay = *self.shared.claim_delay.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        Ok(claimed)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -317,18 +349,18 @@ impl Enqueue for MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
+    async fn claim_slice(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: KeySlice,
+    ) -> Result<Vec<Message>> {
+        self.claim_in(owner, limit, lease, Some(slice)).await
+    }
+
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
-        self.shared.claims.fetch_add(1, Ordering::Relaxed);
-        let failing = &self.shared.failing_claims;
-        if failing.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1)).is_ok() {
-            return Err(Error::store("claim", true, "injected claim failure (MemoryStore::fail_next_claims)"));
-        }
-        let claimed = self.claim_now(owner, limit, lease);
-        let delay = *self.shared.claim_delay.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
-        }
-        Ok(claimed)
+        self.claim_in(owner, limit, lease, None).await
     }
 
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {

@@ -58,6 +58,31 @@ impl fmt::Display for RelayId {
     }
 }
 
+/// One of `count` disjoint slices of the ordering keys, by a hash of the key the store picks: a
+/// claim in a slice takes keyed messages only of keys in that slice (and keyless messages as usual).
+/// A relay gives each of its batch slots its own slice, so that the slots' claims take different
+/// keys and their batches overlap instead of finding each other's keys held.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeySlice {
+    index: u32,
+    count: u32,
+}
+
+impl KeySlice {
+    /// Slice `index` of `count` (`index < count`, `count` at least 1); `None` otherwise.
+    pub fn new(index: u32, count: u32) -> Option<Self> {
+        (index < count).then_some(Self { index, count })
+    }
+    /// Which slice.
+    pub const fn index(&self) -> u32 {
+        self.index
+    }
+    /// Of how many.
+    pub const fn count(&self) -> u32 {
+        self.count
+    }
+}
+
 /// A failed message to try again after `delay`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Retry {
@@ -109,6 +134,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Leases up to `limit` claimable messages to `owner` for `lease`, counting an attempt on each, and
     /// returns them in enqueue order.
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>>;
+
+    /// [`Store::claim`] restricted to the keys of `slice` (keyless messages are in every slice). The
+    /// guarantees are those of `claim`; a store without slices (the default) claims from all keys,
+    /// which is correct, only slower for keyed traffic under several batches in flight.
+    async fn claim_slice(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: KeySlice,
+    ) -> Result<Vec<Message>> {
+        let _ = slice;
+        self.claim(owner, limit, lease).await
+    }
 
     /// Extends the lease of `ids` still held by `owner` to `lease` from now.
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()>;
@@ -166,6 +205,15 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 impl<S: Store + ?Sized> Store for Arc<S> {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
         (**self).claim(owner, limit, lease).await
+    }
+    async fn claim_slice(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: KeySlice,
+    ) -> Result<Vec<Message>> {
+        (**self).claim_slice(owner, limit, lease, slice).await
     }
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {
         (**self).extend_lease(owner, ids, lease).await

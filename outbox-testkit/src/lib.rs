@@ -92,6 +92,7 @@ macro_rules! store_suite {
                 idempotency_key_stores_one_message,
                 key_runs_in_enqueue_order,
                 heads_behind_a_long_queue_of_one_key_are_claimed,
+                key_slices_partition_the_keys,
                 payloads_and_headers_round_trip,
                 a_large_batch_is_stored_in_order,
                 a_batch_of_large_messages_is_stored_whole,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use outbox_core::memory::MemoryPublisher;
 use outbox_core::{
-    CancellationToken, Dispatcher, Error, Failure, Jitter, Message, MessageId, NewMessage, PublishError, Relay,
-    RelayId, Result, Retry, RetryPolicy, Store,
+    CancellationToken, Dispatcher, Error, Failure, Jitter, KeySlice, Message, MessageId, NewMessage, PublishError,
+    Relay, RelayId, Result, Retry, RetryPolicy, Store,
 };
 
 /// What the suite needs from a backend: a fresh store on its own tables, and real transactions.
@@ -340,6 +340,37 @@ pub async fn heads_behind_a_long_queue_of_one_key_are_claimed<H: StoreHarness + 
     store.acknowledge(&[hot[0], cold[0], keyless[0]]).await.expect("acknowledge");
     let third = claim(&*store, RelayId::new(), 5, LEASE).await;
     assert_eq!(ids(&third), hot[1..6].to_vec(), "the queue's next run once its head is done");
+}
+
+/// Claims in key slices ([`Store::claim_slice`]): together the slices take every message, no key is
+/// in two slices, each key's run stays whole and in order, and keyless messages are in every slice.
+/// (A store without slices claims everything in the first slice, which also passes.)
+pub async fn key_slices_partition_the_keys<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        sent.extend(commit(h, (0..20).map(|k| msg("t", round).key(format!("key-{k}"))).collect()).await);
+    }
+    sent.extend(commit(h, vec![msg("t", 9), msg("t", 9)]).await);
+    let mut claimed_ids = HashSet::new();
+    let mut slice_of_key: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    for index in 0..4 {
+        let slice = KeySlice::new(index, 4).expect("slice");
+        let claimed = store.claim_slice(RelayId::new(), 100, LEASE, slice).await.expect("claim_slice");
+        let mut last_of_key: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+        for message in &claimed {
+            assert!(claimed_ids.insert(message.id), "a message claimed in two slices");
+            let Some(key) = &message.key else { continue };
+            let previous = slice_of_key.insert(key.clone(), index);
+            assert!(previous.is_none_or(|p| p == index), "key {key} in slices {previous:?} and {index}");
+            let position = sent.iter().position(|id| *id == message.id).expect("a sent message");
+            if let Some(last) = last_of_key.insert(key.clone(), position) {
+                assert!(last < position, "key {key} out of order within its slice's claim");
+            }
+        }
+    }
+    assert_eq!(claimed_ids.len(), sent.len(), "the slices together take every message");
+    assert!(KeySlice::new(4, 4).is_none() && KeySlice::new(0, 0).is_none(), "invalid slices are refused");
 }
 
 /// Binary, empty, large and unicode payloads, keys and headers come back byte for byte.

@@ -49,6 +49,10 @@ pub(super) struct ClaimSchedule {
     /// may have been answered before the settle (a key's next message still held back), so claim
     /// again whatever it finds.
     settled_during_claim: bool,
+    /// The next claim covers every key, not only the slot's [`KeySlice`](crate::KeySlice): after a
+    /// wait for work (a commit may be in any slice), and after a claim in a slice that was not full
+    /// (other slices may hold work that no claim of theirs is due to find).
+    wide_next: bool,
     /// After a store error, no claim before this instant.
     paused_until: Option<Instant>,
 }
@@ -68,6 +72,7 @@ impl ClaimSchedule {
             after_early_wake_up: false,
             chasing_late_commit: false,
             settled_during_claim: false,
+            wide_next: false,
             paused_until: None,
         }
     }
@@ -109,6 +114,7 @@ impl ClaimSchedule {
     /// The store woke the worker, or its wait ran out; `cut_short` when it ended before its timeout.
     pub(super) fn woken(&mut self, cut_short: bool) {
         self.claim_now = true;
+        self.wide_next = true;
         self.after_wait = true;
         self.after_early_wake_up = cut_short && !self.wakes_on_commit;
     }
@@ -119,8 +125,26 @@ impl ClaimSchedule {
         self.after_wait = true;
     }
 
-    /// A claim came back with `claimed` messages, `keyed` when any has a key.
-    pub(super) fn claimed(&mut self, claimed: usize, keyed: bool) -> AfterClaim {
+    /// Whether the next claim keeps to its slot's key slice.
+    pub(super) fn claims_in_slice(&self) -> bool {
+        !self.wide_next
+    }
+
+    /// A claim came back with `claimed` messages, `keyed` when any has a key; `in_slice` when it kept
+    /// to a key slice.
+    pub(super) fn claimed(&mut self, claimed: usize, keyed: bool, in_slice: bool) -> AfterClaim {
+        if in_slice && claimed < self.batch_size && !self.wide_next {
+            // Look at every key once before waiting.
+            self.wide_next = true;
+            self.claim_now = true;
+            self.after_wait = false;
+            self.after_early_wake_up = false;
+            self.settled_during_claim = false;
+            return AfterClaim { wake_peers: false, claim_again_when_settled: claimed > 0 };
+        }
+        if !in_slice {
+            self.wide_next = false;
+        }
         let polled = std::mem::take(&mut self.after_wait);
         let woken_early = std::mem::take(&mut self.after_early_wake_up);
         if std::mem::take(&mut self.settled_during_claim) {
@@ -185,7 +209,7 @@ mod tests {
         let mut s = schedule(0, true, None);
         assert!(s.claim_due(now));
         assert_eq!(s.wait_for_work(now, true), None, "busy: no wait");
-        assert_eq!(s.claimed(0, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
+        assert_eq!(s.claimed(0, false, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
         assert!(!s.claim_due(now));
         assert_eq!(s.wait_for_work(now, false), Some(POLL));
     }
@@ -195,26 +219,44 @@ mod tests {
         let now = Instant::now();
         let mut s = schedule(0, true, None);
         assert!(s.claim_due(now));
-        assert!(s.claimed(10, true).claim_again_when_settled, "a full keyed batch");
+        assert!(s.claimed(10, true, false).claim_again_when_settled, "a full keyed batch");
         assert!(s.claim_due(now), "the next claim goes out while the batch is in flight");
         s.settled(true);
-        assert_eq!(s.claimed(0, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
+        assert_eq!(s.claimed(0, false, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
         assert!(s.claim_due(now), "the key's next messages were still held back when that claim was answered");
-        assert_eq!(s.claimed(0, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
+        assert_eq!(s.claimed(0, false, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
         assert!(!s.claim_due(now), "a claim after the settle that finds nothing: wait");
+    }
+
+    #[test]
+    fn claims_keep_to_their_key_slice_until_one_is_not_full_or_the_worker_waited() {
+        let now = Instant::now();
+        let mut s = schedule(0, true, None);
+        assert!(s.claims_in_slice(), "a backlog at start: slices");
+        assert!(s.claim_due(now));
+        assert!(s.claimed(10, true, true).claim_again_when_settled);
+        assert!(s.claim_due(now) && s.claims_in_slice(), "full: the next slot's slice");
+        assert!(s.claimed(4, true, true).claim_again_when_settled);
+        assert!(s.claim_due(now) && !s.claims_in_slice(), "a slice not full: every key once, at once");
+        assert!(!s.claimed(0, false, false).claim_again_when_settled);
+        assert!(!s.claim_due(now), "nothing anywhere: wait");
+        s.woken(false);
+        assert!(!s.claims_in_slice(), "a commit may be in any slice");
+        s.claimed(10, true, false);
+        assert!(s.claims_in_slice(), "a full wide claim: a backlog, back to slices");
     }
 
     #[test]
     fn other_workers_wait_thirty_poll_intervals() {
         let mut s = schedule(1, true, None);
-        s.claimed(0, false);
+        s.claimed(0, false, false);
         assert_eq!(s.wait_for_work(Instant::now(), false), Some(POLL * 30));
     }
 
     #[test]
     fn a_full_claim_wakes_peers_and_claims_again_at_once() {
         let mut s = schedule(0, true, None);
-        let after = s.claimed(10, false);
+        let after = s.claimed(10, false, false);
         assert_eq!(after, AfterClaim { wake_peers: true, claim_again_when_settled: true });
         assert!(s.claim_due(Instant::now()));
     }
@@ -222,10 +264,10 @@ mod tests {
     #[test]
     fn a_short_keyless_batch_waits_for_the_commit_wake_up_but_keys_or_polling_claim_again() {
         let mut s = schedule(0, true, None);
-        assert!(!s.claimed(3, false).claim_again_when_settled);
-        assert!(s.claimed(3, true).claim_again_when_settled, "a key's next message sends no wake-up");
+        assert!(!s.claimed(3, false, false).claim_again_when_settled);
+        assert!(s.claimed(3, true, false).claim_again_when_settled, "a key's next message sends no wake-up");
         let mut polling = schedule(0, false, None);
-        assert!(polling.claimed(3, false).claim_again_when_settled, "no commit wake-ups: look again");
+        assert!(polling.claimed(3, false, false).claim_again_when_settled, "no commit wake-ups: look again");
         s.settled(true);
         assert!(s.claim_due(Instant::now()));
     }
@@ -234,11 +276,11 @@ mod tests {
     fn busy_polls_double_up_to_the_poll_interval() {
         let busy = Duration::from_millis(100);
         let mut s = schedule(0, false, Some(busy));
-        s.claimed(5, false);
+        s.claimed(5, false, false);
         s.settled(false);
         let mut waits = Vec::new();
         for _ in 0..6 {
-            s.claimed(0, false);
+            s.claimed(0, false, false);
             waits.push(s.wait_for_work(Instant::now(), false).unwrap());
             s.woken(false);
         }
@@ -249,11 +291,11 @@ mod tests {
     #[test]
     fn an_early_wake_up_that_finds_nothing_chases_the_late_commit_then_gives_up() {
         let mut s = schedule(0, false, None);
-        s.claimed(0, false);
+        s.claimed(0, false, false);
         s.woken(true);
         let mut waits = Vec::new();
         for _ in 0..9 {
-            s.claimed(0, false);
+            s.claimed(0, false, false);
             waits.push(s.wait_for_work(Instant::now(), false).unwrap().as_millis());
             s.woken(false);
         }
@@ -263,9 +305,9 @@ mod tests {
     #[test]
     fn a_store_that_wakes_on_commit_never_chases() {
         let mut s = schedule(0, true, None);
-        s.claimed(0, false);
+        s.claimed(0, false, false);
         s.woken(true);
-        s.claimed(0, false);
+        s.claimed(0, false, false);
         assert_eq!(s.wait_for_work(Instant::now(), false), Some(POLL));
     }
 

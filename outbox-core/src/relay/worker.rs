@@ -15,6 +15,7 @@ use super::{bump, Inner};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId};
 use crate::publisher::panic_text;
+use crate::store::KeySlice;
 
 /// A claimed batch and when its claim was sent: its lease runs from no earlier than that.
 pub(super) struct Claim {
@@ -56,6 +57,10 @@ impl Inner {
         let mut schedule = ClaimSchedule::new(options, worker, self.store.wakes_on_commit());
         let mut in_flight = FuturesUnordered::new();
         let mut claiming: Option<BoxFuture<'_, Result<Claim>>> = None;
+        // Each batch slot claims in a key slice of its own, across all workers, so that keyed
+        // batches of different slots take different keys and overlap.
+        let mut slot_busy = vec![false; options.batches_in_flight];
+        let mut claim_slot: Option<(usize, bool)> = None;
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -63,14 +68,19 @@ impl Inner {
             let now = Instant::now();
             let room = in_flight.len() + usize::from(claiming.is_some()) < options.batches_in_flight;
             if claiming.is_none() && room && schedule.claim_due(now) {
-                claiming = Some(Box::pin(self.claim()));
+                let slot = slot_busy.iter().position(|busy| !busy).unwrap_or(0);
+                let slice = schedule.claims_in_slice().then(|| self.key_slice(worker, slot)).flatten();
+                slot_busy[slot] = true;
+                claim_slot = Some((slot, slice.is_some()));
+                claiming = Some(Box::pin(self.claim(slice)));
             }
             // No backlog: wait for a wake-up only once this worker's batches have settled.
             let wait = schedule.wait_for_work(now, claiming.is_some() || !in_flight.is_empty());
             let wait_started = wait.filter(|_| schedule.times_waits()).map(|_| Instant::now());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                Some((settled, claim_again)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((settled, claim_again, slot)) = in_flight.next(), if !in_flight.is_empty() => {
+                    slot_busy[slot] = false;
                     schedule.settled(claim_again);
                     if let Err(e) = settled {
                         schedule.store_error(self.store_error(&e));
@@ -78,17 +88,20 @@ impl Inner {
                 }
                 Some(claimed) = OptionFuture::from(claiming.as_mut()) => {
                     claiming = None;
+                    let (slot, in_slice) = claim_slot.take().unwrap_or((0, false));
+                    slot_busy[slot] = false;
                     match claimed {
                         Ok(Claim { batch, sent_at }) => {
                             let keyed = batch.iter().any(|m| m.key.is_some());
-                            let after = schedule.claimed(batch.len(), keyed);
+                            let after = schedule.claimed(batch.len(), keyed, in_slice);
                             if after.wake_peers {
                                 self.found_work.notify_waiters();
                             }
                             if !batch.is_empty() {
                                 let span = info_span!("outbox.batch", relay = %self.id, size = batch.len());
                                 let settle = self.publish_and_settle(batch, sent_at).instrument(span);
-                                in_flight.push(settle.map(move |settled| (settled, after.claim_again_when_settled)));
+                                slot_busy[slot] = true;
+                                in_flight.push(settle.map(move |settled| (settled, after.claim_again_when_settled, slot)));
                             }
                         }
                         Err(e) => schedule.store_error(self.store_error(&e)),
@@ -111,7 +124,7 @@ impl Inner {
             }
         };
         let finish = async {
-            while let Some((settled, _)) = in_flight.next().await {
+            while let Some((settled, _, _)) = in_flight.next().await {
                 if let Err(e) = settled {
                     self.store_error(&e);
                 }
@@ -135,11 +148,22 @@ impl Inner {
         }
     }
 
-    /// Claims a batch and records it as in flight.
-    async fn claim(&self) -> Result<Claim> {
+    /// The key slice of a worker's batch slot: one per slot of every worker.
+    fn key_slice(&self, worker: usize, slot: usize) -> Option<KeySlice> {
+        let slots = self.options.batches_in_flight;
+        let count = u32::try_from(self.options.concurrency * slots).ok()?;
+        let index = u32::try_from(worker * slots + slot).ok()?;
+        (count > 1).then(|| KeySlice::new(index, count)).flatten()
+    }
+
+    /// Claims a batch (in `slice`, if given) and records it as in flight.
+    async fn claim(&self, slice: Option<KeySlice>) -> Result<Claim> {
         let options = &self.options;
         let sent_at = Instant::now();
-        let batch = self.store.claim(self.id, options.batch_size, options.lease).await?;
+        let batch = match slice {
+            Some(slice) => self.store.claim_slice(self.id, options.batch_size, options.lease, slice).await?,
+            None => self.store.claim(self.id, options.batch_size, options.lease).await?,
+        };
         if !batch.is_empty() {
             bump(&self.counters.batches, 1);
             bump(&self.counters.claimed, batch.len());
@@ -161,7 +185,7 @@ impl Inner {
     }
 
     pub(super) async fn dispatch_once(&self) -> Result<usize> {
-        let Claim { batch, sent_at } = self.claim().await?;
+        let Claim { batch, sent_at } = self.claim(None).await?;
         let claimed = batch.len();
         if claimed == 0 {
             return Ok(0);

@@ -17,8 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use outbox_core::{
-    DeadLetter, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry,
-    Store,
+    DeadLetter, Error, Failure, Headers, Inbox, KeySlice, Message, MessageId, NewMessage, OutboxStats, RelayId, Result,
+    Retry, Store,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
@@ -93,6 +93,109 @@ fn decode_message(row: &MySqlRow) -> Result<Message> {
 }
 
 impl MySqlStore {
+    /// The body of [`Store::claim`] and [`Store::claim_slice`].
+    async fn claim_in(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: Option<KeySlice>,
+    ) -> Result<Vec<Message>> {
+        let err = |e| sql_error("claim", e);
+        let (slices, this_slice) = slice.map_or((0, 0), |s| (i64::from(s.count()), i64::from(s.index())));
+        let sql = &self.inner.sql;
+        let mut conn = self.relay_conn("claim").await?;
+        let mut tx = conn.begin().await.map_err(err)?;
+        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
+        let window = limit.saturating_add(limit / 4);
+        // Keys come as bytes: the column's binary collation makes MySQL send it as VARBINARY.
+        let rows: Vec<(i64, i64, Option<Vec<u8>>, i64)> = sqlx::query_as(&sql.candidates)
+            .bind(limit_i64)
+            .bind(slices)
+            .bind(slices)
+            .bind(this_slice)
+            .bind(i64::try_from(window).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(err)?;
+        // Each key's run through the window: from the key's first row (its oldest) while its rows
+        // are ready. Per key: the run's last row so far, or `None` once it stopped.
+        let mut runs: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
+        let mut previous: HashMap<i64, Option<i64>> = HashMap::with_capacity(rows.len());
+        let mut candidates = Vec::with_capacity(rows.len());
+        let (mut in_window, mut in_runs) = (0, 0);
+        for (seq, kind, key, ready) in rows {
+            let Some(key) = key.filter(|_| kind == 1) else {
+                previous.insert(seq, None);
+                candidates.push(seq);
+                continue;
+            };
+            in_window += 1;
+            let (last, continues) = match runs.get(&key) {
+                None => (None, ready != 0),
+                Some(Some(last)) => (Some(*last), ready != 0),
+                Some(None) => (None, false),
+            };
+            runs.insert(key, continues.then_some(seq));
+            if continues {
+                previous.insert(seq, last);
+                in_runs += 1;
+                candidates.push(seq);
+            }
+        }
+        if in_window == window && in_runs < limit {
+            let heads: Vec<i64> = sqlx::query_scalar(&sql.key_heads)
+                .bind(slices)
+                .bind(slices)
+                .bind(this_slice)
+                .bind(limit_i64)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(err)?;
+            for head in heads {
+                previous.entry(head).or_insert(None);
+                candidates.push(head);
+            }
+        }
+        candidates.sort_unstable();
+        candidates.dedup();
+        candidates.truncate(limit);
+        if candidates.is_empty() {
+            tx.commit().await.map_err(err)?;
+            return Ok(Vec::new());
+        }
+        let lock_sql = sql.lock_rows(candidates.len());
+        let mut lock = sqlx::query::<MySql>(&lock_sql);
+        for seq in &candidates {
+            lock = lock.bind(*seq);
+        }
+        let rows = lock.fetch_all(&mut *tx).await.map_err(err)?;
+        // A candidate another claim took meanwhile is skipped, and with it the rest of its key's run.
+        let mut runs = RunCheck::default();
+        let mut seqs = Vec::with_capacity(rows.len());
+        let mut claimed = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let seq = row.try_get::<i64, _>(0).map_err(err)?;
+            let mut message = decode_message(row)?;
+            if !runs.follows(seq, message.key.as_deref(), previous.get(&seq).copied().flatten()) {
+                continue;
+            }
+            seqs.push(seq);
+            message.attempts += 1;
+            claimed.push(message);
+        }
+        if !seqs.is_empty() {
+            let lease_sql = sql.set_lease(seqs.len());
+            let mut update = sqlx::query::<MySql>(&lease_sql).bind(owner.to_string()).bind(micros(lease));
+            for seq in &seqs {
+                update = update.bind(*seq);
+            }
+            update.execute(&mut *tx).await.map_err(err)?;
+        }
+        tx.commit().await.map_err(err)?;
+        Ok(claimed)
+    }
+
     /// Connects to `url` (`mysql://user:password@host/db`) with a pool of 8 connections and the default
     /// [`StoreOptions`]. The password never appears in errors or `Debug` output.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -270,89 +373,17 @@ crate::impl_enqueue!(MySqlStore, MySqlConnection, insert_rows);
 #[async_trait]
 impl Store for MySqlStore {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
-        let err = |e| sql_error("claim", e);
-        let sql = &self.inner.sql;
-        let mut conn = self.relay_conn("claim").await?;
-        let mut tx = conn.begin().await.map_err(err)?;
-        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
-        let window = limit.saturating_add(limit / 4);
-        // Keys come as bytes: the column's binary collation makes MySQL send it as VARBINARY.
-        let rows: Vec<(i64, i64, Option<Vec<u8>>, i64)> = sqlx::query_as(&sql.candidates)
-            .bind(limit_i64)
-            .bind(i64::try_from(window).unwrap_or(i64::MAX))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(err)?;
-        // Each key's run through the window: from the key's first row (its oldest) while its rows
-        // are ready. Per key: the run's last row so far, or `None` once it stopped.
-        let mut runs: HashMap<Vec<u8>, Option<i64>> = HashMap::new();
-        let mut previous: HashMap<i64, Option<i64>> = HashMap::with_capacity(rows.len());
-        let mut candidates = Vec::with_capacity(rows.len());
-        let (mut in_window, mut in_runs) = (0, 0);
-        for (seq, kind, key, ready) in rows {
-            let Some(key) = key.filter(|_| kind == 1) else {
-                previous.insert(seq, None);
-                candidates.push(seq);
-                continue;
-            };
-            in_window += 1;
-            let (last, continues) = match runs.get(&key) {
-                None => (None, ready != 0),
-                Some(Some(last)) => (Some(*last), ready != 0),
-                Some(None) => (None, false),
-            };
-            runs.insert(key, continues.then_some(seq));
-            if continues {
-                previous.insert(seq, last);
-                in_runs += 1;
-                candidates.push(seq);
-            }
-        }
-        if in_window == window && in_runs < limit {
-            let heads: Vec<i64> =
-                sqlx::query_scalar(&sql.key_heads).bind(limit_i64).fetch_all(&mut *tx).await.map_err(err)?;
-            for head in heads {
-                previous.entry(head).or_insert(None);
-                candidates.push(head);
-            }
-        }
-        candidates.sort_unstable();
-        candidates.dedup();
-        candidates.truncate(limit);
-        if candidates.is_empty() {
-            tx.commit().await.map_err(err)?;
-            return Ok(Vec::new());
-        }
-        let lock_sql = sql.lock_rows(candidates.len());
-        let mut lock = sqlx::query::<MySql>(&lock_sql);
-        for seq in &candidates {
-            lock = lock.bind(*seq);
-        }
-        let rows = lock.fetch_all(&mut *tx).await.map_err(err)?;
-        // A candidate another claim took meanwhile is skipped, and with it the rest of its key's run.
-        let mut runs = RunCheck::default();
-        let mut seqs = Vec::with_capacity(rows.len());
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let seq = row.try_get::<i64, _>(0).map_err(err)?;
-            let mut message = decode_message(row)?;
-            if !runs.follows(seq, message.key.as_deref(), previous.get(&seq).copied().flatten()) {
-                continue;
-            }
-            seqs.push(seq);
-            message.attempts += 1;
-            claimed.push(message);
-        }
-        if !seqs.is_empty() {
-            let lease_sql = sql.set_lease(seqs.len());
-            let mut update = sqlx::query::<MySql>(&lease_sql).bind(owner.to_string()).bind(micros(lease));
-            for seq in &seqs {
-                update = update.bind(*seq);
-            }
-            update.execute(&mut *tx).await.map_err(err)?;
-        }
-        tx.commit().await.map_err(err)?;
-        Ok(claimed)
+        self.claim_in(owner, limit, lease, None).await
+    }
+
+    async fn claim_slice(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: KeySlice,
+    ) -> Result<Vec<Message>> {
+        self.claim_in(owner, limit, lease, Some(slice)).await
     }
 
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {

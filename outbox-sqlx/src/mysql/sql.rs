@@ -36,6 +36,9 @@ impl Sql {
                  AND ({alias}.locked_until IS NULL OR {alias}.locked_until <= {NOW})"
             )
         };
+        // A claim in a key slice (binds: slices, slices, this slice; 0 slices: every key) takes keyed
+        // rows only of keys that hash into it.
+        let in_slice = |alias: &str| format!("(? = 0 OR MOD(CRC32({alias}.msg_key), ?) = ?)");
         Self {
             schema: format!(
                 r#"CREATE TABLE IF NOT EXISTS {m} (
@@ -109,15 +112,17 @@ CREATE TABLE IF NOT EXISTS {i} (
                  UNION ALL \
                  (SELECT w.seq, CAST(1 AS SIGNED) AS kind, w.msg_key, CAST(w.available_at <= {NOW} \
                     AND (w.locked_until IS NULL OR w.locked_until <= {NOW}) AS SIGNED) AS ready \
-                  FROM {m} w WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL ORDER BY w.seq LIMIT ?)",
+                  FROM {m} w WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL AND {slice_w} ORDER BY w.seq LIMIT ?)",
+                slice_w = in_slice("w"),
                 ready_k = ready("k"),
             ),
             // Every key's head, with a loose index scan over (msg_key, published_at, seq) (`GROUP BY`
             // with `MIN`): O(keys), used only when the window is clogged with rows queued behind heads.
             key_heads: format!(
                 "SELECT h.seq FROM (SELECT MIN(seq) AS seq FROM {m} WHERE published_at IS NULL AND msg_key IS NOT NULL \
-                 GROUP BY msg_key) heads JOIN {m} h ON h.seq = heads.seq WHERE {ready_h} ORDER BY h.seq LIMIT ?",
+                 GROUP BY msg_key) heads JOIN {m} h ON h.seq = heads.seq WHERE {ready_h} AND {slice_h} ORDER BY h.seq LIMIT ?",
                 ready_h = ready("h"),
+                slice_h = in_slice("h"),
             ),
             reschedule: format!(
                 "UPDATE {m} SET locked_by = NULL, locked_until = NULL, \

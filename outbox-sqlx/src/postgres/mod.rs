@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_core::{
-    DeadLetter, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry,
-    Store,
+    DeadLetter, Error, Failure, Headers, Inbox, KeySlice, Message, MessageId, NewMessage, OutboxStats, RelayId, Result,
+    Retry, Store,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::query::Query;
@@ -93,6 +93,39 @@ fn decode_message(row: &PgRow) -> Result<Message> {
 }
 
 impl PostgresStore {
+    /// The body of [`Store::claim`] and [`Store::claim_slice`].
+    async fn claim_in(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: Option<KeySlice>,
+    ) -> Result<Vec<Message>> {
+        let rows = sqlx::query(&self.inner.sql.claim)
+            .bind(owner.as_uuid())
+            .bind(ms(lease))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(self.inner.floor.next())
+            .bind(i64::from(slice.map_or(0, |s| s.count())))
+            .bind(i64::from(slice.map_or(0, |s| s.index())))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| sql_error("claim", e))?;
+        let get = |e| sql_error("claim", e);
+        let mut leased = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let previous = row.try_get(9).map_err(get)?;
+            leased.push(LeasedRow { seq: row.try_get(0).map_err(get)?, previous, message: decode_message(row)? });
+        }
+        let newest_keyless = leased.iter().filter(|row| row.message.key.is_none()).map(|row| row.seq).max();
+        self.inner.floor.update(limit, leased.len(), newest_keyless);
+        let (claimed, back) = keep_key_runs(leased);
+        if !back.is_empty() {
+            self.release(owner, &back).await?;
+        }
+        Ok(claimed)
+    }
+
     /// Connects to `url` (`postgres://user:password@host/db`) with a pool of 8 connections and the
     /// default [`StoreOptions`]. The password never appears in errors or `Debug` output.
     pub async fn connect(url: &str) -> Result<Self> {
@@ -377,27 +410,17 @@ crate::impl_enqueue!(PostgresStore, PgConnection, insert_rows);
 #[async_trait]
 impl Store for PostgresStore {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
-        let rows = sqlx::query(&self.inner.sql.claim)
-            .bind(owner.as_uuid())
-            .bind(ms(lease))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .bind(self.inner.floor.next())
-            .fetch_all(&self.inner.pool)
-            .await
-            .map_err(|e| sql_error("claim", e))?;
-        let get = |e| sql_error("claim", e);
-        let mut leased = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let previous = row.try_get(9).map_err(get)?;
-            leased.push(LeasedRow { seq: row.try_get(0).map_err(get)?, previous, message: decode_message(row)? });
-        }
-        let newest_keyless = leased.iter().filter(|row| row.message.key.is_none()).map(|row| row.seq).max();
-        self.inner.floor.update(limit, leased.len(), newest_keyless);
-        let (claimed, back) = keep_key_runs(leased);
-        if !back.is_empty() {
-            self.release(owner, &back).await?;
-        }
-        Ok(claimed)
+        self.claim_in(owner, limit, lease, None).await
+    }
+
+    async fn claim_slice(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: KeySlice,
+    ) -> Result<Vec<Message>> {
+        self.claim_in(owner, limit, lease, Some(slice)).await
     }
 
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {

@@ -72,11 +72,16 @@ impl Sql {
                  AND ({alias}.locked_until IS NULL OR {alias}.locked_until <= now())"
             )
         };
+        // A claim in a key slice ($5 slices, this one $6; $5 = 0: every key) takes keyed rows only of
+        // keys that hash into it.
+        let in_slice = |alias: &str| {
+            format!("($5::bigint = 0 OR mod(abs(hashtext({alias}.msg_key)::bigint), $5::bigint) = $6::bigint)")
+        };
         let claimable = format!(
             "WITH RECURSIVE \
              keyless AS (SELECT k.seq, k.ctid, NULL::bigint AS prv FROM {m} k WHERE k.msg_key IS NULL AND k.seq > $4 AND {ready_k} \
                ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} \
+             win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} AND {slice_w} \
                ORDER BY w.seq LIMIT $3 + $3 / 4 FOR UPDATE SKIP LOCKED), \
              linked AS (SELECT w.seq, w.ctid, w.msg_key, lag(w.seq) OVER (PARTITION BY w.msg_key ORDER BY w.seq) AS before, \
                (SELECT max(e.seq) FROM {m} e WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL) AS prv FROM win w), \
@@ -90,12 +95,14 @@ impl Sql {
              heads AS (SELECT (SELECT h.ctid FROM {m} h WHERE h.msg_key = keys.k AND h.published_at IS NULL ORDER BY h.seq LIMIT 1) AS ctid \
                FROM keys WHERE keys.k IS NOT NULL), \
              more_heads AS (SELECT o.seq, o.ctid, NULL::bigint AS prv FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM heads)) \
-               AND o.msg_key IS NOT NULL AND {ready_o} ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
+               AND o.msg_key IS NOT NULL AND {ready_o} AND {slice_o} ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
              SELECT seq, ctid, prv FROM keyless UNION ALL (SELECT seq, ctid, prv FROM runs UNION SELECT seq, ctid, prv FROM more_heads) \
              ORDER BY seq LIMIT $3",
             ready_k = ready("k"),
             ready_w = ready("w"),
             ready_o = ready("o"),
+            slice_w = in_slice("w"),
+            slice_o = in_slice("o"),
         );
         // The update reaches the picked rows by the tuple ids that locked them (a TID scan), not by a
         // second walk of the primary key: a row this statement holds locked keeps its tuple id until
@@ -176,7 +183,7 @@ CREATE TABLE IF NOT EXISTS {i} (
             ),
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = $1"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = $1"),
-            explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0")),
+            explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0").replace("$5", "0").replace("$6", "0")),
             claim,
             extend: format!(
                 "UPDATE {m} SET locked_until = now() + $3 * {MS} \
