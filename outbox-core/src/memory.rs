@@ -359,6 +359,10 @@ impl Store for MemoryStore {
         self.claim_in(owner, limit, lease, Some(slice)).await
     }
 
+    fn claims_in_slices(&self) -> bool {
+        true
+    }
+
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
         self.claim_in(owner, limit, lease, None).await
     }

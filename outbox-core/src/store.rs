@@ -136,8 +136,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>>;
 
     /// [`Store::claim`] restricted to the keys of `slice` (keyless messages are in every slice). The
-    /// guarantees are those of `claim`; a store without slices (the default) claims from all keys,
-    /// which is correct, only slower for keyed traffic under several batches in flight.
+    /// guarantees are those of `claim`. The default claims from all keys; a store that implements
+    /// slices says so with [`Store::claims_in_slices`], and only then does a relay use them.
     async fn claim_slice(
         &self,
         owner: RelayId,
@@ -147,6 +147,12 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> Result<Vec<Message>> {
         let _ = slice;
         self.claim(owner, limit, lease).await
+    }
+
+    /// Whether [`Store::claim_slice`] keeps to its slice (default `false`). Worth it where concurrent
+    /// claims run in parallel (PostgreSQL, MySQL); SQLite's single writer runs them one at a time.
+    fn claims_in_slices(&self) -> bool {
+        false
     }
 
     /// Extends the lease of `ids` still held by `owner` to `lease` from now.
@@ -214,6 +220,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
         slice: KeySlice,
     ) -> Result<Vec<Message>> {
         (**self).claim_slice(owner, limit, lease, slice).await
+    }
+    fn claims_in_slices(&self) -> bool {
+        (**self).claims_in_slices()
     }
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {
         (**self).extend_lease(owner, ids, lease).await

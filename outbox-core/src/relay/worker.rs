@@ -69,7 +69,8 @@ impl Inner {
             let room = in_flight.len() + usize::from(claiming.is_some()) < options.batches_in_flight;
             if claiming.is_none() && room && schedule.claim_due(now) {
                 let slot = slot_busy.iter().position(|busy| !busy).unwrap_or(0);
-                let slice = schedule.claims_in_slice().then(|| self.key_slice(worker, slot)).flatten();
+                let sliced = self.store.claims_in_slices() && schedule.claims_in_slice();
+                let slice = if sliced { self.key_slice(worker, slot) } else { None };
                 slot_busy[slot] = true;
                 claim_slot = Some((slot, slice.is_some()));
                 claiming = Some(Box::pin(self.claim(slice)));

@@ -386,6 +386,10 @@ impl Store for MySqlStore {
         self.claim_in(owner, limit, lease, Some(slice)).await
     }
 
+    fn claims_in_slices(&self) -> bool {
+        true
+    }
+
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {
         let prefix = format!(
             "UPDATE {} SET locked_until = DATE_ADD({NOW}, INTERVAL {} MICROSECOND) \

@@ -423,6 +423,10 @@ impl Store for PostgresStore {
         self.claim_in(owner, limit, lease, Some(slice)).await
     }
 
+    fn claims_in_slices(&self) -> bool {
+        true
+    }
+
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {
         sqlx::query(&self.inner.sql.extend)
             .bind(owner.as_uuid())
