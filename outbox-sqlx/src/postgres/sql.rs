@@ -56,11 +56,13 @@ impl Sql {
         // `StoreOptions::enqueue_notifications`); without it they still take the channel as $7.
         let notify = if options.enqueue_notifications { ", pg_notify($7, '')" } else { "" };
         // A claim must never scan the whole backlog. Keyless rows come oldest first from their own
-        // partial index. Keyed rows come from a window of the oldest claimable keyed rows (limit + 25%,
-        // locked with SKIP LOCKED so concurrent claimers take disjoint windows). Of those, each key's
-        // run is taken: its rows in order, from the key's oldest unfinished row for as long as each
-        // row's predecessor among the key's unfinished rows (`prv`, one index probe) is the window's
-        // previous row of that key. A row queued behind a leased, retrying or skipped row is left.
+        // partial index. Keyed rows come from a window (limit + 25%, read without locks) of the oldest
+        // unfinished keyed rows of the claim's key slice, claimable or not: a prefix of them in enqueue
+        // order, so a key's first row in it is the key's oldest, and a leased or retrying row of a key
+        // shows in it. Each key's run is its rows from the first while they are claimable, with `prv`
+        // the window's previous row of the key; the run's rows are then locked with SKIP LOCKED. A
+        // row that another claim took meanwhile is skipped, and the store hands back the rest of its
+        // key's run after the claim (its `prv` no longer matches).
         // Only when the window is full yet yields fewer than `limit` rows (it is clogged with rows
         // queued behind in-flight or retrying rows) is the head of every key looked up, with a loose
         // index scan over (msg_key, seq): O(keys) instead of O(backlog). The window's other rows are
@@ -81,14 +83,15 @@ impl Sql {
             "WITH RECURSIVE \
              keyless AS (SELECT k.seq, k.ctid, NULL::bigint AS prv FROM {m} k WHERE k.msg_key IS NULL AND k.seq > $4 AND {ready_k} \
                ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} AND {slice_w} \
-               ORDER BY w.seq LIMIT $3 + $3 / 4 FOR UPDATE SKIP LOCKED), \
-             linked AS (SELECT w.seq, w.ctid, w.msg_key, lag(w.seq) OVER (PARTITION BY w.msg_key ORDER BY w.seq) AS before, \
-               (SELECT max(e.seq) FROM {m} e WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL) AS prv FROM win w), \
-             runs AS MATERIALIZED (SELECT r.seq, r.ctid, r.prv FROM (SELECT l.seq, l.ctid, l.prv, \
-               bool_and(l.prv IS NOT DISTINCT FROM l.before) OVER (PARTITION BY l.msg_key ORDER BY l.seq) AS unbroken FROM linked l) r \
-               WHERE r.unbroken), \
-             clogged AS MATERIALIZED (SELECT (SELECT count(*) FROM win) = $3 + $3 / 4 AND (SELECT count(*) FROM runs) < $3 AS yes), \
+             win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key, ({ready_w}) AS ready FROM {m} w \
+               WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL AND {slice_w} ORDER BY w.seq LIMIT $3 + $3 / 4), \
+             linked AS MATERIALIZED (SELECT w.seq, w.ctid, lag(w.seq) OVER k AS prv, bool_and(w.ready) OVER k AS unbroken \
+               FROM win w WINDOW k AS (PARTITION BY w.msg_key ORDER BY w.seq)), \
+             locked AS MATERIALIZED (SELECT o.seq, o.ctid FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM linked WHERE unbroken)) \
+               AND o.msg_key IS NOT NULL AND {ready_o} FOR UPDATE OF o SKIP LOCKED), \
+             runs AS MATERIALIZED (SELECT k.seq, k.ctid, l.prv FROM locked k JOIN linked l ON l.seq = k.seq), \
+             clogged AS MATERIALIZED (SELECT (SELECT count(*) FROM win) = $3 + $3 / 4 \
+               AND (SELECT count(*) FROM linked WHERE unbroken) < $3 AS yes), \
              keys(k) AS (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL AND (SELECT yes FROM clogged) \
                UNION ALL SELECT (SELECT min(n.msg_key) FROM {m} n WHERE n.msg_key > keys.k AND n.published_at IS NULL) \
                FROM keys WHERE keys.k IS NOT NULL), \
