@@ -160,8 +160,8 @@ impl Inner {
     /// [keeps key order](crate::Publisher::keeps_key_order) takes the whole batch in one call;
     /// otherwise a batch in which keys repeat goes out in rounds, one message of each key per call.
     async fn publish_in_key_order(&self, batch: &[Message]) -> Vec<Outcome> {
-        let repeats_a_key = rounds(batch).len() > 1;
-        if repeats_a_key && !self.publisher.keeps_key_order() {
+        let keeps_key_order = self.publisher.keeps_key_order();
+        if !keeps_key_order && repeats_a_key(batch) {
             return self.publish_in_rounds(batch).await;
         }
         match AssertUnwindSafe(self.publisher.publish(batch)).catch_unwind().await {
@@ -169,7 +169,8 @@ impl Inner {
             Err(panic) if batch.len() == 1 => vec![Some(Err(PublishError::panicked(&*panic)))],
             Err(panic) => {
                 warn!(messages = batch.len(), panic = %panic_text(&*panic), "outbox publisher panicked; publishing the batch one message at a time");
-                if repeats_a_key {
+                // Only a publisher that keeps key order can have been handed a key twice.
+                if keeps_key_order && repeats_a_key(batch) {
                     self.publish_in_rounds(batch).await
                 } else {
                     self.publish_one_by_one(batch).await.into_iter().map(Some).collect()
@@ -269,6 +270,12 @@ impl Inner {
             }
         }
     }
+}
+
+/// Whether two messages of `batch` share a key.
+fn repeats_a_key(batch: &[Message]) -> bool {
+    let mut seen = HashSet::with_capacity(batch.len());
+    batch.iter().filter_map(|m| m.key.as_deref()).any(|key| !seen.insert(key))
 }
 
 /// Splits `batch` into rounds with at most one message of each key: round `n` holds the `n`-th
