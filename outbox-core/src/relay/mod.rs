@@ -244,6 +244,7 @@ impl RelayBuilder {
                 counters: Counters::default(),
                 in_flight: Mutex::new(HashSet::new()),
                 found_work: tokio::sync::Notify::new(),
+                backlog_found: AtomicU64::new(0),
             }),
         })
     }
@@ -291,6 +292,9 @@ struct Inner {
     counters: Counters,
     in_flight: Mutex<HashSet<MessageId>>,
     found_work: tokio::sync::Notify,
+    /// Bumped when a worker finds a backlog (or settles a batch that held keys of every slice): each
+    /// worker that sees it change claims in all its slots.
+    backlog_found: AtomicU64,
 }
 
 impl fmt::Debug for Relay {

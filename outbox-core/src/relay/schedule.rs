@@ -21,13 +21,39 @@ pub(super) const LATE_COMMIT_LAST_WAIT: Duration = Duration::from_millis(640);
 pub(super) struct AfterClaim {
     /// The claim came back full: a backlog waits, so idle peers should claim too.
     pub(super) wake_peers: bool,
-    /// Claim again as soon as this batch settles, without waiting for a wake-up.
+    /// Claim again (in the same slot) as soon as this batch settles, without waiting for a wake-up.
     pub(super) claim_again_when_settled: bool,
+}
+
+/// A claim the schedule asks for: in batch slot `slot`, kept to the slot's key slice when `in_slice`
+/// (otherwise over every key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct PlannedClaim {
+    pub(super) slot: usize,
+    pub(super) in_slice: bool,
+}
+
+/// One batch slot of a worker: a claim or a batch under way in it, or neither.
+#[derive(Debug, Clone, Copy, Default)]
+struct Slot {
+    busy: bool,
+    /// Claim in this slot's key slice as soon as it is free.
+    due: bool,
+    /// The batch in this slot was claimed over every key and came back full: when it settles, every
+    /// slice (of every worker) may have work again.
+    wide_backlog: bool,
+    /// The claim or batch in this slot keeps to its key slice.
+    in_slice: bool,
 }
 
 /// One worker's claim schedule. Worker 0 polls every `poll_interval` when idle (sooner with a
 /// `busy_poll_interval` while messages flow); the others wait 30 times as long, relying on store
 /// wake-ups and on peers that found a backlog, so an idle relay costs one query per interval.
+///
+/// With a store that claims in key slices, each of a worker's `batches_in_flight` slots claims in a
+/// slice of its own while a backlog lasts, so that keyed batches of different slots hold different
+/// keys and overlap. A claim after a wait covers every key (a commit may be in any slice), and so
+/// does one claim per `poll_interval` while the worker is busy, so no slice waits longer than that.
 #[derive(Debug)]
 pub(super) struct ClaimSchedule {
     batch_size: usize,
@@ -35,44 +61,46 @@ pub(super) struct ClaimSchedule {
     longest_wait: Duration,
     busy_wait: Option<Duration>,
     wakes_on_commit: bool,
+    /// Slots claim in key slices while a backlog lasts.
+    sliced: bool,
+    slots: Vec<Slot>,
+    /// A claim over every key is due (in any free slot): after a wait, after a store error, and
+    /// after a claim over every key that was not full settled.
+    wide_due: bool,
+    /// When the last claim over every key was sent.
+    last_wide: Instant,
     /// The next wait for work, when there is nothing to do.
     idle_wait: Duration,
-    /// Claim without waiting for a wake-up: at start, after a full claim, after a batch settled.
-    claim_now: bool,
-    /// The claim under way follows a wait for work (a poll or a wake-up), not a settled batch...
+    /// The next claim follows a wait for work (a poll or a wake-up), not a settled batch...
     after_wait: bool,
     /// ...and that wait was cut short by a store that may wake before the commit.
     after_early_wake_up: bool,
     /// Polling for a commit that came later than its wake-up.
     chasing_late_commit: bool,
-    /// A batch that asked for another claim settled while the claim under way was out: that claim
-    /// may have been answered before the settle (a key's next message still held back), so claim
-    /// again whatever it finds.
-    settled_during_claim: bool,
-    /// The next claim covers every key, not only the slot's [`KeySlice`](crate::KeySlice): after a
-    /// wait for work (a commit may be in any slice), and after a claim in a slice that was not full
-    /// (other slices may hold work that no claim of theirs is due to find).
-    wide_next: bool,
     /// After a store error, no claim before this instant.
     paused_until: Option<Instant>,
 }
 
 impl ClaimSchedule {
-    pub(super) fn new(options: &RelayOptions, worker: usize, wakes_on_commit: bool) -> Self {
+    /// The schedule of worker `worker`; `sliced` when its slots claim in key slices.
+    pub(super) fn new(options: &RelayOptions, worker: usize, wakes_on_commit: bool, sliced: bool) -> Self {
         let longest_wait = if worker == 0 { options.poll_interval } else { options.poll_interval.saturating_mul(30) };
+        // At start every slot claims: a backlog may wait in any slice.
+        let slots = vec![Slot { due: true, ..Slot::default() }; options.batches_in_flight.max(1)];
         Self {
             batch_size: options.batch_size,
             poll_interval: options.poll_interval,
             longest_wait,
             busy_wait: options.busy_poll_interval.filter(|_| worker == 0),
             wakes_on_commit,
+            sliced,
+            slots,
+            wide_due: false,
+            last_wide: Instant::now(),
             idle_wait: longest_wait,
-            claim_now: true,
             after_wait: false,
             after_early_wake_up: false,
             chasing_late_commit: false,
-            settled_during_claim: false,
-            wide_next: false,
             paused_until: None,
         }
     }
@@ -84,20 +112,45 @@ impl ClaimSchedule {
         self.paused_until.is_some()
     }
 
-    /// Whether to start a claim now, given room for another batch in flight. A `true` answer means
-    /// the worker starts one.
-    pub(super) fn claim_due(&mut self, now: Instant) -> bool {
-        let due = !self.paused(now) && self.claim_now;
-        if due {
-            self.settled_during_claim = false;
+    fn all_slots_due(&mut self) {
+        for slot in &mut self.slots {
+            slot.due = true;
         }
-        due
+    }
+
+    fn claim_due(&self) -> bool {
+        self.wide_due || self.slots.iter().any(|slot| slot.due && !slot.busy)
+    }
+
+    /// The claim to start now, if one is due and a slot is free (the worker also checks it has room
+    /// for another batch in flight). The slot counts as busy until [`Self::claimed`] hears back.
+    pub(super) fn next_claim(&mut self, now: Instant) -> Option<PlannedClaim> {
+        if self.paused(now) {
+            return None;
+        }
+        if self.sliced && now >= self.last_wide + self.poll_interval && self.slots.iter().any(|slot| slot.busy) {
+            // Busy in slices: look at every key now and then.
+            self.wide_due = true;
+        }
+        let wide = self.wide_due || !self.sliced;
+        let slot = if self.wide_due {
+            self.slots.iter().position(|slot| !slot.busy)?
+        } else {
+            self.slots.iter().position(|slot| slot.due && !slot.busy)?
+        };
+        if wide {
+            self.wide_due = false;
+            self.last_wide = now;
+        }
+        let in_slice = !wide;
+        self.slots[slot] = Slot { busy: true, due: false, wide_backlog: false, in_slice };
+        Some(PlannedClaim { slot, in_slice })
     }
 
     /// How long to wait for work, or `None` while the worker has something to do: a claim or a batch
     /// under way (`busy`), a claim due, or a pause after a store error (see [`Self::paused_until`]).
     pub(super) fn wait_for_work(&mut self, now: Instant, busy: bool) -> Option<Duration> {
-        (!busy && !self.claim_now && !self.paused(now)).then_some(self.idle_wait)
+        (!busy && !self.claim_due() && !self.paused(now)).then_some(self.idle_wait)
     }
 
     /// Whether the worker must time its waits: only a store that may wake it before the commit needs
@@ -112,47 +165,30 @@ impl ClaimSchedule {
     }
 
     /// The store woke the worker, or its wait ran out; `cut_short` when it ended before its timeout.
+    /// The next claim covers every key.
     pub(super) fn woken(&mut self, cut_short: bool) {
-        self.claim_now = true;
-        self.wide_next = true;
+        self.wide_due = true;
         self.after_wait = true;
         self.after_early_wake_up = cut_short && !self.wakes_on_commit;
     }
 
-    /// A peer found a backlog.
+    /// A peer found a backlog, or settled a batch that may have left one in any slice: every slot
+    /// claims.
     pub(super) fn peer_found_work(&mut self) {
-        self.claim_now = true;
+        self.all_slots_due();
         self.after_wait = true;
     }
 
-    /// Whether the next claim keeps to its slot's key slice.
-    pub(super) fn claims_in_slice(&self) -> bool {
-        !self.wide_next
-    }
-
-    /// A claim came back with `claimed` messages, `keyed` when any has a key; `in_slice` when it kept
-    /// to a key slice.
-    pub(super) fn claimed(&mut self, claimed: usize, keyed: bool, in_slice: bool) -> AfterClaim {
-        if in_slice && claimed < self.batch_size && !self.wide_next {
-            // Look at every key once before waiting.
-            self.wide_next = true;
-            self.claim_now = true;
-            self.after_wait = false;
-            self.after_early_wake_up = false;
-            self.settled_during_claim = false;
-            return AfterClaim { wake_peers: false, claim_again_when_settled: claimed > 0 };
-        }
-        if !in_slice {
-            self.wide_next = false;
-        }
+    /// The claim in `slot` came back with `claimed` messages, `keyed` when any has a key.
+    pub(super) fn claimed(&mut self, slot: usize, claimed: usize, keyed: bool) -> AfterClaim {
         let polled = std::mem::take(&mut self.after_wait);
         let woken_early = std::mem::take(&mut self.after_early_wake_up);
-        if std::mem::take(&mut self.settled_during_claim) {
-            self.claim_now = true;
-            return AfterClaim { wake_peers: false, claim_again_when_settled: claimed > 0 };
-        }
+        let Some(state) = self.slots.get_mut(slot) else {
+            return AfterClaim { wake_peers: false, claim_again_when_settled: false };
+        };
+        let in_slice = state.in_slice;
         if claimed == 0 {
-            self.claim_now = false;
+            state.busy = false;
             if woken_early {
                 // Woken, perhaps before the commit: look again soon.
                 (self.idle_wait, self.chasing_late_commit) = (LATE_COMMIT_FIRST_WAIT, true);
@@ -165,28 +201,45 @@ impl ClaimSchedule {
             }
             return AfterClaim { wake_peers: false, claim_again_when_settled: false };
         }
+        let full = claimed == self.batch_size;
+        state.wide_backlog = full && !in_slice && self.sliced;
         if std::mem::take(&mut self.chasing_late_commit) {
             self.idle_wait = self.longest_wait;
         }
         if let Some(busy) = self.busy_wait {
             self.idle_wait = busy;
         }
-        self.claim_now = claimed == self.batch_size;
+        if full {
+            self.all_slots_due();
+        }
         // A key's next message becomes claimable when this batch settles, which sends no wake-up;
         // neither does a store without commit wake-ups for what was committed meanwhile.
-        let claim_again_when_settled = self.claim_now || !self.wakes_on_commit || keyed;
-        AfterClaim { wake_peers: self.claim_now, claim_again_when_settled }
+        let claim_again_when_settled = full || !self.wakes_on_commit || keyed;
+        AfterClaim { wake_peers: full, claim_again_when_settled }
     }
 
-    /// A batch settled; `claim_again` is what [`Self::claimed`] said for it.
-    pub(super) fn settled(&mut self, claim_again: bool) {
-        self.claim_now |= claim_again;
-        self.settled_during_claim |= claim_again;
+    /// The batch in `slot` settled; `claim_again` is what [`Self::claimed`] said for it. Returns
+    /// whether peers should claim in every slice: a full batch claimed over every key held keys of
+    /// every slice until now.
+    pub(super) fn settled(&mut self, slot: usize, claim_again: bool) -> bool {
+        let Some(state) = self.slots.get_mut(slot) else { return false };
+        let (in_slice, wide_backlog) = (state.in_slice, state.wide_backlog);
+        *state = Slot { due: state.due || (claim_again && in_slice), ..Slot::default() };
+        if wide_backlog {
+            self.all_slots_due();
+        } else if claim_again && !in_slice {
+            self.wide_due = true;
+        }
+        wide_backlog
     }
 
-    /// A claim or a settle failed: claim again once the pause after a store error, until `until`, is over.
-    pub(super) fn store_error(&mut self, until: Instant) {
-        self.claim_now = true;
+    /// A claim failed (`slot`: the slot it was in) or a settle failed (`slot`: `None`): claim again
+    /// over every key once the pause after a store error, until `until`, is over.
+    pub(super) fn store_error(&mut self, slot: Option<usize>, until: Instant) {
+        if let Some(state) = slot.and_then(|slot| self.slots.get_mut(slot)) {
+            state.busy = false;
+        }
+        self.wide_due = true;
         self.paused_until = Some(until);
     }
 }
@@ -197,91 +250,152 @@ mod tests {
 
     const POLL: Duration = Duration::from_secs(1);
 
+    fn options(busy: Option<Duration>) -> RelayOptions {
+        RelayOptions { batch_size: 10, poll_interval: POLL, busy_poll_interval: busy, ..RelayOptions::default() }
+    }
+
     fn schedule(worker: usize, wakes_on_commit: bool, busy: Option<Duration>) -> ClaimSchedule {
-        let options =
-            RelayOptions { batch_size: 10, poll_interval: POLL, busy_poll_interval: busy, ..RelayOptions::default() };
-        ClaimSchedule::new(&options, worker, wakes_on_commit)
+        ClaimSchedule::new(&options(busy), worker, wakes_on_commit, false)
+    }
+
+    fn sliced() -> ClaimSchedule {
+        ClaimSchedule::new(&options(None), 0, true, true)
+    }
+
+    /// Starts the claim the schedule asks for, or panics.
+    fn start(s: &mut ClaimSchedule, now: Instant) -> PlannedClaim {
+        s.next_claim(now).expect("a claim is due")
     }
 
     #[test]
-    fn a_worker_claims_at_start_and_waits_once_a_claim_finds_nothing() {
+    fn a_worker_claims_at_start_and_waits_once_its_claims_find_nothing() {
         let now = Instant::now();
         let mut s = schedule(0, true, None);
-        assert!(s.claim_due(now));
+        let first = start(&mut s, now);
         assert_eq!(s.wait_for_work(now, true), None, "busy: no wait");
-        assert_eq!(s.claimed(0, false, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
-        assert!(!s.claim_due(now));
+        let second = start(&mut s, now);
+        assert_ne!(first.slot, second.slot, "every slot claims at start");
+        assert_eq!(s.claimed(first.slot, 0, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
+        assert!(!s.claimed(second.slot, 0, false).claim_again_when_settled);
+        assert_eq!(s.next_claim(now), None);
         assert_eq!(s.wait_for_work(now, false), Some(POLL));
     }
 
     #[test]
-    fn a_claim_answered_before_a_batch_settled_does_not_cancel_the_claim_that_settle_asked_for() {
+    fn a_claim_that_finds_nothing_does_not_cancel_the_claim_a_settled_batch_asked_for() {
         let now = Instant::now();
         let mut s = schedule(0, true, None);
-        assert!(s.claim_due(now));
-        assert!(s.claimed(10, true, false).claim_again_when_settled, "a full keyed batch");
-        assert!(s.claim_due(now), "the next claim goes out while the batch is in flight");
-        s.settled(true);
-        assert_eq!(s.claimed(0, false, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
-        assert!(s.claim_due(now), "the key's next messages were still held back when that claim was answered");
-        assert_eq!(s.claimed(0, false, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
-        assert!(!s.claim_due(now), "a claim after the settle that finds nothing: wait");
+        let a = start(&mut s, now);
+        assert!(s.claimed(a.slot, 10, true).claim_again_when_settled, "a full keyed batch");
+        let b = start(&mut s, now);
+        s.settled(a.slot, true);
+        assert!(!s.claimed(b.slot, 0, false).claim_again_when_settled);
+        let c = start(&mut s, now);
+        assert_eq!(c.slot, a.slot, "the key's next messages were still held back when that claim was answered");
+        s.claimed(c.slot, 0, false);
+        assert_eq!(s.next_claim(now), None, "a claim after the settle that finds nothing: wait");
     }
 
     #[test]
-    fn claims_keep_to_their_key_slice_until_one_is_not_full_or_the_worker_waited() {
+    fn sliced_slots_keep_to_their_slices_and_a_wait_ends_in_a_claim_over_every_key() {
         let now = Instant::now();
-        let mut s = schedule(0, true, None);
-        assert!(s.claims_in_slice(), "a backlog at start: slices");
-        assert!(s.claim_due(now));
-        assert!(s.claimed(10, true, true).claim_again_when_settled);
-        assert!(s.claim_due(now) && s.claims_in_slice(), "full: the next slot's slice");
-        assert!(s.claimed(4, true, true).claim_again_when_settled);
-        assert!(s.claim_due(now) && !s.claims_in_slice(), "a slice not full: every key once, at once");
-        assert!(!s.claimed(0, false, false).claim_again_when_settled);
-        assert!(!s.claim_due(now), "nothing anywhere: wait");
+        let mut s = sliced();
+        let a = start(&mut s, now);
+        let b = start(&mut s, now);
+        assert!(a.in_slice && b.in_slice, "a backlog at start: slices");
+        assert!(
+            s.claimed(a.slot, 4, true).claim_again_when_settled,
+            "keyed, not full: that slice again after the settle"
+        );
+        s.claimed(b.slot, 0, false);
+        assert_eq!(s.next_claim(now), None, "slot b's slice is empty; slot a's batch is in flight");
+        s.settled(a.slot, true);
+        assert_eq!(start(&mut s, now), PlannedClaim { slot: a.slot, in_slice: true });
+        s.claimed(a.slot, 0, false);
+        assert_eq!(s.next_claim(now), None);
+        assert!(s.wait_for_work(now, false).is_some());
         s.woken(false);
-        assert!(!s.claims_in_slice(), "a commit may be in any slice");
-        s.claimed(10, true, false);
-        assert!(s.claims_in_slice(), "a full wide claim: a backlog, back to slices");
+        let wide = start(&mut s, now);
+        assert!(!wide.in_slice, "a commit may be in any slice");
+        assert!(s.claimed(wide.slot, 10, true).wake_peers, "full: a backlog");
+        let next = start(&mut s, now);
+        assert!(next.in_slice, "a backlog: back to slices");
+        s.claimed(next.slot, 0, false);
+        assert!(s.settled(wide.slot, true), "a full batch over every key held keys of every slice: peers claim again");
+        assert!(start(&mut s, now).in_slice);
+        assert!(start(&mut s, now).in_slice, "every slot claims in its slice again");
+    }
+
+    #[test]
+    fn a_worker_busy_in_slices_claims_over_every_key_once_per_poll_interval() {
+        let now = Instant::now();
+        let mut s = sliced();
+        let a = start(&mut s, now);
+        s.claimed(a.slot, 10, true);
+        let b = start(&mut s, now);
+        s.claimed(b.slot, 4, true);
+        assert_eq!(s.next_claim(now + POLL / 2), None, "both slots busy");
+        s.settled(a.slot, true);
+        assert!(start(&mut s, now + POLL / 2).in_slice);
+        s.claimed(a.slot, 4, true);
+        s.settled(a.slot, true);
+        let later = start(&mut s, now + POLL + Duration::from_millis(1));
+        assert!(!later.in_slice, "a poll interval since the last look at every key");
     }
 
     #[test]
     fn other_workers_wait_thirty_poll_intervals() {
         let mut s = schedule(1, true, None);
-        s.claimed(0, false, false);
+        for _ in 0..2 {
+            let c = start(&mut s, Instant::now());
+            s.claimed(c.slot, 0, false);
+        }
         assert_eq!(s.wait_for_work(Instant::now(), false), Some(POLL * 30));
     }
 
     #[test]
     fn a_full_claim_wakes_peers_and_claims_again_at_once() {
+        let now = Instant::now();
         let mut s = schedule(0, true, None);
-        let after = s.claimed(10, false, false);
+        let a = start(&mut s, now);
+        let after = s.claimed(a.slot, 10, false);
         assert_eq!(after, AfterClaim { wake_peers: true, claim_again_when_settled: true });
-        assert!(s.claim_due(Instant::now()));
+        assert!(s.next_claim(now).is_some());
     }
 
     #[test]
     fn a_short_keyless_batch_waits_for_the_commit_wake_up_but_keys_or_polling_claim_again() {
+        let now = Instant::now();
         let mut s = schedule(0, true, None);
-        assert!(!s.claimed(3, false, false).claim_again_when_settled);
-        assert!(s.claimed(3, true, false).claim_again_when_settled, "a key's next message sends no wake-up");
+        let a = start(&mut s, now);
+        assert!(!s.claimed(a.slot, 3, false).claim_again_when_settled);
+        let b = start(&mut s, now);
+        assert!(s.claimed(b.slot, 3, true).claim_again_when_settled, "a key's next message sends no wake-up");
         let mut polling = schedule(0, false, None);
-        assert!(polling.claimed(3, false, false).claim_again_when_settled, "no commit wake-ups: look again");
-        s.settled(true);
-        assert!(s.claim_due(Instant::now()));
+        let c = start(&mut polling, now);
+        assert!(polling.claimed(c.slot, 3, false).claim_again_when_settled, "no commit wake-ups: look again");
+        s.settled(b.slot, true);
+        assert!(s.next_claim(now).is_some());
+    }
+
+    /// Runs the schedule to its next wait: every due claim comes back empty.
+    fn idle(s: &mut ClaimSchedule) -> Duration {
+        while let Some(c) = s.next_claim(Instant::now()) {
+            s.claimed(c.slot, 0, false);
+        }
+        s.wait_for_work(Instant::now(), false).expect("idle")
     }
 
     #[test]
     fn busy_polls_double_up_to_the_poll_interval() {
         let busy = Duration::from_millis(100);
         let mut s = schedule(0, false, Some(busy));
-        s.claimed(5, false, false);
-        s.settled(false);
+        let a = start(&mut s, Instant::now());
+        s.claimed(a.slot, 5, false);
+        s.settled(a.slot, false);
         let mut waits = Vec::new();
         for _ in 0..6 {
-            s.claimed(0, false, false);
-            waits.push(s.wait_for_work(Instant::now(), false).unwrap());
+            waits.push(idle(&mut s));
             s.woken(false);
         }
         let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
@@ -291,12 +405,11 @@ mod tests {
     #[test]
     fn an_early_wake_up_that_finds_nothing_chases_the_late_commit_then_gives_up() {
         let mut s = schedule(0, false, None);
-        s.claimed(0, false, false);
+        idle(&mut s);
         s.woken(true);
         let mut waits = Vec::new();
         for _ in 0..9 {
-            s.claimed(0, false, false);
-            waits.push(s.wait_for_work(Instant::now(), false).unwrap().as_millis());
+            waits.push(idle(&mut s).as_millis());
             s.woken(false);
         }
         assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000]);
@@ -305,21 +418,21 @@ mod tests {
     #[test]
     fn a_store_that_wakes_on_commit_never_chases() {
         let mut s = schedule(0, true, None);
-        s.claimed(0, false, false);
+        idle(&mut s);
         s.woken(true);
-        s.claimed(0, false, false);
-        assert_eq!(s.wait_for_work(Instant::now(), false), Some(POLL));
+        assert_eq!(idle(&mut s), POLL);
     }
 
     #[test]
     fn a_store_error_pauses_claims_until_the_backoff_ends() {
         let now = Instant::now();
         let mut s = schedule(0, true, None);
-        s.store_error(now + Duration::from_secs(1));
-        assert!(!s.claim_due(now));
+        let a = start(&mut s, now);
+        s.store_error(Some(a.slot), now + Duration::from_secs(1));
+        assert_eq!(s.next_claim(now), None);
         assert_eq!(s.wait_for_work(now, false), None, "paused: the worker sleeps until the pause ends");
         assert_eq!(s.paused_until(), Some(now + Duration::from_secs(1)));
-        assert!(s.claim_due(now + Duration::from_secs(1)));
+        assert!(s.next_claim(now + Duration::from_secs(1)).is_some());
         assert_eq!(s.paused_until(), None);
     }
 }

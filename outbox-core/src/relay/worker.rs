@@ -3,14 +3,15 @@
 
 use std::collections::HashSet;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::Ordering;
 
 use futures::future::{BoxFuture, FutureExt, OptionFuture};
 use futures::stream::{FuturesUnordered, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info_span, warn, Instrument};
+use tracing::{debug, error, info_span, warn, Instrument};
 
-use super::schedule::ClaimSchedule;
+use super::schedule::{ClaimSchedule, PlannedClaim};
 use super::{bump, Inner};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId};
@@ -54,26 +55,27 @@ impl Inner {
     /// backlog it waits for a wake-up; [`ClaimSchedule`] says when it claims and how long it waits.
     async fn work(&self, worker: usize, shutdown: CancellationToken) {
         let options = &self.options;
-        let mut schedule = ClaimSchedule::new(options, worker, self.store.wakes_on_commit());
+        let sliced = self.store.claims_in_slices() && options.concurrency * options.batches_in_flight > 1;
+        let mut schedule = ClaimSchedule::new(options, worker, self.store.wakes_on_commit(), sliced);
         let mut in_flight = FuturesUnordered::new();
-        let mut claiming: Option<BoxFuture<'_, Result<Claim>>> = None;
-        // Each batch slot claims in a key slice of its own, across all workers, so that keyed
-        // batches of different slots take different keys and overlap.
-        let mut slot_busy = vec![false; options.batches_in_flight];
-        let mut claim_slot: Option<(usize, bool)> = None;
+        let mut claiming: Option<(PlannedClaim, BoxFuture<'_, Result<Claim>>)> = None;
+        let mut seen_backlog = self.backlog_found.load(Ordering::Relaxed);
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
+            let backlog = self.backlog_found.load(Ordering::Relaxed);
+            if backlog != seen_backlog {
+                seen_backlog = backlog;
+                schedule.peer_found_work();
+            }
             let now = Instant::now();
             let room = in_flight.len() + usize::from(claiming.is_some()) < options.batches_in_flight;
-            if claiming.is_none() && room && schedule.claim_due(now) {
-                let slot = slot_busy.iter().position(|busy| !busy).unwrap_or(0);
-                let sliced = self.store.claims_in_slices() && schedule.claims_in_slice();
-                let slice = if sliced { self.key_slice(worker, slot) } else { None };
-                slot_busy[slot] = true;
-                claim_slot = Some((slot, slice.is_some()));
-                claiming = Some(Box::pin(self.claim(slice)));
+            if claiming.is_none() && room {
+                if let Some(planned) = schedule.next_claim(now) {
+                    let slice = if planned.in_slice { self.key_slice(worker, planned.slot) } else { None };
+                    claiming = Some((planned, Box::pin(self.claim(slice))));
+                }
             }
             // No backlog: wait for a wake-up only once this worker's batches have settled.
             let wait = schedule.wait_for_work(now, claiming.is_some() || !in_flight.is_empty());
@@ -81,31 +83,29 @@ impl Inner {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some((settled, claim_again, slot)) = in_flight.next(), if !in_flight.is_empty() => {
-                    slot_busy[slot] = false;
-                    schedule.settled(claim_again);
+                    if schedule.settled(slot, claim_again) {
+                        self.wake_peers();
+                    }
                     if let Err(e) = settled {
-                        schedule.store_error(self.store_error(&e));
+                        schedule.store_error(None, self.store_error(&e));
                     }
                 }
-                Some(claimed) = OptionFuture::from(claiming.as_mut()) => {
-                    claiming = None;
-                    let (slot, in_slice) = claim_slot.take().unwrap_or((0, false));
-                    slot_busy[slot] = false;
+                Some(claimed) = OptionFuture::from(claiming.as_mut().map(|(_, claim)| claim)) => {
+                    let slot = claiming.take().map_or(0, |(planned, _)| planned.slot);
                     match claimed {
                         Ok(Claim { batch, sent_at }) => {
                             let keyed = batch.iter().any(|m| m.key.is_some());
-                            let after = schedule.claimed(batch.len(), keyed, in_slice);
+                            let after = schedule.claimed(slot, batch.len(), keyed);
                             if after.wake_peers {
-                                self.found_work.notify_waiters();
+                                self.wake_peers();
                             }
                             if !batch.is_empty() {
                                 let span = info_span!("outbox.batch", relay = %self.id, size = batch.len());
                                 let settle = self.publish_and_settle(batch, sent_at).instrument(span);
-                                slot_busy[slot] = true;
                                 in_flight.push(settle.map(move |settled| (settled, after.claim_again_when_settled, slot)));
                             }
                         }
-                        Err(e) => schedule.store_error(self.store_error(&e)),
+                        Err(e) => schedule.store_error(Some(slot), self.store_error(&e)),
                     }
                 }
                 Some(()) = OptionFuture::from(schedule.paused_until().map(tokio::time::sleep_until)) => {}
@@ -113,12 +113,12 @@ impl Inner {
                     let cut_short = wait_started.zip(wait).is_some_and(|(started, wait)| started.elapsed() < wait);
                     schedule.woken(cut_short);
                 }
-                _ = self.found_work.notified(), if wait.is_some() => schedule.peer_found_work(),
+                _ = self.found_work.notified(), if wait.is_some() => {}
             }
         }
         // Shutdown: no new claims. A claim under way is handed back while the batches in flight finish.
         let hand_back = async {
-            if let Some(Ok(claim)) = OptionFuture::from(claiming).await {
+            if let Some(Ok(claim)) = OptionFuture::from(claiming.map(|(_, claim)| claim)).await {
                 if !claim.batch.is_empty() {
                     self.hand_back(&claim.batch).await;
                 }
@@ -139,6 +139,12 @@ impl Inner {
         bump(&self.counters.store_errors, 1);
         error!(error = %e.report(), "outbox relay: store error; backing off");
         Instant::now() + self.options.error_backoff
+    }
+
+    /// Tells every worker (this one too) that a backlog may wait in any key slice, waking those that wait.
+    fn wake_peers(&self) {
+        self.backlog_found.fetch_add(1, Ordering::Relaxed);
+        self.found_work.notify_waiters();
     }
 
     /// Drops finished (or handed-back) messages from the in-flight set.
@@ -165,6 +171,7 @@ impl Inner {
             Some(slice) => self.store.claim_slice(self.id, options.batch_size, options.lease, slice).await?,
             None => self.store.claim(self.id, options.batch_size, options.lease).await?,
         };
+        debug!(claimed = batch.len(), slice = ?slice, took = ?sent_at.elapsed(), "outbox claim");
         if !batch.is_empty() {
             bump(&self.counters.batches, 1);
             bump(&self.counters.claimed, batch.len());

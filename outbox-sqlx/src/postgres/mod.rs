@@ -199,10 +199,13 @@ impl PostgresStore {
         tx.commit().await.map_err(|e| sql_error("migrate", e))
     }
 
-    /// The query plan of the claim statement (`EXPLAIN`), to check that it uses the partial index.
-    pub async fn explain_claim(&self, limit: usize) -> Result<String> {
+    /// The query plan of the claim statement (`EXPLAIN`) in `slice` (or over every key), to check
+    /// that it walks the partial indexes instead of the table.
+    pub async fn explain_claim(&self, limit: usize, slice: Option<KeySlice>) -> Result<String> {
         let rows: Vec<String> = sqlx::query_scalar(&self.inner.sql.explain_claim)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(i64::from(slice.map_or(0, |s| s.count())))
+            .bind(i64::from(slice.map_or(0, |s| s.index())))
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| sql_error("explain", e))?;

@@ -59,11 +59,13 @@ impl Sql {
         // partial index. Keyed rows come from a window (limit + 25%, read without locks) of the oldest
         // unfinished keyed rows of the claim's key slice, claimable or not: a prefix of them in enqueue
         // order, so a key's first row in it is the key's oldest, and a leased or retrying row of a key
-        // shows in it. Each key's run is its rows from the first while they are claimable, with `prv`
+        // shows in it. The window is cut from the oldest (limit + 25%) x slices keyed rows of every
+        // key, so that its plan is always a walk of the keyed index: the planner has no statistics
+        // for the slice's hash and would rather read the whole table and sort it. Each key's run is its rows from the first while they are claimable, with `prv`
         // the window's previous row of the key; the run's rows are then locked with SKIP LOCKED. A
         // row that another claim took meanwhile is skipped, and the store hands back the rest of its
         // key's run after the claim (its `prv` no longer matches).
-        // Only when the window is full yet yields fewer than `limit` rows (it is clogged with rows
+        // Only when the scan is full yet yields fewer than `limit` rows (it is clogged with rows
         // queued behind in-flight or retrying rows) is the head of every key looked up, with a loose
         // index scan over (msg_key, seq): O(keys) instead of O(backlog). The window's other rows are
         // unlocked when the statement ends. Keyless and keyed rows are disjoint, so only the two keyed
@@ -83,14 +85,15 @@ impl Sql {
             "WITH RECURSIVE \
              keyless AS (SELECT k.seq, k.ctid, NULL::bigint AS prv FROM {m} k WHERE k.msg_key IS NULL AND k.seq > $4 AND {ready_k} \
                ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             win AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key, ({ready_w}) AS ready FROM {m} w \
-               WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL AND {slice_w} ORDER BY w.seq LIMIT $3 + $3 / 4), \
+             scan AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key, ({ready_w}) AS ready FROM {m} w \
+               WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL ORDER BY w.seq LIMIT ($3 + $3 / 4) * greatest($5, 1)), \
+             win AS MATERIALIZED (SELECT s.seq, s.ctid, s.msg_key, s.ready FROM scan s WHERE {slice_s} ORDER BY s.seq LIMIT $3 + $3 / 4), \
              linked AS MATERIALIZED (SELECT w.seq, w.ctid, lag(w.seq) OVER k AS prv, bool_and(w.ready) OVER k AS unbroken \
                FROM win w WINDOW k AS (PARTITION BY w.msg_key ORDER BY w.seq)), \
              locked AS MATERIALIZED (SELECT o.seq, o.ctid FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM linked WHERE unbroken)) \
                AND o.msg_key IS NOT NULL AND {ready_o} FOR UPDATE OF o SKIP LOCKED), \
              runs AS MATERIALIZED (SELECT k.seq, k.ctid, l.prv FROM locked k JOIN linked l ON l.seq = k.seq), \
-             clogged AS MATERIALIZED (SELECT (SELECT count(*) FROM win) = $3 + $3 / 4 \
+             clogged AS MATERIALIZED (SELECT (SELECT count(*) FROM scan) = ($3 + $3 / 4) * greatest($5, 1) \
                AND (SELECT count(*) FROM linked WHERE unbroken) < $3 AS yes), \
              keys(k) AS (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL AND (SELECT yes FROM clogged) \
                UNION ALL SELECT (SELECT min(n.msg_key) FROM {m} n WHERE n.msg_key > keys.k AND n.published_at IS NULL) \
@@ -104,7 +107,7 @@ impl Sql {
             ready_k = ready("k"),
             ready_w = ready("w"),
             ready_o = ready("o"),
-            slice_w = in_slice("w"),
+            slice_s = in_slice("s"),
             slice_o = in_slice("o"),
         );
         // The update reaches the picked rows by the tuple ids that locked them (a TID scan), not by a
@@ -186,7 +189,7 @@ CREATE TABLE IF NOT EXISTS {i} (
             ),
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = $1"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = $1"),
-            explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0").replace("$5", "0").replace("$6", "0")),
+            explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0").replace("$5", "$2").replace("$6", "$3")),
             claim,
             extend: format!(
                 "UPDATE {m} SET locked_until = now() + $3 * {MS} \
