@@ -59,17 +59,19 @@ impl Sql {
         // partial index. Keyed rows come from a window (limit + 25%, read without locks) of the oldest
         // unfinished keyed rows of the claim's key slice, claimable or not: a prefix of them in enqueue
         // order, so a key's first row in it is the key's oldest, and a leased or retrying row of a key
-        // shows in it. The window is cut from the oldest (limit + 25%) x slices keyed rows of every
-        // key, so that its plan is always a walk of the keyed index: the planner has no statistics
-        // for the slice's hash and would rather read the whole table and sort it. Each key's run is its rows from the first while they are claimable, with `prv`
-        // the window's previous row of the key; the run's rows are then locked with SKIP LOCKED. A
-        // row that another claim took meanwhile is skipped, and the store hands back the rest of its
-        // key's run after the claim (its `prv` no longer matches).
-        // Only when the scan is full yet yields fewer than `limit` rows (it is clogged with rows
-        // queued behind in-flight or retrying rows) is the head of every key looked up, with a loose
-        // index scan over (msg_key, seq): O(keys) instead of O(backlog). The window's other rows are
-        // unlocked when the statement ends. Keyless and keyed rows are disjoint, so only the two keyed
-        // branches (a head can be in both) need de-duplicating.
+        // shows in it. The window is cut from a scan of the oldest (limit + 25%) x slices keyed rows
+        // of every key, so that its plan is always a walk of the keyed index: the planner has no
+        // statistics for the slice's hash and would rather read the whole table and sort it.
+        // Each key's run is its rows from the first while they are claimable, with `prv` the window's
+        // previous row of the key; the run's rows are then locked with SKIP LOCKED. A row that another
+        // claim took meanwhile is skipped, and the store hands back the rest of its key's run after
+        // the claim (its `prv` no longer matches).
+        // Only when the window is clogged (the scan is full, yet the window yields fewer than `limit`
+        // rows and more than `limit / 4` of its rows wait behind in-flight or retrying rows; a slice
+        // that holds few of the scan's rows is not clogged) is the head of every key looked up, with
+        // a loose index scan over (msg_key, seq): O(keys) instead of O(backlog). The window's other
+        // rows are unlocked when the statement ends. Keyless and keyed rows are disjoint, so only the
+        // two keyed branches (a head can be in both) need de-duplicating.
         let ready = |alias: &str| {
             format!(
                 "{alias}.published_at IS NULL AND {alias}.available_at <= now() \
@@ -94,7 +96,8 @@ impl Sql {
                AND o.msg_key IS NOT NULL AND {ready_o} FOR UPDATE OF o SKIP LOCKED), \
              runs AS MATERIALIZED (SELECT k.seq, k.ctid, l.prv FROM locked k JOIN linked l ON l.seq = k.seq), \
              clogged AS MATERIALIZED (SELECT (SELECT count(*) FROM scan) = ($3 + $3 / 4) * greatest($5, 1) \
-               AND (SELECT count(*) FROM linked WHERE unbroken) < $3 AS yes), \
+               AND (SELECT count(*) FROM linked WHERE unbroken) < $3 \
+               AND (SELECT count(*) FROM linked WHERE NOT unbroken) > $3 / 4 AS yes), \
              keys(k) AS (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL AND (SELECT yes FROM clogged) \
                UNION ALL SELECT (SELECT min(n.msg_key) FROM {m} n WHERE n.msg_key > keys.k AND n.published_at IS NULL) \
                FROM keys WHERE keys.k IS NOT NULL), \
