@@ -8,11 +8,10 @@
 
 use std::time::Duration;
 
-use outbox_brokers::rabbitmq::{declare_queue, read_back, QueueType, RabbitMqOptions, RabbitMqPublisher};
-use outbox_brokers::TopicMap;
-use outbox_core::{shutdown_on_signal, Dispatcher, Enqueue, NewMessage, Relay, Store};
-use outbox_sqlx::error_from;
-use outbox_sqlx::mysql::MySqlStore;
+use outbox::mysql::MySqlStore;
+use outbox::rabbitmq::{declare_queue, read_back, QueueType, RabbitMqOptions, RabbitMqPublisher};
+use outbox::TopicMap;
+use outbox::{shutdown_on_signal, Dispatcher, Enqueue, NewMessage, Relay, Store};
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -35,12 +34,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     for n in 0..customers {
         let email = format!("customer{n}@example.com");
-        let mut tx = store.pool().begin().await.map_err(error_from("begin"))?;
+        let mut tx = store.pool().begin().await?;
         let created =
             sqlx::query("INSERT INTO example_customers (email) VALUES (?)").bind(&email).execute(&mut *tx).await?;
         let event = serde_json::json!({ "id": created.last_insert_id(), "email": email });
         store.enqueue(&mut *tx, NewMessage::json("CustomerCreated", &event)?).await?;
-        tx.commit().await.map_err(error_from("commit"))?;
+        tx.commit().await?;
     }
     println!("{customers} customers committed with their CustomerCreated events");
 
@@ -61,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let received = read_back(&amqp_url, &queue, customers, Duration::from_secs(30)).await?;
     println!("read back {} messages from RabbitMQ queue {queue}", received.len());
-    outbox_brokers::rabbitmq::delete_queue(&amqp_url, &queue).await?;
+    outbox::rabbitmq::delete_queue(&amqp_url, &queue).await?;
     if received.len() != customers {
         return Err(format!("expected {customers} messages on RabbitMQ, found {}", received.len()).into());
     }

@@ -10,10 +10,9 @@
 
 use std::time::{Duration, Instant};
 
-use outbox_brokers::kafka::{read_back, KafkaOptions, KafkaPublisher};
-use outbox_core::{shutdown_on_signal, Dispatcher, Enqueue, NewMessage, Relay, Store};
-use outbox_sqlx::error_from;
-use outbox_sqlx::postgres::PostgresStore;
+use outbox::kafka::{read_back, KafkaOptions, KafkaPublisher};
+use outbox::postgres::PostgresStore;
+use outbox::{shutdown_on_signal, Dispatcher, Enqueue, NewMessage, Relay, Store};
 
 fn env(name: &str, default: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| default.to_owned())
@@ -35,14 +34,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let started = Instant::now();
     for n in 0..orders {
-        let mut tx = store.pool().begin().await.map_err(error_from("begin"))?;
+        let mut tx = store.pool().begin().await?;
         let id: i64 = sqlx::query_scalar("INSERT INTO example_orders (total_cents) VALUES ($1) RETURNING id")
             .bind(1_000 + n)
             .fetch_one(&mut *tx)
             .await?;
         let event = serde_json::json!({ "order_id": id, "total_cents": 1_000 + n });
         store.enqueue(&mut *tx, NewMessage::json(&topic, &event)?.key(id.to_string())).await?;
-        tx.commit().await.map_err(error_from("commit"))?;
+        tx.commit().await?;
     }
     println!("{orders} orders committed with their events in {:?}", started.elapsed());
 

@@ -11,12 +11,9 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use outbox_core::{
-    async_trait, shutdown_on_signal, Dispatcher, Enqueue, Jitter, Message, NewMessage, PublishError, PublishOne, Relay,
-    RetryPolicy, Store,
-};
-use outbox_sqlx::error_from;
-use outbox_sqlx::sqlite::SqliteStore;
+use outbox::prelude::*;
+use outbox::sqlite::SqliteStore;
+use outbox::Jitter;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -56,20 +53,19 @@ impl PublishOne for PrintingPublisher {
     }
 }
 
-async fn place_order(store: &SqliteStore, customer: &str, total_cents: i64, commit: bool) -> outbox_core::Result<i64> {
-    let mut tx = store.pool().begin().await.map_err(error_from("begin"))?;
+async fn place_order(store: &SqliteStore, customer: &str, total_cents: i64, commit: bool) -> outbox::Result<i64> {
+    let mut tx = store.pool().begin().await?;
     let order_id: i64 = sqlx::query_scalar("INSERT INTO orders (customer, total_cents) VALUES (?, ?) RETURNING id")
         .bind(customer)
         .bind(total_cents)
         .fetch_one(&mut *tx)
-        .await
-        .map_err(error_from("insert order"))?;
+        .await?;
     let event = OrderPlaced { order_id, customer: customer.to_owned(), total_cents };
     store.enqueue(&mut *tx, NewMessage::json("orders.placed", &event)?.key(customer)).await?;
     if commit {
-        tx.commit().await.map_err(error_from("commit"))?;
+        tx.commit().await?;
     } else {
-        tx.rollback().await.map_err(error_from("rollback"))?;
+        tx.rollback().await?;
     }
     Ok(order_id)
 }

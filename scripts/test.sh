@@ -3,7 +3,7 @@
 # every feature, every backend with cargo test, then the chaos test's short form (scripts/chaos.sh:
 # relay processes killed, PostgreSQL and the brokers restarted).
 #   scripts/test.sh                  # everything
-#   scripts/test.sh -p outbox-core   # extra arguments go to cargo test, and the chaos test is left out
+#   scripts/test.sh -p outbox-engine   # extra arguments go to cargo test, and the chaos test is left out
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/test-services.sh

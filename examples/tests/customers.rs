@@ -104,5 +104,5 @@ async fn relay_killed_twice_loses_nothing_and_the_worker_applies_each_event_once
     assert!(status.success());
     let out = output(relay);
     assert!(out.contains("relay: stopped"), "{out}");
-    outbox_brokers::rabbitmq::delete_queue(&amqp, &queue).await.unwrap();
+    outbox::rabbitmq::delete_queue(&amqp, &queue).await.unwrap();
 }

@@ -4,8 +4,8 @@
 
 use std::process::Command;
 
-use outbox_sqlx::postgres::PostgresStore;
-use outbox_sqlx::StoreOptions;
+use outbox::postgres::PostgresStore;
+use outbox::StoreOptions;
 use outbox_testkit::env::backend;
 use sqlx::{Connection, PgPool};
 
@@ -68,7 +68,7 @@ async fn migrate_enqueue_route_dead_letter_and_replay() {
     assert_eq!(left, 0);
 
     let received = tokio::task::spawn_blocking(move || {
-        outbox_brokers::kafka::read_back(&kafka, &topic, 5, std::time::Duration::from_secs(30))
+        outbox::kafka::read_back(&kafka, &topic, 5, std::time::Duration::from_secs(30))
     })
     .await
     .unwrap()

@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox_brokers::{kafka, rabbitmq, redis as redis_pub};
-use outbox_core::memory::MemoryPublisher;
-use outbox_core::{
+use outbox_engine::memory::MemoryPublisher;
+use outbox_engine::{
     CancellationToken, DeadLetter, Dispatcher, Enqueue, Failure, Message, MessageId, NewMessage, OutboxStats,
     PublishError, Publisher, Relay, RelayId, RelayOptions, Retry, Store,
 };
@@ -572,7 +572,7 @@ impl Instrumented {
 
 #[async_trait]
 impl Store for Instrumented {
-    async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> outbox_core::Result<Vec<Message>> {
+    async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> outbox_engine::Result<Vec<Message>> {
         self.claims.fetch_add(1, Ordering::Relaxed);
         let batch = self.inner.claim(owner, limit, lease).await?;
         if !batch.is_empty() {
@@ -582,34 +582,34 @@ impl Store for Instrumented {
         }
         Ok(batch)
     }
-    async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> outbox_core::Result<()> {
+    async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> outbox_engine::Result<()> {
         self.inner.extend_lease(owner, ids, lease).await
     }
-    async fn release(&self, owner: RelayId, ids: &[MessageId]) -> outbox_core::Result<()> {
+    async fn release(&self, owner: RelayId, ids: &[MessageId]) -> outbox_engine::Result<()> {
         self.inner.release(owner, ids).await
     }
-    async fn acknowledge(&self, ids: &[MessageId]) -> outbox_core::Result<()> {
+    async fn acknowledge(&self, ids: &[MessageId]) -> outbox_engine::Result<()> {
         self.inner.acknowledge(ids).await
     }
-    async fn reschedule(&self, owner: RelayId, retries: &[Retry]) -> outbox_core::Result<()> {
+    async fn reschedule(&self, owner: RelayId, retries: &[Retry]) -> outbox_engine::Result<()> {
         self.inner.reschedule(owner, retries).await
     }
-    async fn dead_letter(&self, owner: RelayId, failures: &[Failure]) -> outbox_core::Result<()> {
+    async fn dead_letter(&self, owner: RelayId, failures: &[Failure]) -> outbox_engine::Result<()> {
         self.inner.dead_letter(owner, failures).await
     }
-    async fn dead_letters(&self, limit: usize) -> outbox_core::Result<Vec<DeadLetter>> {
+    async fn dead_letters(&self, limit: usize) -> outbox_engine::Result<Vec<DeadLetter>> {
         self.inner.dead_letters(limit).await
     }
-    async fn replay_dead_letters(&self, ids: &[MessageId]) -> outbox_core::Result<u64> {
+    async fn replay_dead_letters(&self, ids: &[MessageId]) -> outbox_engine::Result<u64> {
         self.inner.replay_dead_letters(ids).await
     }
-    async fn purge_dead_letters(&self, ids: &[MessageId]) -> outbox_core::Result<u64> {
+    async fn purge_dead_letters(&self, ids: &[MessageId]) -> outbox_engine::Result<u64> {
         self.inner.purge_dead_letters(ids).await
     }
-    async fn purge_published(&self, older_than: Duration, limit: usize) -> outbox_core::Result<u64> {
+    async fn purge_published(&self, older_than: Duration, limit: usize) -> outbox_engine::Result<u64> {
         self.inner.purge_published(older_than, limit).await
     }
-    async fn stats(&self) -> outbox_core::Result<OutboxStats> {
+    async fn stats(&self) -> outbox_engine::Result<OutboxStats> {
         self.inner.stats().await
     }
     fn wakes_on_commit(&self) -> bool {
@@ -828,7 +828,7 @@ async fn raw_broker(
     topic: &str,
     batch: usize,
 ) -> Result<Measured, BoxError> {
-    let now = outbox_core::Message {
+    let now = outbox_engine::Message {
         id: MessageId::new(),
         topic: topic.to_owned(),
         key: None,

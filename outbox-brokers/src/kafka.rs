@@ -5,7 +5,7 @@
 //! ```no_run
 //! use outbox_brokers::kafka::{KafkaOptions, KafkaPublisher};
 //! let publisher = KafkaPublisher::new(KafkaOptions::new("127.0.0.1:9092").setting("compression.type", "lz4"))?;
-//! # Ok::<(), outbox_core::Error>(())
+//! # Ok::<(), outbox_engine::Error>(())
 //! ```
 
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::channel::oneshot;
-use outbox_core::{Error, Headers, HeldKeys, Message, MessageId, PublishError, Publisher, Result};
+use outbox_engine::{Error, Headers, HeldKeys, Message, MessageId, PublishError, Publisher, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};

@@ -1,6 +1,6 @@
 //! # outbox-brokers
 //!
-//! [`Publisher`](outbox_core::Publisher)s for the common brokers, each behind its cargo feature:
+//! [`Publisher`](outbox_engine::Publisher)s for the common brokers, each behind its cargo feature:
 //!
 //! | feature | publisher | delivery guarantee used |
 //! |---|---|---|
@@ -12,7 +12,7 @@
 //! and AMQP header `outbox-message-id` plus the AMQP `message_id` property, stream field `id`), so that
 //! receivers can deduplicate, and maps the outbox topic to its destination through a [`TopicMap`].
 //! Errors are classified: a message the broker can never take (too large, unroutable, invalid name) is
-//! [`PublishError::Permanent`](outbox_core::PublishError) and goes to the dead letters; a broker that is
+//! [`PublishError::Permanent`](outbox_engine::PublishError) and goes to the dead letters; a broker that is
 //! down or slow is transient and retried by the relay's policy.
 //!
 //! Each module also has a `read_back` helper that reads what was published, for tests (ours and yours).
@@ -23,7 +23,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use outbox_core::{Error, Headers, MessageId, Result};
+use outbox_engine::{Error, Headers, MessageId, Result};
 
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
@@ -120,8 +120,8 @@ impl Received {
 fn invalid_url(what: &str, url: &str, reason: impl std::fmt::Display) -> Error {
     Error::invalid_config(format!(
         "invalid {what} URL {}: {}",
-        outbox_core::secret::redact_url(url),
-        outbox_core::secret::scrub(&reason.to_string(), url)
+        outbox_engine::secret::redact_url(url),
+        outbox_engine::secret::scrub(&reason.to_string(), url)
     ))
 }
 

@@ -6,7 +6,7 @@
 //! use outbox_brokers::rabbitmq::{RabbitMqOptions, RabbitMqPublisher};
 //! // Default exchange: the routing key (the mapped topic) is the queue name.
 //! let publisher = RabbitMqPublisher::new(RabbitMqOptions::from_url("amqp://guest:guest@127.0.0.1:5672/%2f")?);
-//! # Ok::<(), outbox_core::Error>(())
+//! # Ok::<(), outbox_engine::Error>(())
 //! ```
 
 use std::fmt;
@@ -20,8 +20,8 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-use outbox_core::secret::{redact_url, scrub};
-use outbox_core::{Error, Headers, Message, PublishError, Publisher, Result};
+use outbox_engine::secret::{redact_url, scrub};
+use outbox_engine::{Error, Headers, Message, PublishError, Publisher, Result};
 use tokio::sync::Mutex;
 
 use crate::{check_limit, invalid_url, Received, TopicMap, KEY_HEADER, MESSAGE_ID_HEADER, TOPIC_HEADER};

@@ -5,15 +5,15 @@
 //! ```no_run
 //! use outbox_brokers::redis::{RedisOptions, RedisPublisher};
 //! let publisher = RedisPublisher::new(RedisOptions::from_url("redis://127.0.0.1:6379")?.max_len(1_000_000))?;
-//! # Ok::<(), outbox_core::Error>(())
+//! # Ok::<(), outbox_engine::Error>(())
 //! ```
 
 use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::secret::{redact_url, scrub};
-use outbox_core::{Error, Headers, Message, PublishError, Publisher, Result};
+use outbox_engine::secret::{redact_url, scrub};
+use outbox_engine::{Error, Headers, Message, PublishError, Publisher, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RetryMethod, Value};
 use tokio::sync::Mutex;

@@ -1,6 +1,6 @@
-//! # outbox-core
+//! # outbox-engine
 //!
-//! The backend-agnostic heart of the `outbox` SDK for the transactional outbox pattern: a service writes
+//! The backend-agnostic heart of the [`outbox`](https://docs.rs/outbox) SDK for the transactional outbox pattern: a service writes
 //! its rows and an outbox message in ONE database transaction; a relay publishes every committed message
 //! to a broker, retries failures with backoff, dead-letters what can never succeed, and loses nothing.
 //!
@@ -14,14 +14,19 @@
 //! - [`Dispatcher`] and its implementation [`Relay`]: claim -> publish -> acknowledge, concurrent
 //!   batches, per-key order, graceful shutdown, `tracing` spans and [`RelayMetrics`].
 //! - [`memory`]: an in-memory store and publisher for tests.
+//! - Feature `sqlx`: `?` on a `sqlx::Error` gives an [`Error::Store`], transient or permanent by
+//!   the database's error codes.
+//!
+//! Applications usually depend on the `outbox` crate, which re-exports this one with the stores and
+//! publishers its features select.
 //!
 //! ```
 //! use std::time::Duration;
-//! use outbox_core::memory::{MemoryPublisher, MemoryStore};
-//! use outbox_core::{Dispatcher, Enqueue, NewMessage, Relay};
+//! use outbox_engine::memory::{MemoryPublisher, MemoryStore};
+//! use outbox_engine::{Dispatcher, Enqueue, NewMessage, Relay};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
-//! # async fn main() -> outbox_core::Result<()> {
+//! # async fn main() -> outbox_engine::Result<()> {
 //! let store = MemoryStore::new();
 //! let publisher = MemoryPublisher::new();
 //!
@@ -52,6 +57,9 @@ pub mod secret;
 #[cfg(feature = "signal")]
 #[cfg_attr(docsrs, doc(cfg(feature = "signal")))]
 pub mod signal;
+#[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
+pub mod sqlx_error;
 pub mod store;
 
 pub use async_trait::async_trait;

@@ -542,7 +542,7 @@ type FailureRule = dyn Fn(&Message) -> Option<PublishError> + Send + Sync;
 /// A [`Publisher`] that records what it publishes, and can be told to fail or be slow.
 ///
 /// ```
-/// use outbox_core::{memory::MemoryPublisher, PublishError};
+/// use outbox_engine::{memory::MemoryPublisher, PublishError};
 /// let publisher = MemoryPublisher::new()
 ///     .failing_when(|m| (m.attempts < 3).then(|| PublishError::transient("broker busy")));
 /// ```

@@ -97,7 +97,7 @@ impl MessageLimits {
 /// A message to enqueue in the caller's transaction.
 ///
 /// ```
-/// use outbox_core::NewMessage;
+/// use outbox_engine::NewMessage;
 /// use std::time::Duration;
 ///
 /// let msg = NewMessage::json("orders.placed", &serde_json::json!({"order": 42}))?
@@ -106,7 +106,7 @@ impl MessageLimits {
 ///     .idempotency_key("place-order-42")
 ///     .delay(Duration::from_secs(5));
 /// assert_eq!(msg.topic(), "orders.placed");
-/// # Ok::<(), outbox_core::Error>(())
+/// # Ok::<(), outbox_engine::Error>(())
 /// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct NewMessage {

@@ -94,7 +94,7 @@ pub trait Publisher: Send + Sync + fmt::Debug + 'static {
 /// whose message failed transiently, so that none of their later messages is sent.
 ///
 /// ```
-/// use outbox_core::{HeldKeys, Message, PublishError};
+/// use outbox_engine::{HeldKeys, Message, PublishError};
 ///
 /// fn publish(batch: &[Message], send: impl Fn(&Message) -> Result<(), PublishError>) -> Vec<Result<(), PublishError>> {
 ///     let mut held = HeldKeys::default();
@@ -134,7 +134,7 @@ impl<'a> HeldKeys<'a> {
 /// (transient, so the retry policy applies and it ends in the dead letters), not its batch.
 ///
 /// ```
-/// use outbox_core::{async_trait, Message, PublishError, PublishOne};
+/// use outbox_engine::{async_trait, Message, PublishError, PublishOne};
 ///
 /// #[derive(Debug)]
 /// struct Webhook;
@@ -171,7 +171,7 @@ impl<T: PublishOne> Publisher for T {
 /// A [`Publisher`] from an async closure over one message.
 ///
 /// ```
-/// use outbox_core::{publisher_fn, PublishError};
+/// use outbox_engine::{publisher_fn, PublishError};
 /// let printer = publisher_fn(|msg| async move {
 ///     println!("{} {}", msg.topic, msg.id);
 ///     Ok::<(), PublishError>(())

@@ -37,7 +37,7 @@ pub enum RetryDecision {
 /// The default: 1 s initial delay, ×2, capped at 10 minutes, equal jitter, 25 attempts.
 ///
 /// ```
-/// use outbox_core::{RetryPolicy, RetryDecision, Jitter};
+/// use outbox_engine::{RetryPolicy, RetryDecision, Jitter};
 /// use std::time::Duration;
 ///
 /// let policy = RetryPolicy::builder()
@@ -49,7 +49,7 @@ pub enum RetryDecision {
 /// assert_eq!(policy.decide(1), RetryDecision::RetryAfter(Duration::from_millis(100)));
 /// assert_eq!(policy.decide(2), RetryDecision::RetryAfter(Duration::from_millis(200)));
 /// assert_eq!(policy.decide(3), RetryDecision::DeadLetter);
-/// # Ok::<(), outbox_core::Error>(())
+/// # Ok::<(), outbox_engine::Error>(())
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {

@@ -51,12 +51,12 @@ impl Pattern {
 /// A message no route matches fails permanently (it is dead-lettered, not lost).
 ///
 /// ```
-/// use outbox_core::{publisher_fn, PublishError, Router};
+/// use outbox_engine::{publisher_fn, PublishError, Router};
 ///
 /// let email = publisher_fn(|_msg| async { Ok::<(), PublishError>(()) });
 /// let audit = publisher_fn(|_msg| async { Ok::<(), PublishError>(()) });
 /// let router = Router::new().route("mail", email)?.route("audit.*", audit)?;
-/// # Ok::<(), outbox_core::Error>(())
+/// # Ok::<(), outbox_engine::Error>(())
 /// ```
 #[derive(Debug, Clone, Default)]
 pub struct Router {

@@ -6,9 +6,9 @@ use tokio_util::sync::CancellationToken;
 /// tokio runtime.
 ///
 /// ```no_run
-/// # async fn demo(relay: outbox_core::Relay) -> outbox_core::Result<()> {
-/// use outbox_core::Dispatcher;
-/// relay.run(outbox_core::shutdown_on_signal()).await
+/// # async fn demo(relay: outbox_engine::Relay) -> outbox_engine::Result<()> {
+/// use outbox_engine::Dispatcher;
+/// relay.run(outbox_engine::shutdown_on_signal()).await
 /// # }
 /// ```
 pub fn shutdown_on_signal() -> CancellationToken {

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outbox_core::memory::{MemoryPublisher, MemoryStore};
-use outbox_core::{
+use outbox_engine::memory::{MemoryPublisher, MemoryStore};
+use outbox_engine::{
     async_trait, CancellationToken, DeadLetterHook, Dispatcher, Enqueue, Jitter, Message, NewMessage, PublishError,
     Relay, RelayId, RetryPolicy, Router, Store,
 };
@@ -32,7 +32,7 @@ fn store_with(n: usize) -> MemoryStore {
 }
 
 /// Runs `relay` in the background; cancel the token to stop it.
-fn start(relay: &Relay) -> (CancellationToken, tokio::task::JoinHandle<outbox_core::Result<()>>) {
+fn start(relay: &Relay) -> (CancellationToken, tokio::task::JoinHandle<outbox_engine::Result<()>>) {
     let shutdown = CancellationToken::new();
     let running = tokio::spawn({
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
@@ -396,7 +396,7 @@ async fn a_panicking_publisher_fails_only_its_message_and_the_relay_lives_on() {
     let store = store_with(20);
     let poison = store.enqueue_committed(NewMessage::new("t", "poison")).unwrap();
     let published = Arc::new(Mutex::new(HashMap::<String, u32>::new()));
-    let publisher = outbox_core::publisher_fn({
+    let publisher = outbox_engine::publisher_fn({
         let published = published.clone();
         move |message: Message| {
             let published = published.clone();
@@ -440,7 +440,7 @@ async fn a_panicking_publisher_fails_only_its_message_and_the_relay_lives_on() {
 struct PanicsOnPoison(Arc<Mutex<Vec<Vec<u8>>>>);
 
 #[async_trait]
-impl outbox_core::Publisher for PanicsOnPoison {
+impl outbox_engine::Publisher for PanicsOnPoison {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
         assert!(batch.iter().all(|m| m.payload != b"poison"), "this batch holds a message the broker cannot take");
         self.0.lock().unwrap().extend(batch.iter().map(|m| m.payload.clone()));
@@ -530,7 +530,7 @@ fn one_worker_that_never_polls(store: &MemoryStore, publisher: &MemoryPublisher)
 /// find nothing, so the worker is waiting for work.
 async fn start_idle_worker(
     store: &MemoryStore,
-) -> (MemoryPublisher, CancellationToken, tokio::task::JoinHandle<outbox_core::Result<()>>) {
+) -> (MemoryPublisher, CancellationToken, tokio::task::JoinHandle<outbox_engine::Result<()>>) {
     let publisher = MemoryPublisher::new();
     let (shutdown, running) = start(&one_worker_that_never_polls(store, &publisher));
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -641,37 +641,37 @@ struct NoLeaseExtensions(MemoryStore);
 
 #[async_trait]
 impl Store for NoLeaseExtensions {
-    async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> outbox_core::Result<Vec<Message>> {
+    async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> outbox_engine::Result<Vec<Message>> {
         self.0.claim(owner, limit, lease).await
     }
-    async fn extend_lease(&self, _: RelayId, _: &[outbox_core::MessageId], _: Duration) -> outbox_core::Result<()> {
-        Err(outbox_core::Error::store("extend_lease", true, "the database is away"))
+    async fn extend_lease(&self, _: RelayId, _: &[outbox_engine::MessageId], _: Duration) -> outbox_engine::Result<()> {
+        Err(outbox_engine::Error::store("extend_lease", true, "the database is away"))
     }
-    async fn release(&self, owner: RelayId, ids: &[outbox_core::MessageId]) -> outbox_core::Result<()> {
+    async fn release(&self, owner: RelayId, ids: &[outbox_engine::MessageId]) -> outbox_engine::Result<()> {
         self.0.release(owner, ids).await
     }
-    async fn acknowledge(&self, ids: &[outbox_core::MessageId]) -> outbox_core::Result<()> {
+    async fn acknowledge(&self, ids: &[outbox_engine::MessageId]) -> outbox_engine::Result<()> {
         self.0.acknowledge(ids).await
     }
-    async fn reschedule(&self, owner: RelayId, retries: &[outbox_core::Retry]) -> outbox_core::Result<()> {
+    async fn reschedule(&self, owner: RelayId, retries: &[outbox_engine::Retry]) -> outbox_engine::Result<()> {
         self.0.reschedule(owner, retries).await
     }
-    async fn dead_letter(&self, owner: RelayId, failures: &[outbox_core::Failure]) -> outbox_core::Result<()> {
+    async fn dead_letter(&self, owner: RelayId, failures: &[outbox_engine::Failure]) -> outbox_engine::Result<()> {
         self.0.dead_letter(owner, failures).await
     }
-    async fn dead_letters(&self, limit: usize) -> outbox_core::Result<Vec<outbox_core::DeadLetter>> {
+    async fn dead_letters(&self, limit: usize) -> outbox_engine::Result<Vec<outbox_engine::DeadLetter>> {
         self.0.dead_letters(limit).await
     }
-    async fn replay_dead_letters(&self, ids: &[outbox_core::MessageId]) -> outbox_core::Result<u64> {
+    async fn replay_dead_letters(&self, ids: &[outbox_engine::MessageId]) -> outbox_engine::Result<u64> {
         self.0.replay_dead_letters(ids).await
     }
-    async fn purge_dead_letters(&self, ids: &[outbox_core::MessageId]) -> outbox_core::Result<u64> {
+    async fn purge_dead_letters(&self, ids: &[outbox_engine::MessageId]) -> outbox_engine::Result<u64> {
         self.0.purge_dead_letters(ids).await
     }
-    async fn purge_published(&self, older_than: Duration, limit: usize) -> outbox_core::Result<u64> {
+    async fn purge_published(&self, older_than: Duration, limit: usize) -> outbox_engine::Result<u64> {
         self.0.purge_published(older_than, limit).await
     }
-    async fn stats(&self) -> outbox_core::Result<outbox_core::OutboxStats> {
+    async fn stats(&self) -> outbox_engine::Result<outbox_engine::OutboxStats> {
         self.0.stats().await
     }
 }
@@ -693,7 +693,7 @@ async fn a_relay_that_cannot_extend_its_lease_gives_the_publish_up_before_the_le
     let memory = store_with(1);
     let lease = Duration::from_secs(3);
     let (finished, dropped) = (Arc::new(AtomicU32::new(0)), Arc::new(AtomicU32::new(0)));
-    let publisher = outbox_core::publisher_fn({
+    let publisher = outbox_engine::publisher_fn({
         let (finished, dropped) = (finished.clone(), dropped.clone());
         move |_message| {
             let (finished, guard) = (finished.clone(), CountOnDrop(dropped.clone()));
@@ -726,11 +726,11 @@ async fn a_relay_that_cannot_extend_its_lease_gives_the_publish_up_before_the_le
 #[derive(Debug, Default)]
 struct RecordingPublisher {
     calls: Mutex<Vec<Vec<Message>>>,
-    failed_once: Mutex<Vec<outbox_core::MessageId>>,
+    failed_once: Mutex<Vec<outbox_engine::MessageId>>,
 }
 
 #[async_trait]
-impl outbox_core::Publisher for RecordingPublisher {
+impl outbox_engine::Publisher for RecordingPublisher {
     async fn publish(&self, batch: &[Message]) -> Vec<Result<(), PublishError>> {
         self.calls.lock().unwrap().push(batch.to_vec());
         batch

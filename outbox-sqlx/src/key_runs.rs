@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use outbox_core::{Message, MessageId};
+use outbox_engine::{Message, MessageId};
 
 /// One row a claim leased.
 #[derive(Debug)]

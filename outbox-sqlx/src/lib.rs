@@ -2,36 +2,41 @@
 //!
 //! Transactional-outbox stores on [sqlx](https://docs.rs/sqlx), one module per database behind its cargo
 //! feature: `postgres`, `mysql` (MySQL 8 / MariaDB 10.6+), `sqlite`. Each store implements
-//! [`outbox_core::Store`] (the relay's side), [`outbox_core::Enqueue`] (write a message in the caller's
-//! own transaction) and [`outbox_core::Inbox`] (apply each received message once).
+//! [`outbox_engine::Store`] (the relay's side), [`outbox_engine::Enqueue`] (write a message in the caller's
+//! own transaction) and [`outbox_engine::Inbox`] (apply each received message once).
 //!
 //! ```no_run
 //! # #[cfg(feature = "sqlite")]
-//! # async fn demo() -> outbox_core::Result<()> {
-//! use outbox_core::{Enqueue, NewMessage};
+//! # async fn demo() -> outbox_engine::Result<()> {
+//! use outbox_engine::{Enqueue, NewMessage};
 //! use outbox_sqlx::sqlite::SqliteStore;
 //!
 //! let store = SqliteStore::connect("sqlite://app.db").await?;
 //! store.migrate().await?;
 //!
-//! let mut tx = store.pool().begin().await.map_err(outbox_sqlx::error_from("begin"))?;
-//! sqlx::query("INSERT INTO orders (id) VALUES (1)").execute(&mut *tx).await.map_err(outbox_sqlx::error_from("insert"))?;
+//! let mut tx = store.pool().begin().await?;
+//! sqlx::query("INSERT INTO orders (id) VALUES (1)").execute(&mut *tx).await?;
 //! store.enqueue(&mut *tx, NewMessage::new("orders.placed", r#"{"id":1}"#).key("order-1")).await?;
-//! tx.commit().await.map_err(outbox_sqlx::error_from("commit"))?;
+//! tx.commit().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! `?` on a `sqlx::Error` gives an [`outbox_engine::Error`], transient or permanent by the database's
+//! error codes; [`error_from`] does the same and names the operation.
 //!
 //! Table names are configurable through [`StoreOptions`]; every name is validated as an
 //! [`Identifier`] and quoted, never spliced raw into SQL. The schema is applied by `migrate()` (idempotent)
 //! or handed out by `schema_sql()` for your own migration tool.
 #![cfg_attr(docsrs, feature(doc_cfg))]
+// Without a database feature the crate holds only its options and names.
+#![cfg_attr(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")), allow(dead_code))]
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
 use std::fmt;
 use std::time::Duration;
 
-use outbox_core::{Error, MessageLimits, Result};
+use outbox_engine::{Error, MessageLimits, Result};
 
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod key_runs;
@@ -258,7 +263,7 @@ pub(crate) const BATCH_STATEMENT_BYTES: usize = 4 * 1024 * 1024;
 
 /// What a message adds to a batch statement, roughly (its data plus a little for framing).
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-pub(crate) fn batch_bytes(parts: &outbox_core::NewMessageParts) -> usize {
+pub(crate) fn batch_bytes(parts: &outbox_engine::NewMessageParts) -> usize {
     let headers: usize = parts.headers.iter().map(|(k, v)| k.len() + v.len() + 8).sum();
     parts.payload.len() + parts.topic.len() + parts.key.as_ref().map_or(0, String::len) + headers + 64
 }
@@ -272,22 +277,22 @@ pub(crate) fn batch_bytes(parts: &outbox_core::NewMessageParts) -> usize {
 #[allow(unused_macros)]
 macro_rules! impl_enqueue {
     ($store:ty, $conn:ty $(, $rows:ident)?) => {
-        impl outbox_core::Enqueue for $store {
+        impl outbox_engine::Enqueue for $store {
             type Connection = $conn;
 
             async fn enqueue(
                 &self,
                 conn: &mut $conn,
-                message: outbox_core::NewMessage,
-            ) -> outbox_core::Result<outbox_core::MessageId> {
+                message: outbox_engine::NewMessage,
+            ) -> outbox_engine::Result<outbox_engine::MessageId> {
                 self.insert(conn, message).await
             }
 
             async fn enqueue_batch(
                 &self,
                 conn: &mut $conn,
-                messages: Vec<outbox_core::NewMessage>,
-            ) -> outbox_core::Result<Vec<outbox_core::MessageId>> {
+                messages: Vec<outbox_engine::NewMessage>,
+            ) -> outbox_engine::Result<Vec<outbox_engine::MessageId>> {
                 for message in &messages {
                     message.validate(&self.inner.options.limits)?;
                 }
@@ -308,64 +313,28 @@ macro_rules! impl_enqueue {
 #[allow(unused_imports)]
 pub(crate) use impl_enqueue;
 
-/// Turns a sqlx error into an [`outbox_core::Error`], classifying it as transient (connection lost,
-/// pool timeout, deadlock, serialization failure) or not. For `map_err` in application code.
+/// Turns a sqlx error into an [`outbox_engine::Error`], classifying it as transient (connection lost,
+/// pool timeout, deadlock, serialization failure) or not, with `operation` naming what failed. For
+/// `map_err` in application code; a plain `?` does the same with the operation `statement`.
 pub fn error_from(operation: &'static str) -> impl Fn(sqlx::Error) -> Error {
-    move |e| sql_error(operation, e)
+    move |e| Error::from_sqlx(operation, e)
 }
 
 pub(crate) fn sql_error(operation: &'static str, e: sqlx::Error) -> Error {
-    let transient = is_transient(&e);
-    Error::store(operation, transient, e)
-}
-
-fn is_transient(e: &sqlx::Error) -> bool {
-    match e {
-        sqlx::Error::Io(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => database_error_is_transient(db.as_ref()),
-        _ => false,
-    }
-}
-
-/// Whether a retry of the same work may succeed, by each database's own error codes.
-#[cfg_attr(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")), allow(unused_variables))]
-fn database_error_is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
-    #[cfg(feature = "postgres")]
-    if let Some(pg) = db.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
-        let code = pg.code();
-        // Serialization failure, deadlock, lock not available (`lock_timeout`); the connection
-        // exception class; operator intervention (terminated backend, shutdown, cannot connect now).
-        return matches!(code, "40001" | "40P01" | "55P03") || code.starts_with("08") || code.starts_with("57P");
-    }
-    #[cfg(feature = "mysql")]
-    if let Some(my) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        // Lock wait timeout, deadlock, too many connections, server shutting down, connection
-        // killed (MariaDB), server gone away, connection lost.
-        return matches!(my.number(), 1205 | 1213 | 1040 | 1053 | 1927 | 2006 | 2013);
-    }
-    #[cfg(feature = "sqlite")]
-    if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-        // SQLITE_BUSY and SQLITE_LOCKED with their extended codes (recovery, snapshot, shared cache).
-        return matches!(db.code().as_deref(), Some("5" | "6" | "261" | "262" | "517"));
-    }
-    false
+    Error::from_sqlx(operation, e)
 }
 
 /// Connects to `url`, never letting its password reach an error message.
 #[allow(dead_code)]
 pub(crate) fn connect_error(url: &str, e: sqlx::Error) -> Error {
-    let transient = is_transient(&e);
+    let transient = sqlx_error_is_transient(&e);
     let text = scrub(&e.to_string(), url);
     Error::store("connect", transient, format!("cannot connect to {}: {text}", redact_url(url)))
 }
 
-pub use outbox_core::secret::redact_url;
-use outbox_core::secret::scrub;
+pub use outbox_engine::secret::redact_url;
+use outbox_engine::secret::scrub;
+use outbox_engine::sqlx_error::sqlx_error_is_transient;
 
 #[cfg(test)]
 mod tests {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use outbox_core::{
+use outbox_engine::{
     DeadLetter, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry,
     Store,
 };

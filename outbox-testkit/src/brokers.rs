@@ -15,7 +15,7 @@ use async_trait::async_trait;
 #[allow(unused_imports)]
 use outbox_brokers::{Received, TopicMap};
 #[allow(unused_imports)]
-use outbox_core::{Publisher, Result};
+use outbox_engine::{Publisher, Result};
 
 /// How long the unreachable-broker publishers wait before giving up.
 pub const UNREACHABLE_TIMEOUT: Duration = Duration::from_secs(2);

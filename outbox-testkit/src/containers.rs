@@ -70,7 +70,7 @@ pub fn url(var: &str) -> Result<String, String> {
             (format!("redis://127.0.0.1:{}", port(&c, 6379)?), Box::new(c))
         }
     };
-    eprintln!("testcontainers: {var}={}", outbox_core::secret::redact_url(&url));
+    eprintln!("testcontainers: {var}={}", outbox_engine::secret::redact_url(&url));
     started.urls.insert(key, url.clone());
     started._keep.push(keep);
     Ok(url)

@@ -1,6 +1,6 @@
 //! # outbox-testkit
 //!
-//! Conformance suites that prove a [`Store`](outbox_core::Store) keeps every guarantee of the outbox
+//! Conformance suites that prove a [`Store`](outbox_engine::Store) keeps every guarantee of the outbox
 //! contract. The checks are plain `pub async fn`s over a [`StoreHarness`]; the [`store_suite!`] macro
 //! stamps each of them into its own named `#[tokio::test]`, so no backend silently skips one.
 //!

@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::memory::MemoryStore;
-use outbox_core::{Enqueue, Error, Inbox, MessageId, MessageLimits, NewMessage, Result, Store};
+use outbox_engine::memory::MemoryStore;
+use outbox_engine::{Enqueue, Error, Inbox, MessageId, MessageLimits, NewMessage, Result, Store};
 
 use crate::StoreHarness;
 

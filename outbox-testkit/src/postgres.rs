@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use outbox_core::Result;
+use outbox_engine::Result;
 use outbox_sqlx::postgres::PostgresStore;
 use outbox_sqlx::StoreOptions;
 use sqlx::postgres::PgPoolOptions;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use chrono::Utc;
 use outbox_brokers::Received;
-use outbox_core::{Headers, Message, MessageId, PublishError, Publisher, Result};
+use outbox_engine::{Headers, Message, MessageId, PublishError, Publisher, Result};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// `kill_connections` may drop every client of the broker (Redis cannot single out one publisher's

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::memory::MemoryPublisher;
-use outbox_core::{
+use outbox_engine::memory::MemoryPublisher;
+use outbox_engine::{
     CancellationToken, Dispatcher, HeldKeys, Jitter, Message, MessageId, NewMessage, PublishError, Publisher, Relay,
     RelayOptions, RetryPolicy,
 };
@@ -164,7 +164,7 @@ impl PublisherHarness for MemoryPublisherHarness {
         &self,
         expected: usize,
         _timeout: Duration,
-    ) -> outbox_core::Result<Vec<outbox_brokers::Received>> {
+    ) -> outbox_engine::Result<Vec<outbox_brokers::Received>> {
         Ok(self
             .publisher
             .published()

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::Result;
+use outbox_engine::Result;
 use outbox_sqlx::sqlite::SqliteStore;
 use outbox_sqlx::StoreOptions;
 

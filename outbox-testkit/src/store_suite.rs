@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::memory::MemoryPublisher;
-use outbox_core::{
+use outbox_engine::memory::MemoryPublisher;
+use outbox_engine::{
     CancellationToken, Dispatcher, Error, Failure, Jitter, KeySlice, Message, MessageId, NewMessage, PublishError,
     Relay, RelayId, Result, Retry, RetryPolicy, Store,
 };
@@ -56,16 +56,16 @@ macro_rules! sqlx_harness {
     ($harness:ty, $field:ident, { $($backend_specific:tt)* }) => {
         #[async_trait::async_trait]
         impl $crate::StoreHarness for $harness {
-        fn store(&self) -> std::sync::Arc<dyn outbox_core::Store> {
+        fn store(&self) -> std::sync::Arc<dyn outbox_engine::Store> {
             std::sync::Arc::new(self.$field.clone())
         }
 
         async fn enqueue(
             &self,
-            messages: Vec<outbox_core::NewMessage>,
+            messages: Vec<outbox_engine::NewMessage>,
             commit: bool,
-        ) -> outbox_core::Result<Vec<outbox_core::MessageId>> {
-            use outbox_core::Enqueue as _;
+        ) -> outbox_engine::Result<Vec<outbox_engine::MessageId>> {
+            use outbox_engine::Enqueue as _;
             let mut tx = self.$field.pool().begin().await.map_err(outbox_sqlx::error_from("begin"))?;
             let ids = self.$field.enqueue_batch(&mut *tx, messages).await?;
             if commit {
@@ -77,10 +77,10 @@ macro_rules! sqlx_harness {
         async fn process_once(
             &self,
             consumer: &str,
-            id: outbox_core::MessageId,
+            id: outbox_engine::MessageId,
             commit: bool,
-        ) -> outbox_core::Result<bool> {
-            use outbox_core::Inbox as _;
+        ) -> outbox_engine::Result<bool> {
+            use outbox_engine::Inbox as _;
             let mut tx = self.$field.pool().begin().await.map_err(outbox_sqlx::error_from("begin"))?;
             let first = self.$field.process_once(&mut *tx, consumer, id).await?;
             if commit {
@@ -416,7 +416,7 @@ pub async fn a_large_batch_is_stored_in_order<H: StoreHarness + ?Sized>(h: &H) {
 /// `max_allowed_packet`, had a store put it in one statement) is stored whole and in order.
 pub async fn a_batch_of_large_messages_is_stored_whole<H: StoreHarness + ?Sized>(h: &H) {
     let store = h.store();
-    let payload = |n: usize| vec![n as u8; outbox_core::MessageLimits::default().max_payload_bytes];
+    let payload = |n: usize| vec![n as u8; outbox_engine::MessageLimits::default().max_payload_bytes];
     let ids_sent = commit(h, (0..20).map(|n| NewMessage::new("large", payload(n))).collect()).await;
     let claimed = claim(&*store, RelayId::new(), 100, LEASE).await;
     assert_eq!(ids(&claimed), ids_sent, "a batch of large messages came back incomplete or out of order");

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use outbox_core::Error;
+use outbox_engine::Error;
 use outbox_sqlx::error_from;
 use outbox_testkit::env::{backend, unique_name};
 use sqlx::{Connection, Executor};

@@ -8,8 +8,8 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use outbox_core::memory::MemoryPublisher;
-use outbox_core::{CancellationToken, Dispatcher, Relay, Store};
+use outbox_engine::memory::MemoryPublisher;
+use outbox_engine::{CancellationToken, Dispatcher, Relay, Store};
 
 const POLL: Duration = Duration::from_secs(30);
 const HELD_OPEN: Duration = Duration::from_millis(300);
@@ -47,7 +47,7 @@ where
 /// that the message was published soon after the commit.
 macro_rules! a_late_commit_is_published_soon {
     ($store:expr) => {{
-        use outbox_core::{Enqueue, NewMessage};
+        use outbox_engine::{Enqueue, NewMessage};
         let store = $store;
         let waited = published_after_commit(store.clone(), || async {
             let mut tx = store.pool().begin().await.expect("begin");

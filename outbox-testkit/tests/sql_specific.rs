@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use outbox_core::{Dispatcher, Enqueue, KeySlice, NewMessage, Relay, RelayId, Store};
+use outbox_engine::{Dispatcher, Enqueue, KeySlice, NewMessage, Relay, RelayId, Store};
 use outbox_sqlx::mysql::MySqlStore;
 use outbox_sqlx::postgres::PostgresStore;
 use outbox_sqlx::{error_from, StoreOptions};
@@ -149,13 +149,13 @@ async fn postgres_schema_and_table_names_are_validated_before_sql() {
 async fn postgres_notification_wakes_an_idle_relay_at_commit() {
     let Some(h) = PostgresHarness::new().await else { return };
     let store = h.postgres_store().clone();
-    let publisher = outbox_core::memory::MemoryPublisher::new();
+    let publisher = outbox_engine::memory::MemoryPublisher::new();
     let relay = Relay::builder(store.clone(), publisher.clone())
         .poll_interval(Duration::from_secs(30))
         .concurrency(1)
         .build()
         .expect("relay");
-    let shutdown = outbox_core::CancellationToken::new();
+    let shutdown = outbox_engine::CancellationToken::new();
     let running = tokio::spawn({
         let (relay, shutdown) = (relay.clone(), shutdown.clone());
         async move { relay.run(shutdown).await }
@@ -273,13 +273,13 @@ async fn postgres_execute_with_writes_the_business_row_and_the_message_together(
     let mut tx = store.pool().begin().await.expect("begin");
     let refused =
         store.execute_with(&mut tx, sqlx::query(&insert).bind(4_i64).bind(1_i64), NewMessage::new("", "x")).await;
-    assert!(matches!(refused, Err(outbox_core::Error::InvalidMessage { .. })), "{refused:?}");
+    assert!(matches!(refused, Err(outbox_engine::Error::InvalidMessage { .. })), "{refused:?}");
     // A placeholder the statement does not bind would take one of the message's values: refused.
     let unbound = format!("INSERT INTO {orders} (id, total) VALUES ($1, $3)");
     let refused = store.execute_with(&mut tx, sqlx::query(&unbound).bind(4_i64), NewMessage::new("t", "x")).await;
     let error = refused.expect_err("a statement with an unbound placeholder ran");
     assert!(
-        matches!(error, outbox_core::Error::InvalidStatement { .. }),
+        matches!(error, outbox_engine::Error::InvalidStatement { .. }),
         "the caller's mistake, not a store failure: {error:?}"
     );
     assert!(error.to_string().contains("refers to $3 but binds 1 values"), "{error}");

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::FutureExt;
-use outbox_core::memory::MemoryStore;
-use outbox_core::{
+use outbox_engine::memory::MemoryStore;
+use outbox_engine::{
     DeadLetter, Enqueue, Failure, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry, Store,
 };
 use outbox_testkit::memory::MemoryHarness;

@@ -22,11 +22,11 @@ use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
-use outbox_brokers::rabbitmq::{declare_queue, QueueType, RabbitMqOptions, RabbitMqPublisher};
-use outbox_brokers::{TopicMap, MESSAGE_ID_HEADER};
-use outbox_core::{shutdown_on_signal, Dispatcher, Enqueue, Error, Inbox, MessageId, NewMessage, Relay};
-use outbox_sqlx::mysql::MySqlStore;
-use outbox_sqlx::{error_from, redact_url};
+use outbox::mysql::MySqlStore;
+use outbox::rabbitmq::{declare_queue, QueueType, RabbitMqOptions, RabbitMqPublisher};
+use outbox::redact_url;
+use outbox::{shutdown_on_signal, Dispatcher, Enqueue, Error, Inbox, MessageId, NewMessage, Relay};
+use outbox::{TopicMap, MESSAGE_ID_HEADER};
 use serde::{Deserialize, Serialize};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -91,11 +91,11 @@ async fn app(c: &Config) -> Result<(), BoxError> {
     let store = store(c).await?;
     for n in 0..c.count {
         let email = format!("customer-{}-{n}@example.com", std::process::id());
-        let mut tx = store.pool().begin().await.map_err(error_from("begin"))?;
+        let mut tx = store.pool().begin().await?;
         let done = sqlx::query("INSERT INTO customers (email) VALUES (?)").bind(&email).execute(&mut *tx).await?;
         let event = CustomerCreated { id: done.last_insert_id(), email };
         store.enqueue(&mut *tx, NewMessage::json("CustomerCreated", &event)?.key(event.id.to_string())).await?;
-        tx.commit().await.map_err(error_from("commit"))?;
+        tx.commit().await?;
     }
     println!("app: created {} customers", c.count);
     Ok(())
@@ -161,7 +161,7 @@ async fn worker(c: &Config) -> Result<(), BoxError> {
             .ok_or_else(|| Error::invalid_message("a delivery without an outbox message id"))?;
         let event: CustomerCreated = serde_json::from_slice(&delivery.data)?;
         // Apply once: the inbox mark and the effect commit (or roll back) together.
-        let mut tx = store.pool().begin().await.map_err(error_from("begin"))?;
+        let mut tx = store.pool().begin().await?;
         if store.process_once(&mut *tx, "customers-worker", id).await? {
             sqlx::query("INSERT INTO customer_welcomes (customer_id, email) VALUES (?, ?)")
                 .bind(event.id)
@@ -172,7 +172,7 @@ async fn worker(c: &Config) -> Result<(), BoxError> {
         } else {
             duplicates += 1;
         }
-        tx.commit().await.map_err(error_from("commit"))?;
+        tx.commit().await?;
         delivery.ack(BasicAckOptions::default()).await?;
     }
     println!("worker: applied {applied} events, skipped {duplicates} duplicates");

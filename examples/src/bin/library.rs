@@ -19,14 +19,14 @@
 
 use std::time::Duration;
 
-use outbox_brokers::kafka::{KafkaOptions, KafkaPublisher};
-use outbox_brokers::TopicMap;
-use outbox_core::{
+use outbox::kafka::{KafkaOptions, KafkaPublisher};
+use outbox::postgres::PostgresStore;
+use outbox::StoreOptions;
+use outbox::TopicMap;
+use outbox::{
     async_trait, CancellationToken, Dispatcher, Enqueue, Jitter, Message, NewMessage, PublishError, PublishOne, Relay,
     RetryPolicy, Router, Store,
 };
-use outbox_sqlx::postgres::PostgresStore;
-use outbox_sqlx::{error_from, StoreOptions};
 use sqlx::PgPool;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -95,7 +95,7 @@ async fn relay_until_drained(store: &PostgresStore, invoice_up: bool, kafka_topi
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into())).init();
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let pool = PgPool::connect(&env("DATABASE_URL")?).await.map_err(error_from("connect"))?;
+    let pool = PgPool::connect(&env("DATABASE_URL")?).await?;
     let store = PostgresStore::new(pool.clone(), StoreOptions::default().table_prefix(PREFIX)?)?;
     let kafka_topic = std::env::var("KAFKA_TOPIC").unwrap_or_else(|_| "library.orders".into());
     match args.first().map(String::as_str) {

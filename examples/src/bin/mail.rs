@@ -26,12 +26,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
-use outbox_core::{
+use outbox::postgres::PostgresStore;
+use outbox::StoreOptions;
+use outbox::{
     async_trait, shutdown_on_signal, DeadLetterHook, Dispatcher, Enqueue, Message, NewMessage, PublishError,
     PublishOne, Relay, RetryPolicy,
 };
-use outbox_sqlx::postgres::PostgresStore;
-use outbox_sqlx::{error_from, StoreOptions};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -128,7 +128,7 @@ async fn send(State(state): State<Arc<AppState>>, Json(mail): Json<SendMail>) ->
 
 async fn enqueue(store: &PostgresStore, mail: SendMail) -> Result<Uuid, BoxError> {
     let id = Uuid::now_v7();
-    let mut tx = store.pool().begin().await.map_err(error_from("begin"))?;
+    let mut tx = store.pool().begin().await?;
     sqlx::query("INSERT INTO mail_deliveries (id, status, recipients, subject) VALUES ($1, 'Pending', $2, $3)")
         .bind(id)
         .bind(mail.to.join(", "))
@@ -137,7 +137,7 @@ async fn enqueue(store: &PostgresStore, mail: SendMail) -> Result<Uuid, BoxError
         .await?;
     let job = MailJob { delivery_id: id, mail };
     store.enqueue(&mut *tx, NewMessage::json("mail.send", &job)?.key(id.to_string())).await?;
-    tx.commit().await.map_err(error_from("commit"))?;
+    tx.commit().await?;
     Ok(id)
 }
 

@@ -16,11 +16,11 @@
 
 use std::time::Duration;
 
-use outbox_brokers::redis::{RedisOptions, RedisPublisher};
-use outbox_brokers::TopicMap;
-use outbox_core::{CancellationToken, Dispatcher, Enqueue, Inbox, MessageId, NewMessage, Relay, Store};
-use outbox_sqlx::postgres::PostgresStore;
-use outbox_sqlx::{error_from, StoreOptions};
+use outbox::postgres::PostgresStore;
+use outbox::redis::{RedisOptions, RedisPublisher};
+use outbox::StoreOptions;
+use outbox::TopicMap;
+use outbox::{CancellationToken, Dispatcher, Enqueue, Inbox, MessageId, NewMessage, Relay, Store};
 use redis::streams::StreamReadReply;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -71,7 +71,7 @@ async fn store() -> Result<PostgresStore, BoxError> {
 async fn producer(o: &Options) -> Result<(), BoxError> {
     let store = store().await?;
     for n in 0..o.count {
-        let mut tx = store.pool().begin().await.map_err(error_from("begin"))?;
+        let mut tx = store.pool().begin().await?;
         let body = format!("note {n} from {}", std::process::id());
         let id: i64 = sqlx::query_scalar("INSERT INTO notes (body) VALUES ($1) RETURNING id")
             .bind(&body)
@@ -79,7 +79,7 @@ async fn producer(o: &Options) -> Result<(), BoxError> {
             .await?;
         let event = serde_json::json!({ "note_id": id, "body": body });
         store.enqueue(&mut *tx, NewMessage::json("NoteCreated", &event)?).await?;
-        tx.commit().await.map_err(error_from("commit"))?;
+        tx.commit().await?;
     }
     let stats = store.stats().await?;
     println!(
@@ -167,7 +167,7 @@ async fn consumer(o: &Options) -> Result<(), BoxError> {
                 .ok_or("a stream entry without an outbox message id")?;
             let payload: Vec<u8> = entry.get("payload").unwrap_or_default();
             let event: serde_json::Value = serde_json::from_slice(&payload)?;
-            let mut tx = store.pool().begin().await.map_err(error_from("begin"))?;
+            let mut tx = store.pool().begin().await?;
             if store.process_once(&mut *tx, "notes-consumer", id).await? {
                 sqlx::query("INSERT INTO note_projections (note_id, body) VALUES ($1, $2)")
                     .bind(event["note_id"].as_i64().unwrap_or_default())
@@ -178,7 +178,7 @@ async fn consumer(o: &Options) -> Result<(), BoxError> {
             } else {
                 duplicates += 1;
             }
-            tx.commit().await.map_err(error_from("commit"))?;
+            tx.commit().await?;
             unacked.push(entry.id);
             handled += 1;
             if o.crash_after.is_some_and(|k| handled >= k) {

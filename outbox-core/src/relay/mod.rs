@@ -255,11 +255,11 @@ impl RelayBuilder {
 ///
 /// ```
 /// use std::time::Duration;
-/// use outbox_core::{memory::MemoryStore, publisher_fn, Dispatcher, NewMessage, PublishError, Relay};
+/// use outbox_engine::{memory::MemoryStore, publisher_fn, Dispatcher, NewMessage, PublishError, Relay};
 /// use tokio_util::sync::CancellationToken;
 ///
 /// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() -> outbox_core::Result<()> {
+/// # async fn main() -> outbox_engine::Result<()> {
 /// let store = MemoryStore::new();
 /// store.enqueue_committed(NewMessage::new("greetings", "hello"))?;
 ///

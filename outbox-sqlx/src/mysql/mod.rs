@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
-use outbox_core::{
+use outbox_engine::{
     DeadLetter, Error, Failure, Headers, Inbox, KeySlice, Message, MessageId, NewMessage, OutboxStats, RelayId, Result,
     Retry, Store,
 };

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use outbox_core::{
+use outbox_engine::{
     DeadLetter, Error, Failure, Headers, Inbox, KeySlice, Message, MessageId, NewMessage, OutboxStats, RelayId, Result,
     Retry, Store,
 };
@@ -244,17 +244,17 @@ impl PostgresStore {
     /// business write and the outbox row take one round trip instead of two. The message goes in as a
     /// data-modifying `WITH` query placed in front of your statement (its parameters are numbered
     /// after yours), so both are written or neither is, and the wake-up is sent as with
-    /// [`Enqueue::enqueue`](outbox_core::Enqueue::enqueue). A message with an idempotency key may be
+    /// [`Enqueue::enqueue`](outbox_engine::Enqueue::enqueue). A message with an idempotency key may be
     /// stored already, so it is enqueued by its own statement first. Returns your statement's result
     /// and the message's id.
     ///
     /// ```no_run
-    /// # async fn demo(store: outbox_sqlx::postgres::PostgresStore) -> outbox_core::Result<()> {
-    /// use outbox_core::NewMessage;
-    /// let mut tx = store.pool().begin().await.map_err(outbox_sqlx::error_from("begin"))?;
+    /// # async fn demo(store: outbox_sqlx::postgres::PostgresStore) -> outbox_engine::Result<()> {
+    /// use outbox_engine::NewMessage;
+    /// let mut tx = store.pool().begin().await?;
     /// let insert = sqlx::query("INSERT INTO orders (id, total) VALUES ($1, $2)").bind(42_i64).bind(1999_i64);
     /// store.execute_with(&mut tx, insert, NewMessage::new("orders.placed", r#"{"id":42}"#)).await?;
-    /// tx.commit().await.map_err(outbox_sqlx::error_from("commit"))?;
+    /// tx.commit().await?;
     /// # Ok(()) }
     /// ```
     pub async fn execute_with<'q>(

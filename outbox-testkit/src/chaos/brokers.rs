@@ -9,7 +9,7 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
 use outbox_brokers::{kafka, rabbitmq, redis as redis_broker, TopicMap, MESSAGE_ID_HEADER};
-use outbox_core::{BoxError, MessageId, Publisher};
+use outbox_engine::{BoxError, MessageId, Publisher};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers as _;
 use rdkafka::{ClientConfig, Message as _, Offset, TopicPartitionList};

@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use outbox_core::MessageId;
+use outbox_engine::MessageId;
 use serde::Serialize;
 
 /// What a producer knows of one message it enqueued.

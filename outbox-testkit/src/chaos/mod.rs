@@ -37,7 +37,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use outbox_core::{BoxError, NewMessage};
+use outbox_engine::{BoxError, NewMessage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::process::Command;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use outbox_core::{BoxError, Dispatcher, Message, PublishError, Publisher, Relay, RetryPolicy, Store};
+use outbox_engine::{BoxError, Dispatcher, Message, PublishError, Publisher, Relay, RetryPolicy, Store};
 use serde::Serialize;
 
 use super::brokers::{self, BrokerKind};
@@ -82,13 +82,13 @@ pub async fn relay_process(options: RelayProcessOptions) -> Result<(), BoxError>
         .shutdown_timeout(Duration::from_secs(5))
         .retry_policy(retry)
         .build()?;
-    relay.run(outbox_core::shutdown_on_signal()).await?;
+    relay.run(outbox_engine::shutdown_on_signal()).await?;
     Ok(())
 }
 
 /// The most messages one relay process holds claimed at once (what a kill may publish twice).
 pub(crate) fn most_claimed(batch_size: usize) -> usize {
-    let defaults = outbox_core::RelayOptions::default();
+    let defaults = outbox_engine::RelayOptions::default();
     defaults.concurrency * defaults.batches_in_flight * batch_size
 }
 

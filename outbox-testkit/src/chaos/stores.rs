@@ -5,7 +5,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_core::{BoxError, Enqueue, NewMessage, Store};
+use outbox_engine::{BoxError, Enqueue, NewMessage, Store};
 use outbox_sqlx::mysql::MySqlStore;
 use outbox_sqlx::postgres::PostgresStore;
 use outbox_sqlx::sqlite::SqliteStore;
