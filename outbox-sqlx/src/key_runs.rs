@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 
+#[cfg(feature = "postgres")]
 use outbox_engine::{Message, MessageId};
 
 /// One row a claim leased.
+#[cfg(feature = "postgres")]
 #[derive(Debug)]
 pub(crate) struct LeasedRow {
     /// Its sequence number (enqueue order).
@@ -49,6 +51,7 @@ impl RunCheck {
 /// Splits leased rows (in any order) into the messages that keep per-key order, in enqueue order,
 /// and the ids of keyed messages whose predecessor is not among them: a row the claim picked
 /// before them was not leased with them (it changed under the claim), so they must go back.
+#[cfg(feature = "postgres")]
 pub(crate) fn keep_key_runs(mut rows: Vec<LeasedRow>) -> (Vec<Message>, Vec<MessageId>) {
     rows.sort_unstable_by_key(|row| row.seq);
     let mut runs = RunCheck::default();
@@ -64,7 +67,7 @@ pub(crate) fn keep_key_runs(mut rows: Vec<LeasedRow>) -> (Vec<Message>, Vec<Mess
     (kept, back)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "postgres"))]
 mod tests {
     use super::*;
     use chrono::Utc;

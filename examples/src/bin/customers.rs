@@ -18,6 +18,7 @@
 
 use std::time::Duration;
 
+use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
@@ -46,33 +47,51 @@ struct Config {
     expect: Option<usize>,
 }
 
-fn config(args: &[String]) -> Result<Config, BoxError> {
+/// The customers scenario: an app that creates customers, a relay, and a worker that applies each
+/// event once. Databases and broker come from `DATABASE_URL` and `AMQP_URL`.
+#[derive(Debug, Parser)]
+#[command(name = "customers")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// The RabbitMQ queue the relay publishes to and the worker consumes.
+    #[arg(long, global = true, default_value = "customers")]
+    queue: String,
+    /// Customers the app creates.
+    #[arg(long, global = true, default_value_t = 10)]
+    count: usize,
+    /// The relay's claim lease, in seconds.
+    #[arg(long, global = true, default_value_t = 30)]
+    lease_secs: u64,
+    /// The worker stops once it has applied this many events.
+    #[arg(long, global = true)]
+    expect: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create customers, each with its event in one transaction.
+    App,
+    /// Relay the events to RabbitMQ until SIGTERM.
+    Relay,
+    /// Apply each event once through the inbox.
+    Worker,
+}
+
+fn config(cli: &Cli) -> Result<Config, BoxError> {
     let database_url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL (mysql://user:pass@host/db)")?;
     if !database_url.starts_with("mysql://") && !database_url.starts_with("mariadb://") {
         return Err(format!("DATABASE_URL {} is not a mysql:// URL", redact_url(&database_url)).into());
     }
     let amqp_url = std::env::var("AMQP_URL").map_err(|_| "set AMQP_URL (amqp://user:pass@host:5672/%2f)")?;
-    let mut c = Config {
+    Ok(Config {
         database_url,
         amqp_url,
-        queue: "customers".into(),
-        count: 10,
-        lease: Duration::from_secs(30),
-        expect: None,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || value.parse::<usize>().map_err(|e| format!("{flag} {value:?}: {e}"));
-        match flag.as_str() {
-            "--queue" => c.queue = value.clone(),
-            "--count" => c.count = number()?,
-            "--lease-secs" => c.lease = Duration::from_secs(number()? as u64),
-            "--expect" => c.expect = Some(number()?),
-            other => return Err(format!("unknown option {other}").into()),
-        }
-    }
-    Ok(c)
+        queue: cli.queue.clone(),
+        count: cli.count,
+        lease: Duration::from_secs(cli.lease_secs),
+        expect: cli.expect,
+    })
 }
 
 async fn store(c: &Config) -> Result<MySqlStore, BoxError> {
@@ -182,15 +201,11 @@ async fn worker(c: &Config) -> Result<(), BoxError> {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        return Err("usage: customers app|relay|worker [options]".into());
-    };
-    let c = config(rest)?;
-    match command.as_str() {
-        "app" => app(&c).await,
-        "relay" => relay(&c).await,
-        "worker" => worker(&c).await,
-        other => Err(format!("unknown command {other}; use app, relay or worker").into()),
+    let cli = Cli::parse();
+    let c = config(&cli)?;
+    match cli.command {
+        Command::App => app(&c).await,
+        Command::Relay => relay(&c).await,
+        Command::Worker => worker(&c).await,
     }
 }

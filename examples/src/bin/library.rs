@@ -19,6 +19,7 @@
 
 use std::time::Duration;
 
+use clap::{Parser, Subcommand, ValueEnum};
 use outbox::kafka::{KafkaOptions, KafkaPublisher};
 use outbox::postgres::PostgresStore;
 use outbox::StoreOptions;
@@ -55,12 +56,43 @@ fn env(name: &str) -> Result<String, BoxError> {
     std::env::var(name).map_err(|_| format!("set {name}").into())
 }
 
-fn invoice_service_up(args: &[String]) -> Result<bool, BoxError> {
-    match args.iter().position(|a| a == "--invoice-service").and_then(|i| args.get(i + 1)).map(String::as_str) {
-        None | Some("up") => Ok(true),
-        Some("down") => Ok(false),
-        Some(other) => Err(format!("--invoice-service takes up or down, not {other:?}").into()),
-    }
+/// The library-integration scenario: the SDK's SQL applied by the service's own migrations, a
+/// `Router` to Kafka and to an invoice service that can be down, dead letters and their replay.
+/// `DATABASE_URL`, `KAFKA_BROKERS` (and `KAFKA_TOPIC`) name the services.
+#[derive(Debug, Parser)]
+#[command(name = "library")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print the SDK's schema.
+    Schema,
+    /// Apply the migrations (the SDK's SQL among them) with sqlx::migrate!.
+    Migrate,
+    /// Place five orders with their events and commands, then relay them.
+    Run {
+        /// Whether the invoice service accepts commands.
+        #[arg(long, value_enum, default_value_t = Service::Up)]
+        invoice_service: Service,
+    },
+    /// List the dead letters.
+    DeadLetters,
+    /// Replay every dead letter, then relay them.
+    Replay {
+        /// Whether the invoice service accepts commands.
+        #[arg(long, value_enum, default_value_t = Service::Up)]
+        invoice_service: Service,
+    },
+}
+
+/// The invoice service's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Service {
+    Up,
+    Down,
 }
 
 async fn relay_until_drained(store: &PostgresStore, invoice_up: bool, kafka_topic: &str) -> Result<(), BoxError> {
@@ -94,19 +126,19 @@ async fn relay_until_drained(store: &PostgresStore, invoice_up: bool, kafka_topi
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "error".into())).init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let cli = Cli::parse();
     let pool = PgPool::connect(&env("DATABASE_URL")?).await?;
     let store = PostgresStore::new(pool.clone(), StoreOptions::default().table_prefix(PREFIX)?)?;
     let kafka_topic = std::env::var("KAFKA_TOPIC").unwrap_or_else(|_| "library.orders".into());
-    match args.first().map(String::as_str) {
-        Some("schema") => print!("{}", store.schema_sql()),
-        Some("migrate") => {
+    match cli.command {
+        Command::Schema => print!("{}", store.schema_sql()),
+        Command::Migrate => {
             // The service's own migration tool; the SDK only handed out the SQL.
             let migrator = sqlx::migrate!("./migrations");
             migrator.run(&pool).await?;
             println!("migrations applied: {}", migrator.iter().count());
         }
-        Some("run") => {
+        Command::Run { invoice_service } => {
             sqlx::query("CREATE TABLE IF NOT EXISTS library_orders (id BIGSERIAL PRIMARY KEY, total BIGINT NOT NULL)")
                 .execute(&pool)
                 .await?;
@@ -125,25 +157,20 @@ async fn main() -> Result<(), BoxError> {
                 tx.commit().await?;
             }
             println!("enqueued 5 events and 3 commands");
-            relay_until_drained(&store, invoice_service_up(&args)?, &kafka_topic).await?;
+            relay_until_drained(&store, invoice_service == Service::Up, &kafka_topic).await?;
         }
-        Some("dead-letters") => {
+        Command::DeadLetters => {
             let dead = store.dead_letters(1000).await?;
             println!("{} dead letters", dead.len());
             for d in dead {
                 println!("{} {} attempts={} error={}", d.message.id, d.message.topic, d.message.attempts, d.error);
             }
         }
-        Some("replay") => {
+        Command::Replay { invoice_service } => {
             let ids: Vec<_> = store.dead_letters(1000).await?.into_iter().map(|d| d.message.id).collect();
             let replayed = store.replay_dead_letters(&ids).await?;
             println!("replayed {replayed} dead letters");
-            relay_until_drained(&store, invoice_service_up(&args)?, &kafka_topic).await?;
-        }
-        _ => {
-            return Err(
-                "usage: library schema | migrate | run [--invoice-service up|down] | dead-letters | replay".into()
-            )
+            relay_until_drained(&store, invoice_service == Service::Up, &kafka_topic).await?;
         }
     }
     Ok(())

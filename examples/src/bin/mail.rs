@@ -24,6 +24,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use clap::Parser;
 use lettre::message::Mailbox;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
 use outbox::postgres::PostgresStore;
@@ -156,20 +157,30 @@ async fn status(State(state): State<Arc<AppState>>, Path(id): Path<Uuid>) -> (St
     }
 }
 
-fn arg(args: &[String], name: &str) -> Option<String> {
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned()
+/// The mail-delivery scenario: an HTTP API accepts mails, each written with its message in one
+/// transaction, and a relay sends them over SMTP. `DATABASE_URL`, `SMTP_HOST` and `SMTP_PORT` name
+/// the services.
+#[derive(Debug, Parser)]
+#[command(name = "mail")]
+struct Cli {
+    /// The HTTP API's address.
+    #[arg(long, default_value = "127.0.0.1:3080")]
+    listen: String,
+    /// Attempts before a mail is marked failed.
+    #[arg(long, default_value_t = 25)]
+    max_attempts: u32,
+    /// The first retry's delay in ms (it doubles, up to 8 times this).
+    #[arg(long, default_value_t = 1000)]
+    retry_ms: u64,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let listen = arg(&args, "--listen").unwrap_or_else(|| "127.0.0.1:3080".into());
-    let number = |name: &str, default: u64| -> Result<u64, BoxError> {
-        arg(&args, name).map_or(Ok(default), |v| v.parse().map_err(|e| format!("{name} {v:?}: {e}").into()))
-    };
-    let max_attempts = number("--max-attempts", 25)?;
-    let retry = Duration::from_millis(number("--retry-ms", 1000)?);
+    let cli = Cli::parse();
+    let listen = cli.listen;
+    let max_attempts = cli.max_attempts;
+    let retry = Duration::from_millis(cli.retry_ms);
     let database_url = std::env::var("DATABASE_URL").map_err(|_| "set DATABASE_URL (postgres://...)")?;
     let smtp_host = std::env::var("SMTP_HOST").unwrap_or_else(|_| "127.0.0.1".into());
     let smtp_port: u16 =
@@ -188,8 +199,7 @@ async fn main() -> Result<(), BoxError> {
         .port(smtp_port)
         .timeout(Some(Duration::from_secs(5)))
         .build();
-    let policy =
-        RetryPolicy::builder().initial_delay(retry).max_delay(retry * 8).max_attempts(max_attempts as u32).build()?;
+    let policy = RetryPolicy::builder().initial_delay(retry).max_delay(retry * 8).max_attempts(max_attempts).build()?;
     let relay = Relay::builder(store.clone(), SmtpPublisher { smtp, pool: store.pool().clone() })
         .retry_policy(policy)
         .poll_interval(Duration::from_millis(200))

@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use clap::{Parser, Subcommand};
 use outbox::postgres::PostgresStore;
 use outbox::redis::{RedisOptions, RedisPublisher};
 use outbox::StoreOptions;
@@ -27,28 +28,34 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const GROUP: &str = "notes-consumers";
 
+/// The outbox-and-inbox scenario: a producer writes notes with their events to PostgreSQL and relays
+/// them to a Redis stream; a consumer applies each once. `DATABASE_URL` and `REDIS_URL` name the
+/// services.
+#[derive(Debug, Parser)]
+#[command(name = "outbox_inbox")]
 struct Options {
+    #[command(subcommand)]
+    command: Command,
+    /// The Redis stream the events go to.
+    #[arg(long, global = true, default_value = "notes")]
     stream: String,
+    /// Notes the producer writes.
+    #[arg(long, global = true, default_value_t = 10)]
     count: usize,
+    /// The consumer stops once it has applied this many.
+    #[arg(long, global = true)]
     expect: Option<usize>,
+    /// The consumer exits abruptly after applying this many, before acknowledging the last.
+    #[arg(long, global = true)]
     crash_after: Option<usize>,
 }
 
-fn options(args: &[String]) -> Result<Options, BoxError> {
-    let mut o = Options { stream: "notes".into(), count: 10, expect: None, crash_after: None };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = || value.parse::<usize>().map_err(|e| format!("{flag} {value:?}: {e}"));
-        match flag.as_str() {
-            "--stream" => o.stream = value.clone(),
-            "--count" => o.count = number()?,
-            "--expect" => o.expect = Some(number()?),
-            "--crash-after" => o.crash_after = Some(number()?),
-            other => return Err(format!("unknown option {other}").into()),
-        }
-    }
-    Ok(o)
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write notes with their events, then relay them to the stream.
+    Producer,
+    /// Apply each event once through the inbox.
+    Consumer,
 }
 
 fn env(name: &str) -> Result<String, BoxError> {
@@ -201,14 +208,9 @@ async fn consumer(o: &Options) -> Result<(), BoxError> {
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
     tracing_subscriber::fmt().with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into())).init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some((command, rest)) = args.split_first() else {
-        return Err("usage: outbox_inbox producer|consumer [options]".into());
-    };
-    let o = options(rest)?;
-    match command.as_str() {
-        "producer" => producer(&o).await,
-        "consumer" => consumer(&o).await,
-        other => Err(format!("unknown command {other}").into()),
+    let o = Options::parse();
+    match o.command {
+        Command::Producer => producer(&o).await,
+        Command::Consumer => consumer(&o).await,
     }
 }
