@@ -16,16 +16,20 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::channel::oneshot;
-use outbox_engine::{Error, Headers, HeldKeys, Message, MessageId, PublishError, Publisher, Result};
+use outbox_engine::{Error, HeldKeys, Message, MessageId, PublishError, Publisher, Result};
 use rdkafka::client::ClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Header, Headers as _, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{Message as _, Offset, TopicPartitionList};
+use rdkafka::Message as _;
 
-use crate::{id_text, invalid_url, Received, TopicMap, MESSAGE_ID_HEADER};
+use crate::{id_text, invalid_url, TopicMap, MESSAGE_ID_HEADER};
+
+/// Reads back what was sent to a topic (feature `test-util`).
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use crate::test_util::kafka::read_back;
 
 /// Settings of a [`KafkaPublisher`].
 #[derive(Clone)]
@@ -205,7 +209,7 @@ fn apply_failures(
     }
 }
 
-fn kafka_config_error(e: KafkaError) -> Error {
+pub(crate) fn kafka_config_error(e: KafkaError) -> Error {
     Error::invalid_config(format!("Kafka producer configuration: {e}"))
 }
 
@@ -326,50 +330,6 @@ impl Publisher for KafkaPublisher {
     }
 }
 
-/// Reads up to `expected` messages of `topic` from the beginning of every partition (no consumer group,
-/// so it starts at once), waiting at most `timeout`. Within a partition messages come in order.
-pub fn read_back(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> Result<Vec<Received>> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("outbox-read-back-{}", uuid::Uuid::new_v4()))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .map_err(kafka_config_error)?;
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .map_err(|e| Error::store("read_back", true, e))?;
-    let mut partitions = TopicPartitionList::new();
-    for t in metadata.topics() {
-        for p in t.partitions() {
-            partitions
-                .add_partition_offset(topic, p.id(), Offset::Beginning)
-                .map_err(|e| Error::store("read_back", false, e))?;
-        }
-    }
-    consumer.assign(&partitions).map_err(|e| Error::store("read_back", true, e))?;
-    let deadline = std::time::Instant::now() + timeout;
-    let mut received = Vec::with_capacity(expected);
-    while received.len() < expected && std::time::Instant::now() < deadline {
-        match consumer.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let mut headers = Headers::new();
-                if let Some(h) = m.headers() {
-                    for header in h.iter() {
-                        let value = header.value.map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
-                        headers.insert(header.key.to_owned(), value);
-                    }
-                }
-                let key = m.key().map(|k| String::from_utf8_lossy(k).into_owned());
-                received.push(Received::from_parts(headers, key, m.payload().unwrap_or_default().to_vec()));
-            }
-            Some(Err(e)) => return Err(Error::store("read_back", true, e)),
-            None => {}
-        }
-    }
-    Ok(received)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -380,7 +340,7 @@ mod tests {
             topic: "t".into(),
             key: None,
             payload: Vec::new(),
-            headers: Headers::new(),
+            headers: outbox_engine::Headers::new(),
             created_at: chrono::Utc::now(),
             attempts: 1,
             last_error: None,

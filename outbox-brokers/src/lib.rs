@@ -23,7 +23,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use outbox_engine::{Error, Headers, MessageId, Result};
+use outbox_engine::{Error, Result};
 
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
@@ -34,6 +34,13 @@ pub mod rabbitmq;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis;
+#[cfg(feature = "test-util")]
+mod test_util;
+
+/// A message read back from a broker (feature `test-util`).
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use test_util::Received;
 
 /// The header (Kafka, AMQP) or field (Redis) that carries the outbox message id.
 pub const MESSAGE_ID_HEADER: &str = "outbox-message-id";
@@ -88,32 +95,8 @@ impl TopicMap {
 
 /// `id` as hyphenated lowercase text in `buf`, without allocating (publishers write one per message).
 #[cfg(any(feature = "kafka", feature = "redis"))]
-pub(crate) fn id_text(id: MessageId, buf: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
+pub(crate) fn id_text(id: outbox_engine::MessageId, buf: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
     id.as_uuid().hyphenated().encode_lower(buf)
-}
-
-/// A message read back from a broker by a `read_back` helper.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Received {
-    /// The outbox message id, if the message carried one.
-    pub id: Option<MessageId>,
-    /// The outbox key.
-    pub key: Option<String>,
-    /// The payload.
-    pub payload: Vec<u8>,
-    /// The user headers (the outbox's own headers removed).
-    pub headers: Headers,
-}
-
-impl Received {
-    #[cfg_attr(not(any(feature = "kafka", feature = "rabbitmq", feature = "redis")), allow(dead_code))]
-    fn from_parts(mut headers: Headers, key: Option<String>, payload: Vec<u8>) -> Self {
-        let id = headers.remove(MESSAGE_ID_HEADER).and_then(|id| id.parse().ok());
-        let key = key.or_else(|| headers.remove(KEY_HEADER));
-        headers.remove(KEY_HEADER);
-        headers.remove(TOPIC_HEADER);
-        Self { id, key, payload, headers }
-    }
 }
 
 #[allow(dead_code)]

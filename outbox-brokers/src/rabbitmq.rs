@@ -14,17 +14,20 @@ use std::task::Poll;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Confirmation;
 use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use outbox_engine::secret::{redact_url, scrub};
-use outbox_engine::{Error, Headers, Message, PublishError, Publisher, Result};
+use outbox_engine::{Error, Message, PublishError, Publisher, Result};
 use tokio::sync::Mutex;
 
-use crate::{check_limit, invalid_url, Received, TopicMap, KEY_HEADER, MESSAGE_ID_HEADER, TOPIC_HEADER};
+use crate::{check_limit, invalid_url, TopicMap, KEY_HEADER, MESSAGE_ID_HEADER, TOPIC_HEADER};
+
+/// Reads back a queue, and deletes one (feature `test-util`).
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use crate::test_util::rabbitmq::{delete_queue, read_back};
 
 /// Settings of a [`RabbitMqPublisher`].
 #[derive(Clone)]
@@ -118,7 +121,7 @@ impl fmt::Debug for RabbitMqPublisher {
     }
 }
 
-fn short(s: &str) -> ShortString {
+pub(crate) fn short(s: &str) -> ShortString {
     ShortString::from(s.to_owned())
 }
 
@@ -126,7 +129,7 @@ fn transient(url: &str, what: &str, e: impl fmt::Display) -> PublishError {
     PublishError::transient(format!("RabbitMQ {what} ({}): {}", redact_url(url), scrub(&e.to_string(), url)))
 }
 
-async fn connect(url: &str, name: &str) -> lapin::Result<(Connection, Channel)> {
+pub(crate) async fn connect(url: &str, name: &str) -> lapin::Result<(Connection, Channel)> {
     let properties = ConnectionProperties::default().with_connection_name(LongString::from(name.as_bytes()));
     let connection = Connection::connect(url, properties).await?;
     let channel = connection.create_channel().await?;
@@ -315,50 +318,6 @@ pub async fn declare_queue(url: &str, queue: &str, queue_type: QueueType) -> Res
         .map_err(|e| Error::store("declare_queue", true, e))?;
     let _ = connection.close(0, "done".into()).await;
     Ok(())
-}
-
-/// Deletes a queue (for test clean-up).
-pub async fn delete_queue(url: &str, queue: &str) -> Result<()> {
-    let (connection, channel) = connect(url, "outbox-admin")
-        .await
-        .map_err(|e| Error::store("delete_queue", true, scrub(&e.to_string(), url)))?;
-    channel
-        .queue_delete(short(queue), QueueDeleteOptions::default())
-        .await
-        .map_err(|e| Error::store("delete_queue", true, e))?;
-    let _ = connection.close(0, "done".into()).await;
-    Ok(())
-}
-
-/// Reads (and acknowledges) up to `expected` messages from `queue`, waiting at most `timeout`.
-pub async fn read_back(url: &str, queue: &str, expected: usize, timeout: Duration) -> Result<Vec<Received>> {
-    let (connection, channel) = connect(url, "outbox-read-back")
-        .await
-        .map_err(|e| Error::store("read_back", true, scrub(&e.to_string(), url)))?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut received = Vec::with_capacity(expected);
-    while received.len() < expected && tokio::time::Instant::now() < deadline {
-        let got = channel
-            .basic_get(short(queue), BasicGetOptions { no_ack: true })
-            .await
-            .map_err(|e| Error::store("read_back", true, e))?;
-        let Some(message) = got else {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            continue;
-        };
-        let delivery = message.delivery;
-        let mut headers = Headers::new();
-        if let Some(table) = delivery.properties.headers() {
-            for (name, value) in table.inner() {
-                if let AMQPValue::LongString(s) = value {
-                    headers.insert(name.to_string(), String::from_utf8_lossy(s.as_bytes()).into_owned());
-                }
-            }
-        }
-        received.push(Received::from_parts(headers, None, delivery.data));
-    }
-    let _ = connection.close(0, "done".into()).await;
-    Ok(received)
 }
 
 #[cfg(test)]

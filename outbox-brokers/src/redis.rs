@@ -13,12 +13,17 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox_engine::secret::{redact_url, scrub};
-use outbox_engine::{Error, Headers, Message, PublishError, Publisher, Result};
+use outbox_engine::{Message, PublishError, Publisher, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{RedisError, RetryMethod, Value};
 use tokio::sync::Mutex;
 
-use crate::{check_limit, id_text, invalid_url, Received, TopicMap};
+use crate::{check_limit, id_text, invalid_url, TopicMap};
+
+/// Reads back a stream (feature `test-util`).
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub use crate::test_util::redis::read_back;
 
 /// Settings of a [`RedisPublisher`].
 #[derive(Clone)]
@@ -236,58 +241,6 @@ impl Publisher for RedisPublisher {
         }
         outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(PublishError::transient("not sent")))).collect()
     }
-}
-
-/// Reads up to `expected` entries of `stream` from its start, waiting at most `timeout`.
-pub async fn read_back(url: &str, stream: &str, expected: usize, timeout: Duration) -> Result<Vec<Received>> {
-    let client = redis::Client::open(url).map_err(|e| invalid_url("Redis", url, e))?;
-    // One XRANGE returns every expected entry; allow it the whole `timeout`, not redis-rs's default
-    // 500 ms per response (10,000 entries take longer than that to decode on a busy machine).
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(timeout));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&config)
-        .await
-        .map_err(|e| Error::store("read_back", true, scrub(&e.to_string(), url)))?;
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let entries: Vec<StreamEntry> = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg("-")
-            .arg("+")
-            .arg("COUNT")
-            .arg(expected)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| Error::store("read_back", true, e))?;
-        if entries.len() >= expected || tokio::time::Instant::now() >= deadline {
-            return entries.into_iter().map(|(_, fields)| decode_entry(fields)).collect();
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-/// One `XRANGE` entry: its id and its field / value pairs.
-type StreamEntry = (String, Vec<(String, Vec<u8>)>);
-
-fn decode_entry(fields: Vec<(String, Vec<u8>)>) -> Result<Received> {
-    let mut headers = Headers::new();
-    let (mut key, mut payload, mut id) = (None, Vec::new(), None);
-    for (name, value) in fields {
-        match name.as_str() {
-            "id" => id = Some(String::from_utf8_lossy(&value).into_owned()),
-            "key" => key = Some(String::from_utf8_lossy(&value).into_owned()),
-            "payload" => payload = value,
-            "headers" => {
-                headers = serde_json::from_slice(&value)
-                    .map_err(|e| Error::store("read_back", false, format!("stream entry headers are not JSON: {e}")))?
-            }
-            _ => {}
-        }
-    }
-    if let Some(id) = id {
-        headers.insert(crate::MESSAGE_ID_HEADER.to_owned(), id);
-    }
-    Ok(Received::from_parts(headers, key, payload))
 }
 
 #[cfg(test)]

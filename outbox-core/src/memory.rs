@@ -178,6 +178,8 @@ impl MemoryStore {
         }
     }
 
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     /// Makes every claim return `delay` after it took effect, like a claim whose answer is still on
     /// the wire (for tests of what a relay does meanwhile, at shutdown for instance). Applies to all
     /// clones.
@@ -186,6 +188,8 @@ impl MemoryStore {
         self
     }
 
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     /// Makes the next `n` claims fail with a transient store error and claim nothing (for tests of a
     /// relay's back-off). Applies to all clones.
     pub fn fail_next_claims(self, n: usize) -> Self {
@@ -193,6 +197,8 @@ impl MemoryStore {
         self
     }
 
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     /// Makes [`Store::wait_for_work`] sleep its whole timeout whatever is committed, like a store whose
     /// messages come from another process and reach the relay only by polling (for tests of polling).
     /// Applies to all clones.
@@ -201,6 +207,8 @@ impl MemoryStore {
         self
     }
 
+    #[cfg(feature = "test-util")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
     /// Wakes a waiting relay when a message is enqueued in a transaction, before the transaction
     /// commits, and not at the commit: as the SQLite and MySQL stores do, which have no commit-time
     /// notification (for tests of commits that come later than their wake-up). Applies to all clones.

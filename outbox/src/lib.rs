@@ -18,6 +18,7 @@
 //! | `postgres`, `mysql`, `sqlite` | the store of that database (`outbox::postgres::PostgresStore`, ...), [`StoreOptions`], and a re-export of [`sqlx`] with that driver |
 //! | `kafka`, `rabbitmq`, `redis` | the publisher of that broker (`outbox::kafka::KafkaPublisher`, ...) |
 //! | `signal` (default) | [`shutdown_on_signal`]: stop a relay on SIGTERM / Ctrl-C |
+//! | `test-util` | for tests and examples: each broker's `read_back`, the memory store's fault switches |
 //!
 //! With a database feature, `?` on a [`sqlx::Error`] works in any function that returns
 //! [`outbox::Result`](Result): the error becomes an [`Error::Store`], transient or permanent by the
