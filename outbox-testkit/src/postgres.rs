@@ -52,9 +52,12 @@ crate::store_suite::sqlx_harness!(PostgresHarness, store, {
         Box::new(Self::with_options(StoreOptions::default().retention(retention)).await.expect("configured"))
     }
 
-    fn store_with_prefix(&self, prefix: &str) -> Result<()> {
-        let options = StoreOptions::default().table_prefix(prefix)?;
-        PostgresStore::new(self.store.pool().clone(), options)?;
-        Ok(())
+    fn store_with_prefix(&self, prefix: &str) -> Option<Result<()>> {
+        let build = || -> Result<()> {
+            let options = StoreOptions::default().table_prefix(prefix)?;
+            PostgresStore::new(self.store.pool().clone(), options)?;
+            Ok(())
+        };
+        Some(build())
     }
 });

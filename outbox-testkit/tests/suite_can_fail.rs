@@ -122,7 +122,7 @@ impl StoreHarness for BrokenHarness {
     async fn process_once(&self, consumer: &str, id: MessageId, commit: bool) -> Result<bool> {
         self.reference.process_once(consumer, id, commit).await
     }
-    fn store_with_prefix(&self, prefix: &str) -> Result<()> {
+    fn store_with_prefix(&self, prefix: &str) -> Option<Result<()>> {
         self.reference.store_with_prefix(prefix)
     }
 }
