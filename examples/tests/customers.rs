@@ -64,14 +64,34 @@ async fn relay_killed_twice_loses_nothing_and_the_worker_applies_each_event_once
     let mut reaper = Reaper::default();
     let worker = reaper.track(spawn(&db, &amqp, &["worker", "--queue", &queue, "--expect", "1000"]));
     let mut relay = reaper.track(spawn(&db, &amqp, &relay_args));
-    std::thread::sleep(Duration::from_millis(1500));
-    let app = reaper.track(spawn(&db, &amqp, &["app", "--queue", &queue, "--count", "1000"]));
+    let mut app = reaper.track(spawn(&db, &amqp, &["app", "--queue", &queue, "--count", "1000"]));
+    // Claims the relay holds: rows leased and not yet expired (the relay is the only one running).
+    let leased = "SELECT COUNT(*) FROM outbox_messages WHERE locked_until > UTC_TIMESTAMP(6)";
+    let mut kills_with_claims_held = Vec::new();
     for _ in 0..2 {
-        std::thread::sleep(Duration::from_millis(1200));
+        // Kill the relay while it holds claims: wait until it has some.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let held: i64 = sqlx::query_scalar(leased).fetch_one(&mut conn).await.unwrap_or(0);
+            let app_done = app.try_wait().unwrap().is_some();
+            if held > 0 || app_done || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
         relay.kill().unwrap(); // SIGKILL: no shutdown, claims left leased
         relay.wait().unwrap();
+        let held: i64 = sqlx::query_scalar(leased).fetch_one(&mut conn).await.unwrap();
+        kills_with_claims_held.push(held);
         relay = reaper.track(spawn(&db, &amqp, &relay_args));
+        // Let the killed relay's leases (2 s) run out, so the next count is the new relay's.
+        tokio::time::sleep(Duration::from_millis(2200)).await;
     }
+    println!("rows leased by the relay at each kill: {kills_with_claims_held:?}");
+    assert!(
+        kills_with_claims_held.iter().any(|held| *held > 0),
+        "no kill landed while the relay held claims (leased rows after each kill: {kills_with_claims_held:?})"
+    );
     assert!(output(app).contains("created 1000 customers"));
 
     let started = Instant::now();

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -187,16 +188,26 @@ async fn mail_is_sent_retried_parked_and_survives_sigterm() {
     wait_status(http_port, &id, "Sent", Duration::from_secs(20)).await;
 
     // SIGTERM during a burst of 200 sends: every accepted mail ends Sent after a restart.
-    let burst = tokio::spawn(async move {
-        let mut accepted = Vec::new();
-        for n in 0..200 {
-            if let Some(id) = send(http_port, &format!("burst {n}")).await {
-                accepted.push(id);
+    let sent = Arc::new(AtomicUsize::new(0));
+    let burst = tokio::spawn({
+        let sent = sent.clone();
+        async move {
+            let mut accepted = Vec::new();
+            for n in 0..200 {
+                if let Some(id) = send(http_port, &format!("burst {n}")).await {
+                    accepted.push(id);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
             }
+            accepted
         }
-        accepted
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // SIGTERM once the burst is under way: 20 mails accepted.
+    let started = Instant::now();
+    while sent.load(Ordering::Relaxed) < 20 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the burst did not start");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let out = terminate(app);
     assert!(out.contains("stopped gracefully"), "{out}");
     let accepted = burst.await.unwrap();

@@ -178,7 +178,8 @@ async fn per_key_order_holds_with_four_concurrent_batches_and_failures() {
     assert_eq!(publisher.published_len(), KEYS * PER_KEY + 50, "each message once: no crash, no duplicate");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Paused time: the checkpoints below are instants of the test clock, not of a loaded machine.
+#[tokio::test(start_paused = true)]
 async fn shutdown_finishes_in_flight_batches_and_loses_nothing() {
     let store = store_with(100);
     let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
@@ -198,7 +199,8 @@ async fn shutdown_finishes_in_flight_batches_and_loses_nothing() {
     assert!(next.iter().all(|m| m.attempts == 1), "no other claim took them first");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Paused time: the checkpoints below are instants of the test clock, not of a loaded machine.
+#[tokio::test(start_paused = true)]
 async fn a_worker_publishes_the_next_batch_while_the_broker_confirms_the_first() {
     let store = store_with(50);
     let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
@@ -216,7 +218,8 @@ async fn a_worker_publishes_the_next_batch_while_the_broker_confirms_the_first()
     assert_eq!(rest.len(), 30, "nothing else was claimed");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Paused time: the checkpoints below are instants of the test clock, not of a loaded machine.
+#[tokio::test(start_paused = true)]
 async fn one_batch_in_flight_makes_claim_publish_and_settle_sequential() {
     let store = store_with(50);
     let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
@@ -235,7 +238,8 @@ async fn one_batch_in_flight_makes_claim_publish_and_settle_sequential() {
     assert_eq!(store.pending_len(), 40);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Paused time: the checkpoints below are instants of the test clock, not of a loaded machine.
+#[tokio::test(start_paused = true)]
 async fn a_claim_that_returns_after_shutdown_is_handed_back() {
     let store = store_with(50).with_claim_delay(Duration::from_millis(200));
     let publisher = MemoryPublisher::new().with_delay(Duration::from_millis(300));
@@ -253,7 +257,8 @@ async fn a_claim_that_returns_after_shutdown_is_handed_back() {
     assert!(rest.iter().all(|m| m.attempts == 1), "a handed-back claim does not count as an attempt");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Paused time: the checkpoints below are instants of the test clock, not of a loaded machine.
+#[tokio::test(start_paused = true)]
 async fn a_failed_claim_pauses_claims_for_the_error_backoff_then_the_relay_goes_on() {
     let store = store_with(5).fail_next_claims(1);
     let publisher = MemoryPublisher::new();
@@ -274,7 +279,8 @@ async fn a_failed_claim_pauses_claims_for_the_error_backoff_then_the_relay_goes_
     assert_eq!(relay.metrics().store_errors, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Paused time: the checkpoints below are instants of the test clock, not of a loaded machine.
+#[tokio::test(start_paused = true)]
 async fn shutdown_timeout_hands_back_claims() {
     let store = store_with(5);
     let publisher = MemoryPublisher::new().with_delay(Duration::from_secs(3600));

@@ -4,7 +4,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox_engine::memory::MemoryPublisher;
@@ -107,6 +107,20 @@ async fn claim(store: &dyn Store, owner: RelayId, limit: usize, lease: Duration)
     store.claim(owner, limit, lease).await.expect("claim")
 }
 
+/// Claims (as a new relay) until a claim finds something, at most 30 s; returns it and when it came
+/// back. A check that a message became claimable only after some instant compares that instant with
+/// the one returned, so a slow machine can delay the claim but never fail the check.
+async fn claim_when_claimable(store: &dyn Store) -> (Vec<Message>, Instant) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let claimed = claim(store, RelayId::new(), 10, LEASE).await;
+        if !claimed.is_empty() || Instant::now() > deadline {
+            return (claimed, Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
 fn ids(messages: &[Message]) -> Vec<MessageId> {
     messages.iter().map(|m| m.id).collect()
 }
@@ -180,12 +194,13 @@ pub async fn concurrent_claimers_never_share_a_message<H: StoreHarness + ?Sized>
 pub async fn an_expired_lease_is_taken_over<H: StoreHarness + ?Sized>(h: &H) {
     let store = h.store();
     let id = commit(h, vec![msg("t", 1)]).await;
-    let crashed = claim(&*store, RelayId::new(), 10, Duration::from_millis(300)).await;
+    let lease = Duration::from_millis(300);
+    let claimed_at = Instant::now();
+    let crashed = claim(&*store, RelayId::new(), 10, lease).await;
     assert_eq!(ids(&crashed), id);
-    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "taken over before the lease ended");
-    tokio::time::sleep(Duration::from_millis(450)).await;
-    let taken = claim(&*store, RelayId::new(), 10, LEASE).await;
+    let (taken, taken_at) = claim_when_claimable(&*store).await;
     assert_eq!(ids(&taken), id, "the expired claim was not taken over");
+    assert!(taken_at - claimed_at >= lease, "taken over before the lease ended");
     assert_eq!(taken[0].attempts, 2, "the crashed attempt still counts");
 }
 
@@ -227,12 +242,12 @@ pub async fn retry_schedule_is_honoured<H: StoreHarness + ?Sized>(h: &H) {
     let id = commit(h, vec![msg("t", 1)]).await;
     let owner = RelayId::new();
     claim(&*store, owner, 10, LEASE).await;
-    let retry = Retry { id: id[0], error: "broker said no".into(), delay: Duration::from_millis(400) };
-    store.reschedule(owner, &[retry]).await.expect("reschedule");
-    assert!(claim(&*store, RelayId::new(), 10, LEASE).await.is_empty(), "claimed before its retry delay");
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let again = claim(&*store, RelayId::new(), 10, LEASE).await;
+    let delay = Duration::from_millis(400);
+    let rescheduled_at = Instant::now();
+    store.reschedule(owner, &[Retry { id: id[0], error: "broker said no".into(), delay }]).await.expect("reschedule");
+    let (again, claimed_at) = claim_when_claimable(&*store).await;
     assert_eq!(ids(&again), id, "not claimable after its retry delay");
+    assert!(claimed_at - rescheduled_at >= delay, "claimed before its retry delay");
     assert_eq!(again[0].attempts, 2);
     assert_eq!(again[0].last_error.as_deref(), Some("broker said no"));
 }
@@ -300,15 +315,15 @@ pub async fn key_runs_in_enqueue_order<H: StoreHarness + ?Sized>(h: &H) {
 
     // The relay's outcome: a0 published, a1 failed (retry), a2 handed back unattempted.
     store.acknowledge(&[a[0], b[0], b[1]]).await.expect("acknowledge");
-    let retry = Retry { id: a[1], error: "fail".into(), delay: Duration::from_millis(400) };
+    // The retry delay leaves seconds for the checks made while it runs, even on a loaded machine.
+    let retry = Retry { id: a[1], error: "fail".into(), delay: Duration::from_secs(2) };
     store.reschedule(owner, &[retry]).await.expect("reschedule");
     store.release(owner, &[a[2]]).await.expect("release");
     assert!(claim(&*store, owner, 10, LEASE).await.is_empty(), "key a moved past its retrying message");
     let b2 = commit(h, vec![msg("t", 2).key("b")]).await;
     assert_eq!(ids(&claim(&*store, owner, 10, LEASE).await), b2, "key b is not held back by key a");
 
-    tokio::time::sleep(Duration::from_millis(550)).await;
-    let again = claim(&*store, owner, 10, LEASE).await;
+    let (again, _) = claim_when_claimable(&*store).await;
     assert_eq!(ids(&again), vec![a[1], a[2]], "key a resumes in enqueue order");
     assert_eq!(
         again.iter().map(|m| m.attempts).collect::<Vec<_>>(),
