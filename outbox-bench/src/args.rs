@@ -32,6 +32,7 @@ pub(crate) struct Args {
     pub(crate) skip: Vec<String>,
     pub(crate) durable_relay_commits: bool,
     pub(crate) enqueue_notifications: bool,
+    pub(crate) metrics_overhead: bool,
 }
 
 /// Store options from the command line.
@@ -125,6 +126,9 @@ struct Cli {
     /// PostgreSQL: enqueue without pg_notify (relays then poll).
     #[arg(long)]
     no_enqueue_notifications: bool,
+    /// Relay throughput without and with a Prometheus metrics recorder, rounds interleaved.
+    #[arg(long)]
+    metrics_overhead: bool,
     /// Also write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<String>,
@@ -187,6 +191,7 @@ pub(crate) fn parse_args() -> Args {
         skip: cli.skip,
         durable_relay_commits: cli.durable_relay_commits,
         enqueue_notifications: !cli.no_enqueue_notifications,
+        metrics_overhead: cli.metrics_overhead,
     }
 }
 

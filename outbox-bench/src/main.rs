@@ -39,6 +39,7 @@ mod latency;
 mod measure;
 mod plot;
 mod probes;
+mod recorder;
 mod throughput;
 
 use args::*;
@@ -141,6 +142,16 @@ async fn main() -> Result<(), BoxError> {
             }));
         }
         report.json.insert("key_sweep".into(), serde_json::Value::Array(sweep));
+        store.close().await?;
+    }
+    if args.metrics_overhead {
+        let (switch, handle) = recorder::install()?;
+        let store = AnyStore::open(&args.store, store_options(&args)).await?;
+        let (off, on, series) = recorder::overhead(&store, &publisher, &args, &topic, &switch, &handle).await?;
+        report.add("relay_without_recorder_msgs_per_s", "relay without a metrics recorder (msg/s)", off, "msg/s");
+        report.add("relay_with_recorder_msgs_per_s", "relay with a Prometheus recorder (msg/s)", on, "msg/s");
+        report.add("relay_recorder_ratio", "with recorder / without", on / off, "x");
+        report.add("recorder_outbox_series", "outbox_ series the recorder holds", series as f64, "");
         store.close().await?;
     }
     if !args.sweep.is_empty() {

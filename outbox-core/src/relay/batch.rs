@@ -9,7 +9,7 @@ use futures::future::FutureExt;
 use tokio::time::Instant;
 use tracing::{debug, error, warn};
 
-use super::{bump, Inner};
+use super::{bump, instruments, Inner};
 use crate::error::Result;
 use crate::message::{Message, MessageId};
 use crate::publisher::{panic_text, PublishError};
@@ -31,10 +31,17 @@ impl Inner {
         let max_attempts = self.options.retry.max_attempts();
         let (exhausted, batch): (Vec<Message>, Vec<Message>) =
             batch.into_iter().partition(|m| m.attempts > max_attempts);
-        let outcomes =
-            if batch.is_empty() { Vec::new() } else { self.publish_renewing_lease(&batch, claimed_at).await };
+        let outcomes = if batch.is_empty() {
+            Vec::new()
+        } else {
+            let started = Instant::now();
+            let outcomes = self.publish_renewing_lease(&batch, claimed_at).await;
+            instruments::published(started.elapsed());
+            outcomes
+        };
 
-        let mut acks = Vec::with_capacity(batch.len());
+        let mut acked: Vec<Message> = Vec::with_capacity(batch.len());
+        let mut retried: Vec<Message> = Vec::new();
         let mut retries = Vec::new();
         let mut releases = Vec::new();
         let mut dead: Vec<(Message, String)> = Vec::new();
@@ -58,16 +65,17 @@ impl Inner {
                     if held {
                         warn!(message_id = %message.id, "outbox publisher delivered a message after an earlier message of its key failed; the key's order may break when that one is retried");
                     }
-                    acks.push(message.id)
+                    acked.push(message)
                 }
                 Some(Err(_)) if held => releases.push(message.id),
                 Some(Err(e)) => match self.decide(&message, &e) {
                     RetryDecision::RetryAfter(delay) => {
                         warn!(message_id = %message.id, attempts = message.attempts, retry_in = ?delay, error = %e.report(), "outbox publish failed; will retry");
                         retries.push(Retry { id: message.id, error: e.report(), delay });
-                        if let Some(key) = message.key {
-                            held_keys.insert(key);
+                        if let Some(key) = &message.key {
+                            held_keys.insert(key.clone());
                         }
+                        retried.push(message);
                     }
                     RetryDecision::DeadLetter if e.is_transient() => {
                         let error = format!("gave up after {} attempts: {}", message.attempts, e.report());
@@ -78,7 +86,17 @@ impl Inner {
             }
         }
 
-        let settled = self.settle(&acks, &retries, &dead, &releases).await;
+        let acks: Vec<MessageId> = acked.iter().map(|m| m.id).collect();
+        let settled = self
+            .settle(Settlement {
+                acks: &acks,
+                acked: &acked,
+                retries: &retries,
+                retried: &retried,
+                dead: &dead,
+                releases: &releases,
+            })
+            .await;
         self.forget_in_flight(
             acks.iter().chain(retries.iter().map(|r| &r.id)).chain(dead.iter().map(|(m, _)| &m.id)).chain(&releases),
         );
@@ -100,27 +118,26 @@ impl Inner {
         }
     }
 
-    async fn settle(
-        &self,
-        acks: &[MessageId],
-        retries: &[Retry],
-        dead: &[(Message, String)],
-        releases: &[MessageId],
-    ) -> Result<()> {
+    async fn settle(&self, settlement: Settlement<'_>) -> Result<()> {
+        let Settlement { acks, acked, retries, retried, dead, releases } = settlement;
         if !acks.is_empty() {
             self.settle_step("acknowledge", || self.store.acknowledge(acks)).await?;
             bump(&self.counters.published, acks.len());
+            instruments::count_by_topic(instruments::PUBLISHED, acked);
+            instruments::delivered(acked);
             debug!(count = acks.len(), "outbox messages published");
         }
         if !retries.is_empty() {
             self.settle_step("reschedule", || self.store.reschedule(self.id, retries)).await?;
             bump(&self.counters.retried, retries.len());
+            instruments::count_by_topic(instruments::RETRIED, retried);
         }
         if !dead.is_empty() {
             let failures: Vec<Failure> =
                 dead.iter().map(|(m, error)| Failure { id: m.id, error: error.clone() }).collect();
             self.settle_step("dead_letter", || self.store.dead_letter(self.id, &failures)).await?;
             bump(&self.counters.dead_lettered, dead.len());
+            instruments::count_by_topic(instruments::DEAD_LETTERED, dead.iter().map(|(m, _)| m));
             for (message, error) in dead {
                 error!(message_id = %message.id, topic = %message.topic, attempts = message.attempts, %error, "outbox message dead-lettered");
             }
@@ -270,6 +287,17 @@ impl Inner {
             }
         }
     }
+}
+
+/// What a batch's settle records: the ids acknowledged (and their messages), the retries (and their
+/// messages), the dead letters, and the messages handed back unattempted.
+struct Settlement<'a> {
+    acks: &'a [MessageId],
+    acked: &'a [Message],
+    retries: &'a [Retry],
+    retried: &'a [Message],
+    dead: &'a [(Message, String)],
+    releases: &'a [MessageId],
 }
 
 /// Whether two messages of `batch` share a key.

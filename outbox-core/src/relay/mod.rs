@@ -9,9 +9,11 @@
 //! `concurrency` workers run at once; each waits for [`Store::wait_for_work`] when there is nothing to do.
 //!
 //! The module's parts: `worker` (the loop), `schedule` (when a worker claims and how long it
-//! waits), `batch` (publish with the lease renewed, then settle).
+//! waits), `batch` (publish with the lease renewed, then settle), [`instruments`] (the metrics it
+//! records through the `metrics` facade).
 
 mod batch;
+pub mod instruments;
 mod schedule;
 mod worker;
 
@@ -375,6 +377,7 @@ impl Dispatcher for Relay {
             workers.abort_all();
             while workers.join_next().await.is_some() {}
             let ids: Vec<MessageId> = self.inner.lock_in_flight().drain().collect();
+            instruments::settled(ids.len());
             warn!(relay = %self.inner.id, messages = ids.len(), "shutdown timeout: handing back unfinished claims");
             if !ids.is_empty() {
                 self.inner.store.release(self.inner.id, &ids).await?;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::schedule::{ClaimSchedule, PlannedClaim};
-use super::{bump, Inner};
+use super::{bump, instruments, Inner};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId};
 use crate::publisher::panic_text;
@@ -150,9 +150,8 @@ impl Inner {
     /// Drops finished (or handed-back) messages from the in-flight set.
     pub(super) fn forget_in_flight<'a>(&self, ids: impl IntoIterator<Item = &'a MessageId>) {
         let mut in_flight = self.lock_in_flight();
-        for id in ids {
-            in_flight.remove(id);
-        }
+        let forgotten = ids.into_iter().filter(|id| in_flight.remove(id)).count();
+        instruments::settled(forgotten);
     }
 
     /// The key slice of a worker's batch slot: one per slot of every worker.
@@ -171,7 +170,9 @@ impl Inner {
             Some(slice) => self.store.claim_slice(self.id, options.batch_size, options.lease, slice).await?,
             None => self.store.claim(self.id, options.batch_size, options.lease).await?,
         };
-        debug!(claimed = batch.len(), slice = ?slice, took = ?sent_at.elapsed(), "outbox claim");
+        let took = sent_at.elapsed();
+        instruments::claimed(took, batch.len());
+        debug!(claimed = batch.len(), slice = ?slice, ?took, "outbox claim");
         if !batch.is_empty() {
             bump(&self.counters.batches, 1);
             bump(&self.counters.claimed, batch.len());
