@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::message::{DeadLetter, Message, MessageId, MessageLimits, NewMessage};
 use crate::publisher::{HeldKeys, PublishError, Publisher};
-use crate::store::{Enqueue, Failure, Inbox, KeySlice, OutboxStats, RelayId, Retry, Store};
+use crate::store::{Enqueue, Failure, Inbox, KeySlice, LateCommitChase, OutboxStats, RelayId, Retry, Store};
 
 /// Whether `key` is in `slice` (by a fixed hash of the key).
 fn in_slice(key: &str, slice: KeySlice) -> bool {
@@ -61,6 +61,8 @@ struct Shared {
     no_wake_ups: AtomicBool,
     /// Relays are woken at enqueue, before the commit, as SQLite and MySQL do (for tests).
     wake_at_enqueue: AtomicBool,
+    /// With `wake_at_enqueue`: keeps waking the relay until the commit is seen.
+    chase: LateCommitChase,
     /// Claims answered, empty ones included (for tests).
     claims: AtomicUsize,
 }
@@ -173,6 +175,7 @@ impl MemoryStore {
                 failing_claims: AtomicUsize::new(0),
                 no_wake_ups: AtomicBool::new(false),
                 wake_at_enqueue: AtomicBool::new(false),
+                chase: LateCommitChase::default(),
                 claims: AtomicUsize::new(0),
             }),
         }
@@ -278,6 +281,7 @@ impl MemoryStore {
             return Err(Error::store("claim", true, "injected claim failure (MemoryStore::fail_next_claims)"));
         }
         let claimed = self.claim_now(owner, limit, lease, slice);
+        self.shared.chase.claimed(claimed.len());
         let delay = *self.shared.claim_delay.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
@@ -338,6 +342,7 @@ impl Enqueue for MemoryStore {
         let id = message.id();
         tx.messages.push(message);
         if self.shared.wake_at_enqueue.load(Ordering::Relaxed) {
+            self.shared.chase.enqueued();
             self.shared.wake.notify_one();
         }
         Ok(id)
@@ -526,7 +531,7 @@ impl Store for MemoryStore {
         if self.shared.no_wake_ups.load(Ordering::Relaxed) {
             tokio::time::sleep(timeout).await;
         } else {
-            let _ = tokio::time::timeout(timeout, self.shared.wake.notified()).await;
+            self.shared.chase.wait(&self.shared.wake, timeout).await;
         }
     }
 }

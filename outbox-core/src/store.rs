@@ -21,7 +21,7 @@
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -198,10 +198,9 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Whether every committed message, from any process, wakes one waiter of
     /// [`Store::wait_for_work`] (or leaves it a permit) once it is claimable (default `false`). A
     /// relay then waits for that wake-up after a batch without keys that was not full, instead of
-    /// claiming again at once to find messages committed while it published. A store without them may
-    /// wake a relay early, before the commit (SQLite and MySQL wake it at enqueue): when the claim
-    /// after such a wake-up finds nothing, the relay polls again after 5 ms, doubling the wait up to
-    /// 640 ms, then goes back to its `poll_interval`.
+    /// claiming again at once to find messages committed while it published. A store that can wake
+    /// a relay only at enqueue, before the commit (SQLite, MySQL), says `false` and keeps waking it
+    /// until the commit is seen with a [`LateCommitChase`].
     fn wakes_on_commit(&self) -> bool {
         false
     }
@@ -262,6 +261,68 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
 }
 
+/// For a store that can wake its relay only when a message is enqueued, before the transaction
+/// commits (SQLite and MySQL do, in the process that enqueues): after such a wake-up its
+/// [`Store::wait_for_work`] returns again after 5 ms, then 10, 20, ... up to 640 ms (about 1.3 s in
+/// all), until a claim finds something, so a commit that comes later than its wake-up is published
+/// soon instead of at the next `poll_interval`.
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox_engine::LateCommitChase;
+/// use tokio::sync::Notify;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() {
+/// let (chase, wake) = (LateCommitChase::default(), Notify::new());
+/// chase.enqueued(); // in the store's enqueue, with `wake.notify_one()`
+/// let started = tokio::time::Instant::now();
+/// chase.wait(&wake, Duration::from_secs(1)).await; // in `wait_for_work`: the commit is awaited
+/// assert_eq!(started.elapsed(), Duration::from_millis(5));
+/// chase.claimed(1); // in `claim`: the claim found it, the chase ends
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct LateCommitChase {
+    /// The next wait while a chase runs.
+    next_wait: Mutex<Option<Duration>>,
+}
+
+impl LateCommitChase {
+    /// The first wait after an enqueue's wake-up.
+    pub const FIRST_WAIT: Duration = Duration::from_millis(5);
+    /// The last; past it the chase ends and waits are the caller's timeout again.
+    pub const LAST_WAIT: Duration = Duration::from_millis(640);
+
+    fn next_wait(&self) -> std::sync::MutexGuard<'_, Option<Duration>> {
+        self.next_wait.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// A message was enqueued in a transaction that may commit later: start (or restart) the chase.
+    pub fn enqueued(&self) {
+        *self.next_wait() = Some(Self::FIRST_WAIT);
+    }
+
+    /// A claim came back with `claimed` messages: one that found something ends the chase.
+    pub fn claimed(&self, claimed: usize) {
+        if claimed > 0 {
+            *self.next_wait() = None;
+        }
+    }
+
+    /// Waits for `wake` or `timeout`; while a chase runs, no longer than its next wait, which then
+    /// doubles. Returns whether `wake` woke it.
+    pub async fn wait(&self, wake: &tokio::sync::Notify, timeout: Duration) -> bool {
+        let limit = {
+            let mut next = self.next_wait();
+            let chase = *next;
+            *next = chase.map(|wait| wait.saturating_mul(2)).filter(|wait| *wait <= Self::LAST_WAIT);
+            chase.map_or(timeout, |wait| wait.min(timeout))
+        };
+        tokio::time::timeout(limit, wake.notified()).await.is_ok()
+    }
+}
+
 /// The caller's side: writes messages inside the caller's own transaction.
 ///
 /// Every backend has the same shape: `store.enqueue(&mut *tx, message).await?`, where `tx` is the
@@ -305,4 +366,41 @@ pub trait Inbox: Send + Sync + fmt::Debug + 'static {
 
     /// Records `(consumer, id)`; returns `true` the first time and `false` for a duplicate.
     async fn process_once(&self, conn: &mut Self::Connection, consumer: &str, id: MessageId) -> Result<bool>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::Notify;
+    use tokio::time::Instant;
+
+    /// The waits after an enqueue's wake-up until the chase gives up, each ending without a wake-up.
+    async fn chase_waits(chase: &LateCommitChase, timeout: Duration) -> Vec<u128> {
+        let wake = Notify::new();
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            let started = Instant::now();
+            assert!(!chase.wait(&wake, timeout).await);
+            waits.push(started.elapsed().as_millis());
+        }
+        waits
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_late_commit_is_chased_from_5_ms_doubling_to_640_ms_then_waits_are_the_timeout_again() {
+        let chase = LateCommitChase::default();
+        chase.enqueued();
+        assert_eq!(chase_waits(&chase, Duration::from_secs(1)).await, [5, 10, 20, 40, 80, 160, 320, 640, 1000]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_that_finds_something_ends_the_chase_and_a_short_timeout_caps_its_waits() {
+        let chase = LateCommitChase::default();
+        chase.enqueued();
+        chase.claimed(0);
+        assert_eq!(chase_waits(&chase, Duration::from_millis(30)).await, [5, 10, 20, 30, 30, 30, 30, 30, 30]);
+        chase.enqueued();
+        chase.claimed(3);
+        assert_eq!(chase_waits(&chase, Duration::from_millis(30)).await[0], 30, "no chase after a claim found it");
+    }
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_engine::{
-    DeadLetter, Error, Failure, Headers, Inbox, Message, MessageId, NewMessage, OutboxStats, RelayId, Result, Retry,
-    Store,
+    DeadLetter, Error, Failure, Headers, Inbox, LateCommitChase, Message, MessageId, NewMessage, OutboxStats, RelayId,
+    Result, Retry, Store,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -197,6 +197,8 @@ struct Inner {
     options: StoreOptions,
     sql: Sql,
     wake: Notify,
+    /// Wakes at enqueue come before the commit: keep waking until a claim sees it.
+    chase: LateCommitChase,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -264,7 +266,9 @@ impl SqliteStore {
     /// A store over your own pool.
     pub fn new(pool: SqlitePool, options: StoreOptions) -> Result<Self> {
         let sql = Sql::new(&options)?;
-        Ok(Self { inner: Arc::new(Inner { pool, options, sql, wake: Notify::new() }) })
+        Ok(Self {
+            inner: Arc::new(Inner { pool, options, sql, wake: Notify::new(), chase: LateCommitChase::default() }),
+        })
     }
 
     /// The options in force (table names, limits, retention).
@@ -330,6 +334,7 @@ impl SqliteStore {
                 .map_err(|e| sql_error("enqueue", e))?;
             return MessageId::from_str(&id);
         }
+        self.inner.chase.enqueued();
         self.notify();
         Ok(parts.id)
     }
@@ -354,6 +359,7 @@ impl Store for SqliteStore {
             claimed.push((row.try_get(0).map_err(|e| sql_error("claim", e))?, decode_message(row)?));
         }
         claimed.sort_unstable_by_key(|(seq, _)| *seq);
+        self.inner.chase.claimed(claimed.len());
         Ok(claimed.into_iter().map(|(_, m)| m).collect())
     }
 
@@ -504,8 +510,7 @@ impl Store for SqliteStore {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        let woken = tokio::time::timeout(timeout, self.inner.wake.notified()).await;
-        if woken.is_ok() {
+        if self.inner.chase.wait(&self.inner.wake, timeout).await {
             tokio::time::sleep(COMMIT_GRACE).await;
         }
     }

@@ -7,15 +7,6 @@ use tokio::time::Instant;
 
 use super::RelayOptions;
 
-/// A store without commit wake-ups ([`Store::wakes_on_commit`](crate::Store::wakes_on_commit) false)
-/// may wake a relay before the transaction commits: SQLite and MySQL wake it when a message is
-/// enqueued. When the claim after such a wake-up finds nothing, the transaction is likely still
-/// open, so the worker polls again this soon, doubling the wait after each poll that finds nothing...
-pub(super) const LATE_COMMIT_FIRST_WAIT: Duration = Duration::from_millis(5);
-/// ...up to this wait (about 1.3 s after the wake-up in all); a later commit waits for the next
-/// regular poll.
-pub(super) const LATE_COMMIT_LAST_WAIT: Duration = Duration::from_millis(640);
-
 /// What the worker does once a claim has come back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct AfterClaim {
@@ -71,12 +62,8 @@ pub(super) struct ClaimSchedule {
     last_wide: Instant,
     /// The next wait for work, when there is nothing to do.
     idle_wait: Duration,
-    /// The next claim follows a wait for work (a poll or a wake-up), not a settled batch...
+    /// The next claim follows a wait for work (a poll or a wake-up), not a settled batch.
     after_wait: bool,
-    /// ...and that wait was cut short by a store that may wake before the commit.
-    after_early_wake_up: bool,
-    /// Polling for a commit that came later than its wake-up.
-    chasing_late_commit: bool,
     /// After a store error, no claim before this instant.
     paused_until: Option<Instant>,
 }
@@ -99,8 +86,6 @@ impl ClaimSchedule {
             last_wide: Instant::now(),
             idle_wait: longest_wait,
             after_wait: false,
-            after_early_wake_up: false,
-            chasing_late_commit: false,
             paused_until: None,
         }
     }
@@ -153,23 +138,15 @@ impl ClaimSchedule {
         (!busy && !self.claim_due() && !self.paused(now)).then_some(self.idle_wait)
     }
 
-    /// Whether the worker must time its waits: only a store that may wake it before the commit needs
-    /// to know whether a wait was cut short.
-    pub(super) fn times_waits(&self) -> bool {
-        !self.wakes_on_commit
-    }
-
     /// The end of the pause after a store error, if one is running.
     pub(super) fn paused_until(&self) -> Option<Instant> {
         self.paused_until
     }
 
-    /// The store woke the worker, or its wait ran out; `cut_short` when it ended before its timeout.
-    /// The next claim covers every key.
-    pub(super) fn woken(&mut self, cut_short: bool) {
+    /// The store woke the worker, or its wait ran out. The next claim covers every key.
+    pub(super) fn woken(&mut self) {
         self.wide_due = true;
         self.after_wait = true;
-        self.after_early_wake_up = cut_short && !self.wakes_on_commit;
     }
 
     /// A peer found a backlog, or settled a batch that may have left one in any slice: every slot
@@ -182,30 +159,19 @@ impl ClaimSchedule {
     /// The claim in `slot` came back with `claimed` messages, `keyed` when any has a key.
     pub(super) fn claimed(&mut self, slot: usize, claimed: usize, keyed: bool) -> AfterClaim {
         let polled = std::mem::take(&mut self.after_wait);
-        let woken_early = std::mem::take(&mut self.after_early_wake_up);
         let Some(state) = self.slots.get_mut(slot) else {
             return AfterClaim { wake_peers: false, claim_again_when_settled: false };
         };
         let in_slice = state.in_slice;
         if claimed == 0 {
             state.busy = false;
-            if woken_early {
-                // Woken, perhaps before the commit: look again soon.
-                (self.idle_wait, self.chasing_late_commit) = (LATE_COMMIT_FIRST_WAIT, true);
-            } else if polled {
-                self.idle_wait = self.idle_wait.saturating_mul(2);
-                if self.chasing_late_commit && self.idle_wait > LATE_COMMIT_LAST_WAIT.min(self.poll_interval) {
-                    (self.idle_wait, self.chasing_late_commit) = (self.longest_wait, false);
-                }
-                self.idle_wait = self.idle_wait.min(self.longest_wait);
+            if polled {
+                self.idle_wait = self.idle_wait.saturating_mul(2).min(self.longest_wait);
             }
             return AfterClaim { wake_peers: false, claim_again_when_settled: false };
         }
         let full = claimed == self.batch_size;
         state.wide_backlog = full && !in_slice && self.sliced;
-        if std::mem::take(&mut self.chasing_late_commit) {
-            self.idle_wait = self.longest_wait;
-        }
         if let Some(busy) = self.busy_wait {
             self.idle_wait = busy;
         }
@@ -314,7 +280,7 @@ mod tests {
         s.claimed(a.slot, 0, false);
         assert_eq!(s.next_claim(now), None);
         assert!(s.wait_for_work(now, false).is_some());
-        s.woken(false);
+        s.woken();
         let wide = start(&mut s, now);
         assert!(!wide.in_slice, "a commit may be in any slice");
         assert!(s.claimed(wide.slot, 10, true).wake_peers, "full: a backlog");
@@ -396,31 +362,10 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..6 {
             waits.push(idle(&mut s));
-            s.woken(false);
+            s.woken();
         }
         let ms: Vec<u128> = waits.iter().map(Duration::as_millis).collect();
         assert_eq!(ms, [100, 200, 400, 800, 1000, 1000]);
-    }
-
-    #[test]
-    fn an_early_wake_up_that_finds_nothing_chases_the_late_commit_then_gives_up() {
-        let mut s = schedule(0, false, None);
-        idle(&mut s);
-        s.woken(true);
-        let mut waits = Vec::new();
-        for _ in 0..9 {
-            waits.push(idle(&mut s).as_millis());
-            s.woken(false);
-        }
-        assert_eq!(waits, [5, 10, 20, 40, 80, 160, 320, 640, 1000]);
-    }
-
-    #[test]
-    fn a_store_that_wakes_on_commit_never_chases() {
-        let mut s = schedule(0, true, None);
-        idle(&mut s);
-        s.woken(true);
-        assert_eq!(idle(&mut s), POLL);
     }
 
     #[test]

@@ -79,7 +79,6 @@ impl Inner {
             }
             // No backlog: wait for a wake-up only once this worker's batches have settled.
             let wait = schedule.wait_for_work(now, claiming.is_some() || !in_flight.is_empty());
-            let wait_started = wait.filter(|_| schedule.times_waits()).map(|_| Instant::now());
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 Some((settled, claim_again, slot)) = in_flight.next(), if !in_flight.is_empty() => {
@@ -109,10 +108,7 @@ impl Inner {
                     }
                 }
                 Some(()) = OptionFuture::from(schedule.paused_until().map(tokio::time::sleep_until)) => {}
-                _ = self.store.wait_for_work(wait.unwrap_or_default()), if wait.is_some() => {
-                    let cut_short = wait_started.zip(wait).is_some_and(|(started, wait)| started.elapsed() < wait);
-                    schedule.woken(cut_short);
-                }
+                _ = self.store.wait_for_work(wait.unwrap_or_default()), if wait.is_some() => schedule.woken(),
                 _ = self.found_work.notified(), if wait.is_some() => {}
             }
         }

@@ -17,8 +17,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use outbox_engine::{
-    DeadLetter, Error, Failure, Headers, Inbox, KeySlice, Message, MessageId, NewMessage, OutboxStats, RelayId, Result,
-    Retry, Store,
+    DeadLetter, Error, Failure, Headers, Inbox, KeySlice, LateCommitChase, Message, MessageId, NewMessage, OutboxStats,
+    RelayId, Result, Retry, Store,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
@@ -47,6 +47,8 @@ struct Inner {
     options: StoreOptions,
     sql: Sql,
     wake: Notify,
+    /// Wakes at enqueue come before the commit: keep waking until a claim sees it.
+    chase: LateCommitChase,
 }
 
 impl fmt::Debug for MySqlStore {
@@ -218,7 +220,9 @@ impl MySqlStore {
     /// as the other stores).
     pub fn new(pool: MySqlPool, options: StoreOptions) -> Result<Self> {
         let sql = Sql::new(&options);
-        Ok(Self { inner: Arc::new(Inner { pool, options, sql, wake: Notify::new() }) })
+        Ok(Self {
+            inner: Arc::new(Inner { pool, options, sql, wake: Notify::new(), chase: LateCommitChase::default() }),
+        })
     }
 
     /// The options in force (table names, limits, retention).
@@ -279,6 +283,7 @@ impl MySqlStore {
             .await;
         match inserted {
             Ok(_) => {
+                self.inner.chase.enqueued();
                 self.notify();
                 Ok(parts.id)
             }
@@ -326,6 +331,7 @@ impl MySqlStore {
             query.execute(&mut *conn).await.map_err(|e| sql_error("enqueue", e))?;
             rest = tail;
         }
+        self.inner.chase.enqueued();
         self.notify();
         Ok(ids)
     }
@@ -373,7 +379,9 @@ crate::impl_enqueue!(MySqlStore, MySqlConnection, insert_rows);
 #[async_trait]
 impl Store for MySqlStore {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
-        self.claim_in(owner, limit, lease, None).await
+        let claimed = self.claim_in(owner, limit, lease, None).await?;
+        self.inner.chase.claimed(claimed.len());
+        Ok(claimed)
     }
 
     async fn claim_slice(
@@ -383,7 +391,9 @@ impl Store for MySqlStore {
         lease: Duration,
         slice: KeySlice,
     ) -> Result<Vec<Message>> {
-        self.claim_in(owner, limit, lease, Some(slice)).await
+        let claimed = self.claim_in(owner, limit, lease, Some(slice)).await?;
+        self.inner.chase.claimed(claimed.len());
+        Ok(claimed)
     }
 
     fn claims_in_slices(&self) -> bool {
@@ -546,7 +556,7 @@ impl Store for MySqlStore {
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
-        if tokio::time::timeout(timeout, self.inner.wake.notified()).await.is_ok() {
+        if self.inner.chase.wait(&self.inner.wake, timeout).await {
             tokio::time::sleep(COMMIT_GRACE).await;
         }
     }
