@@ -1,0 +1,98 @@
+//! `outbox`: run the relays of several databases from one configuration file, and look after them.
+//!
+//! ```text
+//! outbox --config outbox.toml schema migrate     # create the outbox tables of every pipeline
+//! outbox --config outbox.toml relay              # relay every pipeline until SIGTERM / Ctrl-C
+//! outbox --config outbox.toml status --json      # backlog of each pipeline
+//! outbox --config outbox.toml dead list --topic orders.placed
+//! outbox --config outbox.toml dead replay --all-matching --topic orders.placed --yes
+//! ```
+//!
+//! Exit codes: 0 done; 1 a database or broker failed; 2 bad configuration or arguments.
+
+mod commands;
+mod config;
+mod pipeline;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Run and operate outbox relays.
+#[derive(Debug, Parser)]
+#[command(
+    name = "outbox",
+    version,
+    after_help = "Exit codes: 0 done, 1 a database or broker failed, 2 bad configuration or arguments."
+)]
+struct Cli {
+    /// The configuration file (TOML; `OUTBOX_...` environment variables override its keys).
+    #[arg(long, short, global = true, default_value = "outbox.toml", env = "OUTBOX_CONFIG")]
+    config: PathBuf,
+    /// Only these pipelines (default: every pipeline of the file).
+    #[arg(long, short, global = true)]
+    pipeline: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Relay every pipeline until SIGTERM or Ctrl-C, then finish the batches in flight.
+    Relay,
+    /// Each pipeline's backlog: pending, retrying, oldest pending age, dead letters.
+    Status {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Dead letters: list, show, replay, purge.
+    #[command(subcommand)]
+    Dead(commands::DeadCommand),
+    /// The outbox tables.
+    #[command(subcommand)]
+    Schema(commands::SchemaCommand),
+}
+
+/// What went wrong, and the exit code it gives.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    /// Bad configuration or arguments: exit 2.
+    Config(String),
+    /// A database or broker failed: exit 1.
+    Runtime(String),
+}
+
+impl From<outbox::Error> for Failure {
+    fn from(e: outbox::Error) -> Self {
+        match e {
+            outbox::Error::InvalidConfig { .. } => Self::Config(e.report()),
+            other => Self::Runtime(other.report()),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match config::load(&cli.config) {
+        Err(e) => Err(Failure::Config(e)),
+        Ok(config) => commands::run(cli.command, &config, &cli.pipeline).await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(e)) => {
+            eprintln!("outbox: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(e)) => {
+            eprintln!("outbox: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
