@@ -122,7 +122,7 @@ pub(crate) async fn run(command: Command, config: &Config, only: &[String]) -> R
         stores.push((name.as_str(), *pipeline, store));
     }
     match command {
-        Command::Relay => relay(&stores).await,
+        Command::Relay { metrics_addr } => relay(&stores, metrics_addr).await,
         Command::Status { json } => status(&stores, json).await,
         Command::Schema(SchemaCommand::Print) => {
             for (name, _, store) in &stores {
@@ -150,12 +150,15 @@ fn with_pipeline(name: &str, failure: Failure) -> Failure {
 
 type Pipelines<'a> = [(&'a str, &'a crate::config::PipelineConfig, AnyStore)];
 
-async fn relay(stores: &Pipelines<'_>) -> Result<(), Failure> {
+async fn relay(stores: &Pipelines<'_>, metrics_addr: Option<std::net::SocketAddr>) -> Result<(), Failure> {
     let mut relays = Vec::with_capacity(stores.len());
     for (name, config, store) in stores {
-        relays.push((*name, pipeline::relay(config, store).map_err(|e| with_pipeline(name, e.into()))?));
+        relays.push((*name, pipeline::relay(name, config, store).map_err(|e| with_pipeline(name, e.into()))?));
     }
     let shutdown: CancellationToken = outbox::shutdown_on_signal();
+    if let Some(addr) = metrics_addr {
+        crate::serve::start(addr, crate::serve::Readiness::new(stores), shutdown.clone()).await?;
+    }
     let mut running = tokio::task::JoinSet::new();
     for (name, relay) in relays {
         let (name, shutdown) = (name.to_owned(), shutdown.clone());

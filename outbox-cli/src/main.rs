@@ -13,6 +13,7 @@
 mod commands;
 mod config;
 mod pipeline;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -40,7 +41,11 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Relay every pipeline until SIGTERM or Ctrl-C, then finish the batches in flight.
-    Relay,
+    Relay {
+        /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_addr: Option<std::net::SocketAddr>,
+    },
     /// Each pipeline's backlog: pending, retrying, oldest pending age, dead letters.
     Status {
         /// Print JSON.

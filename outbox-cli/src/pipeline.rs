@@ -106,7 +106,7 @@ fn publisher(config: &PublisherConfig) -> outbox::Result<Arc<dyn outbox::Publish
 }
 
 /// The pipeline's relay over `store`: its routes to its publishers, its options.
-pub(crate) fn relay(config: &PipelineConfig, store: &AnyStore) -> outbox::Result<Relay> {
+pub(crate) fn relay(name: &str, config: &PipelineConfig, store: &AnyStore) -> outbox::Result<Relay> {
     let mut built = std::collections::BTreeMap::new();
     for (name, publisher_config) in &config.publishers {
         built.insert(name.as_str(), publisher(publisher_config)?);
@@ -119,7 +119,7 @@ pub(crate) fn relay(config: &PipelineConfig, store: &AnyStore) -> outbox::Result
         router = router.route_shared(&route.topic, publisher.clone())?;
     }
     let r = &config.relay;
-    let mut builder = Relay::builder_shared(store.shared(), Arc::new(router));
+    let mut builder = Relay::builder_shared(store.shared(), Arc::new(router)).name(name);
     if let Some(n) = r.batch_size {
         builder = builder.batch_size(n);
     }

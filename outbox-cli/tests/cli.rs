@@ -22,9 +22,28 @@ fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
-/// Runs `outbox relay` until `done` says the brokers have everything, then stops it with SIGTERM;
-/// returns its output after checking it exited 0.
-async fn relay_until<F, Fut>(config: &Path, done: F) -> String
+/// `GET path` on `127.0.0.1:port`: the status line and the body.
+async fn http_get(port: u16, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+/// A free local port.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Runs `outbox relay` (with `extra` arguments) until `done` says the brokers have everything, then
+/// stops it with SIGTERM; returns its output after checking it exited 0.
+async fn relay_until<F, Fut>(config: &Path, extra: &[&str], done: F) -> String
 where
     F: FnOnce() -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -33,6 +52,7 @@ where
         .arg("--config")
         .arg(config)
         .arg("relay")
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -135,7 +155,9 @@ publisher = "rabbit"
     }
     tx.commit().await.unwrap();
 
-    let out = relay_until(&config, || async {
+    let port = free_port();
+    let metrics_addr = format!("127.0.0.1:{port}");
+    let out = relay_until(&config, &["--metrics-addr", &metrics_addr], || async {
         // Relayed: nothing pending in either database (the Kafka topic exists from then on).
         for _ in 0..600 {
             let (o, c) = (orders.stats().await.unwrap(), customers.stats().await.unwrap());
@@ -156,6 +178,17 @@ publisher = "rabbit"
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(http_get(port, "/healthz").await.0, "HTTP/1.1 200 OK");
+        let (status, body) = http_get(port, "/readyz").await;
+        assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+        let (_, metrics) = http_get(port, "/metrics").await;
+        for line in [
+            r#"outbox_messages_published_total{relay="orders",topic="orders.placed"} 20"#,
+            r#"outbox_messages_published_total{relay="customers",topic="customers.created"} 10"#,
+            r#"outbox_messages_dead_lettered_total{relay="customers",topic="audit.event"} 3"#,
+        ] {
+            assert!(metrics.lines().any(|l| l == line), "/metrics lacks {line}:\n{metrics}");
         }
     })
     .await;
@@ -188,7 +221,7 @@ publisher = "rabbit"
     let replayed = outbox(&config, &["dead", "replay", "--all-matching", "--topic", "audit.event", "--yes"]);
     assert!(replayed.status.success(), "{}", text(&replayed));
     assert!(text(&replayed).contains("replay: 3 of 3"), "{}", text(&replayed));
-    relay_until(&config, || async {
+    relay_until(&config, &[], || async {
         let read = outbox::rabbitmq::read_back(&amqp, &audit_queue, 3, Duration::from_secs(60)).await.unwrap();
         assert_eq!(read.len(), 3, "the replayed dead letters arrive");
     })

@@ -32,7 +32,8 @@ async fn the_relay_counts_per_topic_and_times_claims_publishes_and_deliveries() 
         _ => None,
     });
     let policy = RetryPolicy::builder().initial_delay(std::time::Duration::ZERO).build().unwrap();
-    let relay = Relay::builder(store.clone(), publisher).retry_policy(policy).batch_size(100).build().unwrap();
+    let relay =
+        Relay::builder(store.clone(), publisher).retry_policy(policy).batch_size(100).name("billing").build().unwrap();
     while relay.dispatch_once().await.unwrap() > 0 {}
     assert_eq!(store.pending_len(), 0);
 
@@ -42,6 +43,8 @@ async fn the_relay_counts_per_topic_and_times_claims_publishes_and_deliveries() 
     for (key, _, _, value) in snapshotter.snapshot().into_vec() {
         let name = key.key().name().to_owned();
         let topic = key.key().labels().find(|l| l.key() == "topic").map(|l| l.value().to_owned());
+        let relay = key.key().labels().find(|l| l.key() == "relay").map(|l| l.value().to_owned());
+        assert_eq!(relay.as_deref(), Some("billing"), "every metric names its relay: {key:?}");
         match (key.kind(), value) {
             (MetricKind::Counter, DebugValue::Counter(n)) => *counters.entry((name, topic)).or_default() += n,
             (MetricKind::Gauge, DebugValue::Gauge(v)) => {

@@ -36,7 +36,7 @@ impl Inner {
         } else {
             let started = Instant::now();
             let outcomes = self.publish_renewing_lease(&batch, claimed_at).await;
-            instruments::published(started.elapsed());
+            self.instruments.published(started.elapsed());
             outcomes
         };
 
@@ -123,21 +123,21 @@ impl Inner {
         if !acks.is_empty() {
             self.settle_step("acknowledge", || self.store.acknowledge(acks)).await?;
             bump(&self.counters.published, acks.len());
-            instruments::count_by_topic(instruments::PUBLISHED, acked);
-            instruments::delivered(acked);
+            self.instruments.count_by_topic(instruments::PUBLISHED, acked);
+            self.instruments.delivered(acked);
             debug!(count = acks.len(), "outbox messages published");
         }
         if !retries.is_empty() {
             self.settle_step("reschedule", || self.store.reschedule(self.id, retries)).await?;
             bump(&self.counters.retried, retries.len());
-            instruments::count_by_topic(instruments::RETRIED, retried);
+            self.instruments.count_by_topic(instruments::RETRIED, retried);
         }
         if !dead.is_empty() {
             let failures: Vec<Failure> =
                 dead.iter().map(|(m, error)| Failure { id: m.id, error: error.clone() }).collect();
             self.settle_step("dead_letter", || self.store.dead_letter(self.id, &failures)).await?;
             bump(&self.counters.dead_lettered, dead.len());
-            instruments::count_by_topic(instruments::DEAD_LETTERED, dead.iter().map(|(m, _)| m));
+            self.instruments.count_by_topic(instruments::DEAD_LETTERED, dead.iter().map(|(m, _)| m));
             for (message, error) in dead {
                 error!(message_id = %message.id, topic = %message.topic, attempts = message.attempts, %error, "outbox message dead-lettered");
             }

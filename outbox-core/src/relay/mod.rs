@@ -117,6 +117,9 @@ pub struct RelayOptions {
     pub shutdown_timeout: Duration,
     /// Retry and dead-letter policy.
     pub retry: RetryPolicy,
+    /// The relay's name in its metrics (label `relay`) and logs (default `outbox`): name the relays
+    /// of several databases in one process apart.
+    pub name: String,
 }
 
 impl Default for RelayOptions {
@@ -131,6 +134,7 @@ impl Default for RelayOptions {
             error_backoff: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
+            name: "outbox".to_owned(),
         }
     }
 }
@@ -151,6 +155,9 @@ impl RelayOptions {
         }
         if self.poll_interval.is_zero() {
             return Err(Error::invalid_config("relay poll_interval must be positive"));
+        }
+        if self.name.is_empty() || self.name.len() > 64 {
+            return Err(Error::invalid_config("relay name must be 1 to 64 characters"));
         }
         if self.busy_poll_interval.is_some_and(|busy| busy.is_zero() || busy > self.poll_interval) {
             return Err(Error::invalid_config("relay busy_poll_interval must be positive and at most poll_interval"));
@@ -223,6 +230,11 @@ impl RelayBuilder {
         self.options.shutdown_timeout = timeout;
         self
     }
+    /// The relay's name in its metrics and logs (see [`RelayOptions::name`]).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.options.name = name.into();
+        self
+    }
     /// Retry policy.
     pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
         self.options.retry = policy;
@@ -236,8 +248,10 @@ impl RelayBuilder {
     /// Validates the options and builds the relay.
     pub fn build(self) -> Result<Relay> {
         self.options.validate()?;
+        let instruments = instruments::Instruments::new(&self.options.name);
         Ok(Relay {
             inner: Arc::new(Inner {
+                instruments,
                 id: RelayId::new(),
                 store: self.store,
                 publisher: self.publisher,
@@ -294,6 +308,7 @@ struct Inner {
     counters: Counters,
     in_flight: Mutex<HashSet<MessageId>>,
     found_work: tokio::sync::Notify,
+    instruments: instruments::Instruments,
     /// Bumped when a worker finds a backlog (or settles a batch that held keys of every slice): each
     /// worker that sees it change claims in all its slots.
     backlog_found: AtomicU64,
@@ -351,14 +366,15 @@ impl Relay {
 impl Dispatcher for Relay {
     async fn run(&self, shutdown: CancellationToken) -> Result<()> {
         let options = &self.inner.options;
-        info!(relay = %self.inner.id, batch_size = options.batch_size, concurrency = options.concurrency, "outbox relay started");
+        info!(relay = %self.inner.id, name = %options.name, batch_size = options.batch_size, concurrency = options.concurrency, "outbox relay started");
         let mut workers = JoinSet::new();
         for worker in 0..options.concurrency {
             let inner = self.inner.clone();
             let shutdown = shutdown.clone();
             workers.spawn(
-                async move { inner.work_until_shutdown(worker, shutdown).await }
-                    .instrument(info_span!("outbox.relay.worker", relay = %self.inner.id, worker)),
+                async move { inner.work_until_shutdown(worker, shutdown).await }.instrument(
+                    info_span!("outbox.relay.worker", relay = %self.inner.id, name = %options.name, worker),
+                ),
             );
         }
         shutdown.cancelled().await;
@@ -377,7 +393,7 @@ impl Dispatcher for Relay {
             workers.abort_all();
             while workers.join_next().await.is_some() {}
             let ids: Vec<MessageId> = self.inner.lock_in_flight().drain().collect();
-            instruments::settled(ids.len());
+            self.inner.instruments.settled(ids.len());
             warn!(relay = %self.inner.id, messages = ids.len(), "shutdown timeout: handing back unfinished claims");
             if !ids.is_empty() {
                 self.inner.store.release(self.inner.id, &ids).await?;

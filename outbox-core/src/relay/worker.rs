@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, warn, Instrument};
 
 use super::schedule::{ClaimSchedule, PlannedClaim};
-use super::{bump, instruments, Inner};
+use super::{bump, Inner};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId};
 use crate::publisher::panic_text;
@@ -147,7 +147,7 @@ impl Inner {
     pub(super) fn forget_in_flight<'a>(&self, ids: impl IntoIterator<Item = &'a MessageId>) {
         let mut in_flight = self.lock_in_flight();
         let forgotten = ids.into_iter().filter(|id| in_flight.remove(id)).count();
-        instruments::settled(forgotten);
+        self.instruments.settled(forgotten);
     }
 
     /// The key slice of a worker's batch slot: one per slot of every worker.
@@ -167,7 +167,7 @@ impl Inner {
             None => self.store.claim(self.id, options.batch_size, options.lease).await?,
         };
         let took = sent_at.elapsed();
-        instruments::claimed(took, batch.len());
+        self.instruments.claimed(took, batch.len());
         debug!(claimed = batch.len(), slice = ?slice, ?took, "outbox claim");
         if !batch.is_empty() {
             bump(&self.counters.batches, 1);
