@@ -326,6 +326,15 @@ async fn change(
         return Ok(());
     }
     let mut changed = 0u64;
+    // A progress bar on a terminal; plain progress lines for scripts and logs.
+    let bar = std::io::stdout().is_terminal().then(|| {
+        let bar = indicatif::ProgressBar::new(total as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_message(verb.to_owned());
+        bar
+    });
     for (name, store, ids) in chosen {
         let shared = store.shared();
         for chunk in ids.chunks(BATCH) {
@@ -335,8 +344,14 @@ async fn change(
                 shared.purge_dead_letters(chunk).await
             };
             changed += done.map_err(|e| with_pipeline(name, e.into()))?;
-            println!("{verb}: {changed} of {total}");
+            match &bar {
+                Some(bar) => bar.set_position(changed),
+                None => println!("{verb}: {changed} of {total}"),
+            }
         }
+    }
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
     }
     println!("{verb}: {changed} dead letter(s) changed");
     Ok(())
