@@ -49,6 +49,9 @@
 pub mod error;
 pub mod memory;
 pub mod message;
+#[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
+pub mod otel;
 pub mod publisher;
 pub mod relay;
 pub mod retry;

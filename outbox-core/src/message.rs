@@ -229,12 +229,16 @@ impl NewMessage {
 
     /// Splits the message into its parts, for store implementations.
     pub fn into_parts(self) -> NewMessageParts {
+        #[cfg_attr(not(feature = "otel"), allow(unused_mut))]
+        let mut headers = self.headers;
+        #[cfg(feature = "otel")]
+        crate::otel::inject_current(&mut headers);
         NewMessageParts {
             id: self.id,
             topic: self.topic,
             key: self.key,
             payload: self.payload,
-            headers: self.headers,
+            headers,
             idempotency_key: self.idempotency_key,
             delay: self.delay,
         }

@@ -19,6 +19,7 @@
 //! | `kafka`, `rabbitmq`, `redis` | the publisher of that broker (`outbox::kafka::KafkaPublisher`, ...) |
 //! | `signal` (default) | [`shutdown_on_signal`]: stop a relay on SIGTERM / Ctrl-C |
 //! | `test-util` | for tests and examples: each broker's `read_back`, the memory store's fault switches |
+//! | `otel` | trace context: `traceparent` at enqueue, a producer span per batch linked to it ([`otel`]) |
 //!
 //! With a database feature, `?` on a [`sqlx::Error`] works in any function that returns
 //! [`outbox::Result`](Result): the error becomes an [`Error::Store`], transient or permanent by the

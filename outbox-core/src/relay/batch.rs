@@ -35,8 +35,19 @@ impl Inner {
             Vec::new()
         } else {
             let started = Instant::now();
+            #[cfg(feature = "otel")]
+            let mut span = crate::otel::publish_span(&batch);
             let outcomes = self.publish_renewing_lease(&batch, claimed_at).await;
             self.instruments.published(started.elapsed());
+            #[cfg(feature = "otel")]
+            {
+                use opentelemetry::trace::{Span as _, Status};
+                let failed = outcomes.iter().filter(|o| matches!(o, Some(Err(_)))).count();
+                if failed > 0 {
+                    span.set_status(Status::error(format!("{failed} of {} messages failed", batch.len())));
+                }
+                span.end();
+            }
             outcomes
         };
 
