@@ -188,29 +188,69 @@ async fn relay(stores: &Pipelines<'_>, metrics_addr: Option<std::net::SocketAddr
     failed.map_or(Ok(()), Err)
 }
 
+/// Relays whose heartbeat is older than this are not listed (three missed heartbeats).
+const RELAY_ALIVE_WITHIN: Duration = Duration::from_secs(3 * 10);
+
 async fn status(stores: &Pipelines<'_>, json: bool) -> Result<(), Failure> {
     let mut rows = Vec::new();
     for (name, _, store) in stores {
-        let stats = store.shared().stats().await.map_err(|e| with_pipeline(name, e.into()))?;
-        rows.push((*name, stats));
+        let shared = store.shared();
+        let stats = shared.stats().await.map_err(|e| with_pipeline(name, e.into()))?;
+        let relays = match shared.registry() {
+            Some(registry) => registry.relays(RELAY_ALIVE_WITHIN).await.map_err(|e| with_pipeline(name, e.into()))?,
+            None => Vec::new(),
+        };
+        rows.push((*name, stats, relays));
     }
+    let now = chrono::Utc::now();
+    let age = |at: chrono::DateTime<chrono::Utc>| (now - at).to_std().unwrap_or_default().as_secs_f64();
     if json {
         let pipelines: Vec<_> = rows
             .iter()
-            .map(|(name, s)| {
+            .map(|(name, s, relays)| {
+                let relays: Vec<_> = relays
+                    .iter()
+                    .map(|r| {
+                        serde_json::json!({
+                            "id": r.id.to_string(), "name": r.name, "host": r.host, "pid": r.pid,
+                            "claims_held": r.claims_held, "started_at": r.started_at.to_rfc3339(),
+                            "heartbeat_age_seconds": age(r.heartbeat_at),
+                        })
+                    })
+                    .collect();
                 serde_json::json!({
                     "pipeline": name, "pending": s.pending, "retrying": s.retrying,
                     "oldest_pending_age_seconds": s.oldest_pending_age.map(|a| a.as_secs_f64()),
-                    "dead_letters": s.dead_letters,
+                    "dead_letters": s.dead_letters, "relays": relays,
                 })
             })
             .collect();
         println!("{}", serde_json::json!({ "pipelines": pipelines }));
     } else {
-        println!("{:<20} {:>10} {:>10} {:>14} {:>13}", "pipeline", "pending", "retrying", "oldest", "dead letters");
-        for (name, s) in rows {
+        println!(
+            "{:<20} {:>10} {:>10} {:>14} {:>13} {:>7}",
+            "pipeline", "pending", "retrying", "oldest", "dead letters", "relays"
+        );
+        for (name, s, relays) in &rows {
             let oldest = s.oldest_pending_age.map_or("-".to_owned(), |a| format!("{:.1}s", a.as_secs_f64()));
-            println!("{name:<20} {:>10} {:>10} {oldest:>14} {:>13}", s.pending, s.retrying, s.dead_letters);
+            println!(
+                "{name:<20} {:>10} {:>10} {oldest:>14} {:>13} {:>7}",
+                s.pending,
+                s.retrying,
+                s.dead_letters,
+                relays.len()
+            );
+            for r in relays {
+                println!(
+                    "  relay {} {} on {} (pid {}): {} claims held, heartbeat {:.0}s ago",
+                    r.name,
+                    r.id,
+                    r.host,
+                    r.pid,
+                    r.claims_held,
+                    age(r.heartbeat_at)
+                );
+            }
         }
     }
     Ok(())

@@ -179,6 +179,14 @@ publisher = "rabbit"
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // Each pipeline's relay is registered and alive.
+        let status = outbox(&config, &["status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        for pipeline in status["pipelines"].as_array().unwrap() {
+            let relays = pipeline["relays"].as_array().unwrap();
+            assert_eq!(relays.len(), 1, "one live relay: {pipeline}");
+            assert_eq!(relays[0]["name"], pipeline["pipeline"], "{pipeline}");
+        }
         assert_eq!(http_get(port, "/healthz").await.0, "HTTP/1.1 200 OK");
         let (status, body) = http_get(port, "/readyz").await;
         assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
@@ -204,6 +212,10 @@ publisher = "rabbit"
     assert_eq!(
         (by_name("customers")["pending"].as_u64(), by_name("customers")["dead_letters"].as_u64()),
         (Some(0), Some(3))
+    );
+    assert!(
+        status["pipelines"].as_array().unwrap().iter().all(|p| p["relays"].as_array().unwrap().is_empty()),
+        "a relay that stopped leaves the registry: {status}"
     );
 
     let listed = outbox(&config, &["dead", "list", "--topic", "audit.event", "--json"]);

@@ -74,7 +74,9 @@ pub use retry::{Jitter, RetryDecision, RetryPolicy, RetryPolicyBuilder};
 pub use router::Router;
 #[cfg(feature = "signal")]
 pub use signal::shutdown_on_signal;
-pub use store::{Enqueue, Failure, Inbox, KeySlice, LateCommitChase, OutboxStats, RelayId, Retry, Store};
+pub use store::{
+    Enqueue, Failure, Inbox, KeySlice, LateCommitChase, OutboxStats, RelayId, RelayInfo, RelayRegistry, Retry, Store,
+};
 pub use tokio_util::sync::CancellationToken;
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::error::Result;
@@ -43,6 +44,17 @@ impl RelayId {
     /// The UUID.
     pub const fn as_uuid(&self) -> Uuid {
         self.0
+    }
+    /// The id a store read back (for store implementations).
+    pub const fn from_uuid(uuid: Uuid) -> Self {
+        Self(uuid)
+    }
+}
+
+impl std::str::FromStr for RelayId {
+    type Err = uuid::Error;
+    fn from_str(text: &str) -> std::result::Result<Self, Self::Err> {
+        Uuid::parse_str(text).map(Self)
     }
 }
 
@@ -204,6 +216,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn wakes_on_commit(&self) -> bool {
         false
     }
+
+    /// The store's relay registry, if it keeps one (default `None`).
+    fn registry(&self) -> Option<&dyn RelayRegistry> {
+        None
+    }
 }
 
 #[async_trait]
@@ -259,6 +276,58 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     fn wakes_on_commit(&self) -> bool {
         (**self).wakes_on_commit()
     }
+    fn registry(&self) -> Option<&dyn RelayRegistry> {
+        (**self).registry()
+    }
+}
+
+/// A relay as the registry shows it: who it is, where it runs, and the claims it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RelayInfo {
+    /// Its lease-owner id.
+    pub id: RelayId,
+    /// Its name ([`RelayOptions::name`](crate::RelayOptions::name)).
+    pub name: String,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// When it registered.
+    pub started_at: DateTime<Utc>,
+    /// Its last heartbeat.
+    pub heartbeat_at: DateTime<Utc>,
+    /// Messages it holds leased now.
+    pub claims_held: u64,
+}
+
+impl RelayInfo {
+    /// An entry from its parts (for store implementations).
+    pub fn new(
+        id: RelayId,
+        name: String,
+        host: String,
+        pid: u32,
+        started_at: DateTime<Utc>,
+        heartbeat_at: DateTime<Utc>,
+        claims_held: u64,
+    ) -> Self {
+        Self { id, name, host, pid, started_at, heartbeat_at, claims_held }
+    }
+}
+
+/// Where running relays register and heartbeat, so operators can see them (`outbox status`). A relay
+/// whose store has one ([`Store::registry`]) heartbeats every 10 seconds while it runs and leaves
+/// when it stops; a relay killed stays listed until its heartbeat is older than the caller's
+/// `alive_within`.
+#[async_trait]
+pub trait RelayRegistry: Send + Sync {
+    /// Registers `relay` (first call) or records its heartbeat.
+    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32) -> Result<()>;
+    /// The relays whose last heartbeat is more recent than `alive_within` ago, oldest first.
+    async fn relays(&self, alive_within: Duration) -> Result<Vec<RelayInfo>>;
+    /// Removes `relay`'s entry (a relay that stops).
+    async fn deregister(&self, relay: RelayId) -> Result<()>;
 }
 
 /// For a store that can wake its relay only when a message is enqueued, before the transaction

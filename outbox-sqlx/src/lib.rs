@@ -96,8 +96,9 @@ impl fmt::Display for Identifier {
     }
 }
 
-/// The names of the three tables a store uses: `{prefix}_messages`, `{prefix}_dead_letters` and
-/// `{prefix}_inbox`, optionally in a schema (PostgreSQL) or database (MySQL).
+/// The names of the tables a store uses: `{prefix}_messages`, `{prefix}_dead_letters`,
+/// `{prefix}_inbox` and `{prefix}_relays` (the relay registry), optionally in a schema (PostgreSQL)
+/// or database (MySQL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableNames {
     schema: Option<Identifier>,
@@ -143,6 +144,9 @@ impl TableNames {
     }
     pub(crate) fn inbox(&self) -> Identifier {
         self.prefix.suffixed("_inbox")
+    }
+    pub(crate) fn relays(&self) -> Identifier {
+        self.prefix.suffixed("_relays")
     }
 
     /// `table` qualified with the schema and quoted.

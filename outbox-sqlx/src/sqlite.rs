@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_engine::{
     DeadLetter, Error, Failure, Headers, Inbox, LateCommitChase, Message, MessageId, NewMessage, OutboxStats, RelayId,
-    Result, Retry, Store,
+    RelayInfo, RelayRegistry, Result, Retry, Store,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -43,6 +43,9 @@ struct Sql {
     stats: String,
     count_dead: String,
     inbox: String,
+    relay_heartbeat: String,
+    relays: String,
+    relay_deregister: String,
 }
 
 impl Sql {
@@ -54,6 +57,7 @@ impl Sql {
         let (m, d, i) =
             (t.qualified(&t.messages(), '"'), t.qualified(&t.dead_letters(), '"'), t.qualified(&t.inbox(), '"'));
         let p = t.prefix().as_str();
+        let r = t.qualified(&t.relays(), '"');
         let ids = "(SELECT value FROM json_each(?))";
         let cols = "id, topic, msg_key, payload, headers, created_at, attempts, last_error";
         let ready = |alias: &str| {
@@ -103,8 +107,26 @@ CREATE TABLE IF NOT EXISTS {i} (
     processed_at INTEGER NOT NULL,
     PRIMARY KEY (consumer, message_id)
 );
+CREATE TABLE IF NOT EXISTS {r} (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    heartbeat_at INTEGER NOT NULL
+);
 "#
             ),
+            relay_heartbeat: format!(
+                "INSERT INTO {r} (id, name, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+            ),
+            relays: format!(
+                "SELECT r.id, r.name, r.host, r.pid, r.started_at, r.heartbeat_at, \
+                 (SELECT count(*) FROM {m} o WHERE o.locked_by = r.id AND o.published_at IS NULL AND o.locked_until > ?1) \
+                 FROM {r} r WHERE r.heartbeat_at > ?2 ORDER BY r.started_at"
+            ),
+            relay_deregister: format!("DELETE FROM {r} WHERE id = ?"),
             insert: format!(
                 "INSERT INTO {m} (id, topic, msg_key, payload, headers, idempotency_key, created_at, available_at) \
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (idempotency_key) DO NOTHING"
@@ -513,6 +535,60 @@ impl Store for SqliteStore {
         if self.inner.chase.wait(&self.inner.wake, timeout).await {
             tokio::time::sleep(COMMIT_GRACE).await;
         }
+    }
+
+    fn registry(&self) -> Option<&dyn RelayRegistry> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl RelayRegistry for SqliteStore {
+    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32) -> Result<()> {
+        sqlx::query(&self.inner.sql.relay_heartbeat)
+            .bind(relay.to_string())
+            .bind(name)
+            .bind(host)
+            .bind(i64::from(pid))
+            .bind(now_ms())
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| sql_error("heartbeat", e))?;
+        Ok(())
+    }
+
+    async fn relays(&self, alive_within: Duration) -> Result<Vec<RelayInfo>> {
+        let now = now_ms();
+        let rows = sqlx::query(&self.inner.sql.relays)
+            .bind(now)
+            .bind(now.saturating_sub(ms(alive_within)))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| sql_error("relays", e))?;
+        let get = |e| sql_error("relays", e);
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get(0).map_err(get)?;
+                Ok(RelayInfo::new(
+                    id.parse().map_err(|e| Error::store("relays", false, format!("relay id {id:?}: {e}")))?,
+                    row.try_get(1).map_err(get)?,
+                    row.try_get(2).map_err(get)?,
+                    u32::try_from(row.try_get::<i64, _>(3).map_err(get)?).unwrap_or(0),
+                    datetime(row.try_get(4).map_err(get)?),
+                    datetime(row.try_get(5).map_err(get)?),
+                    u64::try_from(row.try_get::<i64, _>(6).map_err(get)?).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    async fn deregister(&self, relay: RelayId) -> Result<()> {
+        sqlx::query(&self.inner.sql.relay_deregister)
+            .bind(relay.to_string())
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| sql_error("deregister", e))?;
+        Ok(())
     }
 }
 

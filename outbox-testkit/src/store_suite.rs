@@ -524,6 +524,37 @@ pub async fn bad_table_names_are_rejected<H: StoreHarness + ?Sized>(h: &H) {
     }
 }
 
+/// The relay registry, for stores that keep one: a heartbeat registers a relay, the listing shows it
+/// with the messages it holds leased, an old heartbeat is not alive, and a relay that leaves is gone.
+pub async fn the_relay_registry_lists_live_relays_and_their_claims<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let Some(registry) = store.registry() else { return };
+    let (relay, other) = (RelayId::new(), RelayId::new());
+    registry.heartbeat(relay, "orders", "host-a", 42).await.expect("heartbeat");
+    registry.heartbeat(other, "billing", "host-b", 7).await.expect("heartbeat");
+    let ids = commit(h, vec![msg("t", 1), msg("t", 2), msg("t", 3)]).await;
+    assert_eq!(claim(&*store, relay, 2, LEASE).await.len(), 2);
+    registry.heartbeat(relay, "orders", "host-a", 42).await.expect("a second heartbeat");
+
+    let listed = registry.relays(Duration::from_secs(60)).await.expect("relays");
+    let entry = listed.iter().find(|r| r.id == relay).expect("the relay is listed");
+    assert_eq!((entry.name.as_str(), entry.host.as_str(), entry.pid), ("orders", "host-a", 42));
+    assert_eq!(entry.claims_held, 2, "the messages it holds leased");
+    assert!(entry.heartbeat_at >= entry.started_at);
+    assert_eq!(listed.iter().find(|r| r.id == other).map(|r| r.claims_held), Some(0));
+    assert!(
+        registry.relays(Duration::ZERO).await.expect("relays").iter().all(|r| r.id != relay),
+        "no heartbeat is newer than now"
+    );
+
+    registry.deregister(relay).await.expect("deregister");
+    let listed = registry.relays(Duration::from_secs(60)).await.expect("relays");
+    assert!(listed.iter().all(|r| r.id != relay), "a relay that left is gone");
+    assert!(listed.iter().any(|r| r.id == other));
+    registry.deregister(other).await.expect("deregister");
+    store.acknowledge(&ids).await.expect("acknowledge");
+}
+
 /// Guarantee 4 with real relays: four relays on one table, a publisher that fails about one publish in
 /// six, 16 keys x 20 messages plus keyless ones. Every message is published, each key in enqueue order,
 /// and nothing is left pending.

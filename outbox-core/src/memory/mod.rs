@@ -15,7 +15,9 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::message::{DeadLetter, Message, MessageId, MessageLimits, NewMessage};
-use crate::store::{Enqueue, Failure, Inbox, KeySlice, LateCommitChase, OutboxStats, RelayId, Retry, Store};
+use crate::store::{
+    Enqueue, Failure, Inbox, KeySlice, LateCommitChase, OutboxStats, RelayId, RelayInfo, RelayRegistry, Retry, Store,
+};
 
 mod publisher;
 pub use publisher::MemoryPublisher;
@@ -46,6 +48,8 @@ struct State {
     dead_seq_of: HashMap<MessageId, u64>,
     idempotency: HashMap<String, MessageId>,
     inbox: HashSet<(String, MessageId)>,
+    /// The relay registry (claims held are counted when listed).
+    relays: HashMap<RelayId, RelayInfo>,
 }
 
 #[derive(Debug)]
@@ -524,6 +528,10 @@ impl Store for MemoryStore {
         ))
     }
 
+    fn registry(&self) -> Option<&dyn RelayRegistry> {
+        Some(self)
+    }
+
     fn wakes_on_commit(&self) -> bool {
         !self.shared.no_wake_ups.load(Ordering::Relaxed) && !self.shared.wake_at_enqueue.load(Ordering::Relaxed)
     }
@@ -534,6 +542,42 @@ impl Store for MemoryStore {
         } else {
             self.shared.chase.wait(&self.shared.wake, timeout).await;
         }
+    }
+}
+
+#[async_trait]
+impl RelayRegistry for MemoryStore {
+    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32) -> Result<()> {
+        let now = Utc::now();
+        let mut state = self.state();
+        let entry = state
+            .relays
+            .entry(relay)
+            .or_insert_with(|| RelayInfo::new(relay, name.to_owned(), host.to_owned(), pid, now, now, 0));
+        entry.heartbeat_at = now;
+        Ok(())
+    }
+
+    async fn relays(&self, alive_within: Duration) -> Result<Vec<RelayInfo>> {
+        let (now, instant) = (Utc::now(), Instant::now());
+        let state = self.state();
+        let held = |id: RelayId| {
+            let leased = |e: &&Entry| e.lease.is_some_and(|(owner, until)| owner == id && until > instant);
+            state.entries.values().filter(|e| e.published_at.is_none()).filter(leased).count() as u64
+        };
+        let mut relays: Vec<RelayInfo> = state
+            .relays
+            .values()
+            .filter(|r| (now - r.heartbeat_at).to_std().is_ok_and(|age| age < alive_within))
+            .map(|r| RelayInfo { claims_held: held(r.id), ..r.clone() })
+            .collect();
+        relays.sort_by_key(|r| r.started_at);
+        Ok(relays)
+    }
+
+    async fn deregister(&self, relay: RelayId) -> Result<()> {
+        self.state().relays.remove(&relay);
+        Ok(())
     }
 }
 

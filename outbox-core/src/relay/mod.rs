@@ -266,6 +266,37 @@ impl RelayBuilder {
     }
 }
 
+/// How often a relay heartbeats in its store's [`RelayRegistry`](crate::RelayRegistry).
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+impl Inner {
+    /// Heartbeats in the store's registry every [`HEARTBEAT_INTERVAL`] until `shutdown`.
+    async fn heartbeat_until(&self, shutdown: CancellationToken) {
+        let (host, pid) = (host_name(), std::process::id());
+        loop {
+            if let Some(registry) = self.store.registry() {
+                if let Err(e) = registry.heartbeat(self.id, &self.options.name, &host, pid).await {
+                    warn!(error = %e.report(), "outbox relay heartbeat failed");
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(HEARTBEAT_INTERVAL) => {}
+            }
+        }
+    }
+}
+
+/// This machine's name, for the relay registry.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// The relay: moves committed messages from a [`Store`] to a [`Publisher`]. Cheap to clone; clones
 /// share one identity, counters and leases.
 ///
@@ -377,6 +408,10 @@ impl Dispatcher for Relay {
                 ),
             );
         }
+        let heartbeat = self.inner.store.registry().is_some().then(|| {
+            let (inner, shutdown) = (self.inner.clone(), shutdown.clone());
+            tokio::spawn(async move { inner.heartbeat_until(shutdown).await })
+        });
         shutdown.cancelled().await;
         info!(relay = %self.inner.id, "outbox relay stopping: no new claims, finishing batches in flight");
         let drained = tokio::time::timeout(options.shutdown_timeout, async {
@@ -397,6 +432,14 @@ impl Dispatcher for Relay {
             warn!(relay = %self.inner.id, messages = ids.len(), "shutdown timeout: handing back unfinished claims");
             if !ids.is_empty() {
                 self.inner.store.release(self.inner.id, &ids).await?;
+            }
+        }
+        if let Some(heartbeat) = heartbeat {
+            let _ = heartbeat.await;
+            if let Some(registry) = self.inner.store.registry() {
+                if let Err(e) = registry.deregister(self.inner.id).await {
+                    warn!(error = %e.report(), "outbox relay could not leave the relay registry; its entry expires");
+                }
             }
         }
         info!(relay = %self.inner.id, "outbox relay stopped");

@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use outbox_engine::{
     DeadLetter, Error, Failure, Headers, Inbox, KeySlice, LateCommitChase, Message, MessageId, NewMessage, OutboxStats,
-    RelayId, Result, Retry, Store,
+    RelayId, RelayInfo, RelayRegistry, Result, Retry, Store,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
@@ -559,6 +559,57 @@ impl Store for MySqlStore {
         if self.inner.chase.wait(&self.inner.wake, timeout).await {
             tokio::time::sleep(COMMIT_GRACE).await;
         }
+    }
+
+    fn registry(&self) -> Option<&dyn RelayRegistry> {
+        Some(self)
+    }
+}
+
+#[async_trait]
+impl RelayRegistry for MySqlStore {
+    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32) -> Result<()> {
+        sqlx::query(&self.inner.sql.relay_heartbeat)
+            .bind(relay.to_string())
+            .bind(name)
+            .bind(host)
+            .bind(i64::from(pid))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| sql_error("heartbeat", e))?;
+        Ok(())
+    }
+
+    async fn relays(&self, alive_within: Duration) -> Result<Vec<RelayInfo>> {
+        let rows = sqlx::query(&self.inner.sql.relays)
+            .bind(micros(alive_within))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| sql_error("relays", e))?;
+        let get = |e| sql_error("relays", e);
+        rows.iter()
+            .map(|row| {
+                let id = text(row, 0).map_err(get)?;
+                Ok(RelayInfo::new(
+                    id.parse().map_err(|e| Error::store("relays", false, format!("relay id {id:?}: {e}")))?,
+                    text(row, 1).map_err(get)?,
+                    text(row, 2).map_err(get)?,
+                    u32::try_from(row.try_get::<i64, _>(3).map_err(get)?).unwrap_or(0),
+                    utc(row.try_get(4).map_err(get)?),
+                    utc(row.try_get(5).map_err(get)?),
+                    u64::try_from(row.try_get::<i64, _>(6).map_err(get)?).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    async fn deregister(&self, relay: RelayId) -> Result<()> {
+        sqlx::query(&self.inner.sql.relay_deregister)
+            .bind(relay.to_string())
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| sql_error("deregister", e))?;
+        Ok(())
     }
 }
 

@@ -22,6 +22,9 @@ pub(super) struct Sql {
     pub(super) stats: String,
     pub(super) count_dead: String,
     pub(super) inbox: String,
+    pub(super) relay_heartbeat: String,
+    pub(super) relays: String,
+    pub(super) relay_deregister: String,
 }
 
 impl Sql {
@@ -29,6 +32,7 @@ impl Sql {
         let t = &options.tables;
         let (m, d, i) =
             (t.qualified(&t.messages(), '`'), t.qualified(&t.dead_letters(), '`'), t.qualified(&t.inbox(), '`'));
+        let r = t.qualified(&t.relays(), '`');
         let table_options = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin";
         let ready = |alias: &str| {
             format!(
@@ -81,8 +85,26 @@ CREATE TABLE IF NOT EXISTS {i} (
     message_id CHAR(36) NOT NULL,
     processed_at DATETIME(6) NOT NULL,
     PRIMARY KEY (consumer, message_id)
+) {table_options};
+CREATE TABLE IF NOT EXISTS {r} (
+    id CHAR(36) NOT NULL PRIMARY KEY,
+    name VARCHAR(255) NOT NULL,
+    host VARCHAR(255) NOT NULL,
+    pid BIGINT NOT NULL,
+    started_at DATETIME(6) NOT NULL,
+    heartbeat_at DATETIME(6) NOT NULL
 ) {table_options}"#
             ),
+            relay_heartbeat: format!(
+                "INSERT INTO {r} (id, name, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, {NOW}, {NOW}) \
+                 ON DUPLICATE KEY UPDATE heartbeat_at = {NOW}"
+            ),
+            relays: format!(
+                "SELECT r.id, r.name, r.host, r.pid, r.started_at, r.heartbeat_at, \
+                 (SELECT COUNT(*) FROM {m} o WHERE o.locked_by = r.id AND o.published_at IS NULL AND o.locked_until > {NOW}) \
+                 FROM {r} r WHERE r.heartbeat_at > DATE_SUB({NOW}, INTERVAL ? MICROSECOND) ORDER BY r.started_at"
+            ),
+            relay_deregister: format!("DELETE FROM {r} WHERE id = ?"),
             insert: format!(
                 "INSERT INTO {m} (id, topic, msg_key, payload, headers, idempotency_key, created_at, available_at) \
                  VALUES (?, ?, ?, ?, ?, ?, {NOW}, DATE_ADD({NOW}, INTERVAL ? MICROSECOND))"

@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_engine::{
-    DeadLetter, Error, Failure, Headers, Inbox, KeySlice, Message, MessageId, NewMessage, OutboxStats, RelayId, Result,
-    Retry, Store,
+    DeadLetter, Error, Failure, Headers, Inbox, KeySlice, Message, MessageId, NewMessage, OutboxStats, RelayId,
+    RelayInfo, RelayRegistry, Result, Retry, Store,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::query::Query;
@@ -555,9 +555,59 @@ impl Store for PostgresStore {
         self.inner.options.enqueue_notifications
     }
 
+    fn registry(&self) -> Option<&dyn RelayRegistry> {
+        Some(self)
+    }
+
     async fn wait_for_work(&self, timeout: Duration) {
         self.ensure_listener();
         let _ = tokio::time::timeout(timeout, self.inner.wake.notified()).await;
+    }
+}
+
+#[async_trait]
+impl RelayRegistry for PostgresStore {
+    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32) -> Result<()> {
+        sqlx::query(&self.inner.sql.relay_heartbeat)
+            .bind(relay.as_uuid())
+            .bind(name)
+            .bind(host)
+            .bind(i64::from(pid))
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| sql_error("heartbeat", e))?;
+        Ok(())
+    }
+
+    async fn relays(&self, alive_within: Duration) -> Result<Vec<RelayInfo>> {
+        let rows = sqlx::query(&self.inner.sql.relays)
+            .bind(ms(alive_within))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(|e| sql_error("relays", e))?;
+        let get = |e| sql_error("relays", e);
+        rows.iter()
+            .map(|row| {
+                Ok(RelayInfo::new(
+                    RelayId::from_uuid(row.try_get::<uuid::Uuid, _>(0).map_err(get)?),
+                    row.try_get(1).map_err(get)?,
+                    row.try_get(2).map_err(get)?,
+                    u32::try_from(row.try_get::<i64, _>(3).map_err(get)?).unwrap_or(0),
+                    row.try_get(4).map_err(get)?,
+                    row.try_get(5).map_err(get)?,
+                    u64::try_from(row.try_get::<i64, _>(6).map_err(get)?).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    async fn deregister(&self, relay: RelayId) -> Result<()> {
+        sqlx::query(&self.inner.sql.relay_deregister)
+            .bind(relay.as_uuid())
+            .execute(&self.inner.pool)
+            .await
+            .map_err(|e| sql_error("deregister", e))?;
+        Ok(())
     }
 }
 

@@ -29,6 +29,9 @@ pub(super) struct Sql {
     pub(super) stats: String,
     pub(super) count_dead: String,
     pub(super) inbox: String,
+    pub(super) relay_heartbeat: String,
+    pub(super) relays: String,
+    pub(super) relay_deregister: String,
 }
 
 impl Sql {
@@ -37,6 +40,7 @@ impl Sql {
         let (m, d, i) =
             (t.qualified(&t.messages(), '"'), t.qualified(&t.dead_letters(), '"'), t.qualified(&t.inbox(), '"'));
         let p = t.prefix().as_str();
+        let r = t.qualified(&t.relays(), '"');
         // Claims and acknowledgements commit without waiting for the WAL flush unless asked to (see
         // `StoreOptions::durable_relay_commits`). `set_config(.., true)` lasts until the end of the
         // statement's own transaction, so the connection keeps its setting.
@@ -169,6 +173,14 @@ CREATE TABLE IF NOT EXISTS {i} (
     processed_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, message_id)
 );
+CREATE TABLE IF NOT EXISTS {r} (
+    id UUID PRIMARY KEY,
+    name TEXT NOT NULL,
+    host TEXT NOT NULL,
+    pid BIGINT NOT NULL,
+    started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
+);
 "#
             ),
             insert: format!(
@@ -192,6 +204,16 @@ CREATE TABLE IF NOT EXISTS {i} (
             ),
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = $1"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = $1"),
+            relay_heartbeat: format!(
+                "INSERT INTO {r} (id, name, host, pid) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()"
+            ),
+            relays: format!(
+                "SELECT r.id, r.name, r.host, r.pid, r.started_at, r.heartbeat_at, \
+                 (SELECT count(*) FROM {m} o WHERE o.locked_by = r.id AND o.published_at IS NULL AND o.locked_until > now()) \
+                 FROM {r} r WHERE r.heartbeat_at > now() - $1 * {MS} ORDER BY r.started_at"
+            ),
+            relay_deregister: format!("DELETE FROM {r} WHERE id = $1"),
             explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0").replace("$5", "$2").replace("$6", "$3")),
             claim,
             extend: format!(
