@@ -4,14 +4,12 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::time::Duration;
 
 use clap::Subcommand;
-use outbox::{CancellationToken, DeadLetter, Dispatcher, MessageId};
+use outbox::{Admin, CancellationToken, DeadLetter, DeadLetterFilter, Dispatcher, MessageId, Store};
 
 use crate::config::Config;
 use crate::pipeline::{self, AnyStore};
 use crate::{Command, Failure};
 
-/// At most this many dead letters are read per pipeline by `dead list|show|replay|purge`.
-const DEAD_LETTER_SCAN: usize = 100_000;
 /// Dead letters replayed or purged per statement.
 const BATCH: usize = 500;
 
@@ -101,11 +99,27 @@ fn parse_age(text: &str) -> Result<Duration, String> {
 }
 
 impl Filter {
-    fn matches(&self, dead: &DeadLetter, now: chrono::DateTime<chrono::Utc>) -> bool {
-        self.topic.as_ref().is_none_or(|topic| &dead.message.topic == topic)
-            && self.error.as_ref().is_none_or(|text| dead.error.contains(text.as_str()))
-            && self.older_than.is_none_or(|age| (now - dead.dead_at).to_std().is_ok_and(|parked| parked >= age))
+    /// The store-side filter, ages counted back from `now`.
+    fn to_store(&self, now: chrono::DateTime<chrono::Utc>) -> DeadLetterFilter {
+        let mut filter = DeadLetterFilter::new();
+        if let Some(topic) = &self.topic {
+            filter = filter.topic(topic);
+        }
+        if let Some(text) = &self.error {
+            filter = filter.error_contains(text);
+        }
+        if let Some(age) = self.older_than {
+            let age = chrono::Duration::from_std(age).unwrap_or(chrono::Duration::MAX);
+            filter =
+                filter.dead_before(now.checked_sub_signed(age).unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC));
+        }
+        filter
     }
+}
+
+/// The operator queries of a pipeline's store.
+fn admin<'s>(name: &str, store: &'s dyn Store) -> Result<&'s dyn Admin, Failure> {
+    store.admin().ok_or_else(|| Failure::Runtime(format!("pipeline {name}: the store offers no operator queries")))
 }
 
 /// Runs `command` over the pipelines named in `only` (all when empty).
@@ -219,7 +233,7 @@ async fn status(stores: &Pipelines<'_>, json: bool) -> Result<(), Failure> {
                     })
                     .collect();
                 serde_json::json!({
-                    "pipeline": name, "pending": s.pending, "retrying": s.retrying,
+                    "pipeline": name, "pending": s.pending, "retrying": s.retrying, "scheduled": s.scheduled,
                     "oldest_pending_age_seconds": s.oldest_pending_age.map(|a| a.as_secs_f64()),
                     "dead_letters": s.dead_letters, "relays": relays,
                 })
@@ -228,15 +242,16 @@ async fn status(stores: &Pipelines<'_>, json: bool) -> Result<(), Failure> {
         println!("{}", serde_json::json!({ "pipelines": pipelines }));
     } else {
         println!(
-            "{:<20} {:>10} {:>10} {:>14} {:>13} {:>7}",
-            "pipeline", "pending", "retrying", "oldest", "dead letters", "relays"
+            "{:<20} {:>10} {:>10} {:>10} {:>14} {:>13} {:>7}",
+            "pipeline", "pending", "retrying", "scheduled", "oldest", "dead letters", "relays"
         );
         for (name, s, relays) in &rows {
             let oldest = s.oldest_pending_age.map_or("-".to_owned(), |a| format!("{:.1}s", a.as_secs_f64()));
             println!(
-                "{name:<20} {:>10} {:>10} {oldest:>14} {:>13} {:>7}",
+                "{name:<20} {:>10} {:>10} {:>10} {oldest:>14} {:>13} {:>7}",
                 s.pending,
                 s.retrying,
+                s.scheduled,
                 s.dead_letters,
                 relays.len()
             );
@@ -260,13 +275,19 @@ async fn dead(verb: DeadCommand, stores: &Pipelines<'_>) -> Result<(), Failure> 
     let now = chrono::Utc::now();
     match verb {
         DeadCommand::List { filter, limit, json } => {
+            let filter = filter.to_store(now);
             let mut listed = Vec::new();
             for (name, _, store) in stores {
-                let all =
-                    store.shared().dead_letters(DEAD_LETTER_SCAN).await.map_err(|e| with_pipeline(name, e.into()))?;
-                listed.extend(all.into_iter().filter(|d| filter.matches(d, now)).map(|d| (*name, d)));
+                if listed.len() >= limit {
+                    break;
+                }
+                let shared = store.shared();
+                let page = admin(name, &*shared)?
+                    .search_dead_letters(&filter, None, limit - listed.len())
+                    .await
+                    .map_err(|e| with_pipeline(name, e.into()))?;
+                listed.extend(page.items.into_iter().map(|d| (*name, d)));
             }
-            listed.truncate(limit);
             if json {
                 let items: Vec<_> = listed.iter().map(|(name, d)| dead_json(name, d, false)).collect();
                 println!("{}", serde_json::Value::Array(items));
@@ -284,10 +305,11 @@ async fn dead(verb: DeadCommand, stores: &Pipelines<'_>) -> Result<(), Failure> 
         }
         DeadCommand::Show { id, json } => {
             for (name, _, store) in stores {
-                let all =
-                    store.shared().dead_letters(DEAD_LETTER_SCAN).await.map_err(|e| with_pipeline(name, e.into()))?;
-                if let Some(d) = all.iter().find(|d| d.message.id == id) {
-                    let shown = dead_json(name, d, true);
+                let shared = store.shared();
+                let found =
+                    admin(name, &*shared)?.dead_letter_by_id(id).await.map_err(|e| with_pipeline(name, e.into()))?;
+                if let Some(d) = found {
+                    let shown = dead_json(name, &d, true);
                     let text =
                         if json { shown.to_string() } else { serde_json::to_string_pretty(&shown).unwrap_or_default() };
                     println!("{text}");
@@ -324,6 +346,21 @@ fn dead_json(pipeline: &str, d: &DeadLetter, full: bool) -> serde_json::Value {
     value
 }
 
+/// What a replay or purge changes in one pipeline: named ids, or every dead letter that passes a filter.
+enum Chosen {
+    Ids(Vec<MessageId>),
+    Matching(DeadLetterFilter, u64),
+}
+
+impl Chosen {
+    fn count(&self) -> u64 {
+        match self {
+            Self::Ids(ids) => ids.len() as u64,
+            Self::Matching(_, count) => *count,
+        }
+    }
+}
+
 /// Replays or purges the selected dead letters of every selected pipeline, in bounded batches.
 async fn change(
     stores: &Pipelines<'_>,
@@ -334,29 +371,31 @@ async fn change(
     if selection.ids.is_empty() && !selection.all_matching {
         return Err(Failure::Config(format!("{verb}: name message ids, or --all-matching with filters")));
     }
-    let mut chosen: Vec<(&str, &AnyStore, Vec<MessageId>)> = Vec::new();
+    let mut chosen: Vec<(&str, std::sync::Arc<dyn Store>, Chosen)> = Vec::new();
+    let mut unknown: Vec<MessageId> = selection.ids.clone();
     for (name, _, store) in stores {
-        let all = store.shared().dead_letters(DEAD_LETTER_SCAN).await.map_err(|e| with_pipeline(name, e.into()))?;
-        let ids: Vec<MessageId> = all
-            .iter()
-            .filter(|d| {
-                if selection.all_matching {
-                    selection.filter.matches(d, now)
-                } else {
-                    selection.ids.contains(&d.message.id)
+        let shared = store.shared();
+        let queries = admin(name, &*shared)?;
+        let picked = if selection.all_matching {
+            let filter = selection.filter.to_store(now);
+            let count = queries.count_dead_letters(&filter).await.map_err(|e| with_pipeline(name, e.into()))?;
+            Chosen::Matching(filter, count)
+        } else {
+            let mut ids = Vec::new();
+            for id in &selection.ids {
+                if queries.dead_letter_by_id(*id).await.map_err(|e| with_pipeline(name, e.into()))?.is_some() {
+                    ids.push(*id);
+                    unknown.retain(|other| other != id);
                 }
-            })
-            .map(|d| d.message.id)
-            .collect();
-        chosen.push((name, store, ids));
+            }
+            Chosen::Ids(ids)
+        };
+        chosen.push((name, shared, picked));
     }
-    let total: usize = chosen.iter().map(|(_, _, ids)| ids.len()).sum();
-    if !selection.all_matching {
-        let found: Vec<MessageId> = chosen.iter().flat_map(|(_, _, ids)| ids.iter().copied()).collect();
-        if let Some(unknown) = selection.ids.iter().find(|id| !found.contains(id)) {
-            return Err(Failure::Config(format!("no dead letter with id {unknown}; nothing changed")));
-        }
+    if let (false, Some(id)) = (selection.all_matching, unknown.first()) {
+        return Err(Failure::Config(format!("no dead letter with id {id}; nothing changed")));
     }
+    let total: u64 = chosen.iter().map(|(_, _, picked)| picked.count()).sum();
     if total == 0 {
         println!("{verb}: no dead letter matches");
         return Ok(());
@@ -365,36 +404,84 @@ async fn change(
         println!("{verb}: nothing changed");
         return Ok(());
     }
-    let mut changed = 0u64;
-    // A progress bar on a terminal; plain progress lines for scripts and logs.
-    let bar = std::io::stdout().is_terminal().then(|| {
-        let bar = indicatif::ProgressBar::new(total as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len}") {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(verb.to_owned());
-        bar
-    });
-    for (name, store, ids) in chosen {
-        let shared = store.shared();
-        for chunk in ids.chunks(BATCH) {
-            let done = if verb == "replay" {
-                shared.replay_dead_letters(chunk).await
-            } else {
-                shared.purge_dead_letters(chunk).await
-            };
-            changed += done.map_err(|e| with_pipeline(name, e.into()))?;
-            match &bar {
-                Some(bar) => bar.set_position(changed),
-                None => println!("{verb}: {changed} of {total}"),
+    let mut progress = Progress::new(verb, total);
+    for (name, shared, picked) in chosen {
+        let apply = |ids: Vec<MessageId>| {
+            let shared = shared.clone();
+            async move {
+                let done = if verb == "replay" {
+                    shared.replay_dead_letters(&ids).await
+                } else {
+                    shared.purge_dead_letters(&ids).await
+                };
+                done.map_err(|e| with_pipeline(name, e.into()))
+            }
+        };
+        match picked {
+            Chosen::Ids(ids) => {
+                for chunk in ids.chunks(BATCH) {
+                    progress.add(apply(chunk.to_vec()).await?);
+                }
+            }
+            Chosen::Matching(filter, _) => {
+                // Page by key through what matches; the rows changed leave the table, the cursor stays valid.
+                let mut after = None;
+                loop {
+                    let page = admin(name, &*shared)?
+                        .search_dead_letters(&filter, after, BATCH)
+                        .await
+                        .map_err(|e| with_pipeline(name, e.into()))?;
+                    let ids: Vec<MessageId> = page.items.iter().map(|d| d.message.id).collect();
+                    if !ids.is_empty() {
+                        progress.add(apply(ids).await?);
+                    }
+                    match page.next {
+                        Some(next) => after = Some(next),
+                        None => break,
+                    }
+                }
             }
         }
     }
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
-    println!("{verb}: {changed} dead letter(s) changed");
+    println!("{verb}: {} dead letter(s) changed", progress.finish());
     Ok(())
+}
+
+/// Progress of a bulk change: a bar on a terminal, plain lines (`replay: 500 of 1200`) otherwise.
+struct Progress {
+    verb: String,
+    total: u64,
+    changed: u64,
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Progress {
+    fn new(verb: &str, total: u64) -> Self {
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            if let Ok(style) = indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len}") {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar.set_message(verb.to_owned());
+            bar
+        });
+        Self { verb: verb.to_owned(), total, changed: 0, bar }
+    }
+
+    fn add(&mut self, changed: u64) {
+        self.changed += changed;
+        match &self.bar {
+            Some(bar) => bar.set_position(self.changed),
+            None => println!("{}: {} of {}", self.verb, self.changed, self.total),
+        }
+    }
+
+    fn finish(self) -> u64 {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
+        self.changed
+    }
 }
 
 fn confirm(question: &str) -> Result<bool, Failure> {

@@ -222,6 +222,20 @@ publisher = "rabbit"
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed.as_array().unwrap().len(), 3, "{listed}");
     let id = listed[0]["id"].as_str().unwrap().to_owned();
+    let error = listed[0]["error"].as_str().unwrap().to_ascii_uppercase();
+    for (filter, expected) in [
+        (vec!["--error", error.as_str()], 3),
+        (vec!["--error", "no such text"], 0),
+        (vec!["--older-than", "1h"], 0),
+        (vec!["--older-than", "0s"], 3),
+    ] {
+        let args = [&["dead", "list", "--topic", "audit.event", "--json"][..], &filter[..]].concat();
+        let listed: serde_json::Value = serde_json::from_slice(&outbox(&config, &args).stdout).unwrap();
+        assert_eq!(listed.as_array().unwrap().len(), expected, "dead list {filter:?}: {listed}");
+    }
+    let limited: serde_json::Value =
+        serde_json::from_slice(&outbox(&config, &["dead", "list", "--limit", "2", "--json"]).stdout).unwrap();
+    assert_eq!(limited.as_array().unwrap().len(), 2, "dead list --limit 2: {limited}");
     let shown = outbox(&config, &["dead", "show", &id]);
     assert!(text(&shown).contains("audit 0"), "{}", text(&shown));
     let unknown = outbox(&config, &["dead", "replay", "01a24a3d-3b1c-7528-ad89-525fedf59a47", "--yes"]);

@@ -46,6 +46,7 @@
 #![deny(missing_docs)]
 #![warn(unreachable_pub, missing_debug_implementations)]
 
+pub mod admin;
 pub mod error;
 pub mod memory;
 pub mod message;
@@ -65,6 +66,7 @@ pub mod signal;
 pub mod sqlx_error;
 pub mod store;
 
+pub use admin::{Admin, Cursor, DeadLetterFilter, DeadLetterPage};
 pub use async_trait::async_trait;
 pub use error::{BoxError, Error, Result};
 pub use message::{DeadLetter, Headers, Message, MessageId, MessageLimits, NewMessage, NewMessageParts};

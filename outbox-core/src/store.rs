@@ -127,12 +127,20 @@ pub struct OutboxStats {
     pub oldest_pending_age: Option<Duration>,
     /// Messages in the dead-letter set.
     pub dead_letters: u64,
+    /// Pending messages never attempted that wait for their enqueue delay to pass.
+    pub scheduled: u64,
 }
 
 impl OutboxStats {
     /// A snapshot from its figures (for store implementations).
     pub fn new(pending: u64, retrying: u64, oldest_pending_age: Option<Duration>, dead_letters: u64) -> Self {
-        Self { pending, retrying, oldest_pending_age, dead_letters }
+        Self { pending, retrying, oldest_pending_age, dead_letters, scheduled: 0 }
+    }
+
+    /// With the count of scheduled (delayed) messages.
+    pub fn with_scheduled(mut self, scheduled: u64) -> Self {
+        self.scheduled = scheduled;
+        self
     }
 }
 
@@ -221,6 +229,11 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     fn registry(&self) -> Option<&dyn RelayRegistry> {
         None
     }
+
+    /// The store's operator queries ([`Admin`](crate::Admin)), if it has them (all stores of this SDK do).
+    fn admin(&self) -> Option<&dyn crate::Admin> {
+        None
+    }
 }
 
 #[async_trait]
@@ -278,6 +291,9 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn registry(&self) -> Option<&dyn RelayRegistry> {
         (**self).registry()
+    }
+    fn admin(&self) -> Option<&dyn crate::Admin> {
+        (**self).admin()
     }
 }
 

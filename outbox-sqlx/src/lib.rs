@@ -38,6 +38,8 @@ use std::time::Duration;
 
 use outbox_engine::{Error, MessageLimits, Result};
 
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+mod admin;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod key_runs;
 #[cfg(feature = "mysql")]

@@ -11,13 +11,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_engine::{
-    DeadLetter, Error, Failure, Headers, Inbox, LateCommitChase, Message, MessageId, NewMessage, OutboxStats, RelayId,
-    RelayInfo, RelayRegistry, Result, Retry, Store,
+    Admin, DeadLetter, Error, Failure, Headers, Inbox, LateCommitChase, Message, MessageId, NewMessage, OutboxStats,
+    RelayId, RelayInfo, RelayRegistry, Result, Retry, Store,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 
+use crate::admin::Dialect;
 use crate::{connect_error, sql_error, StoreOptions};
 
 /// How long a woken relay waits for the enqueueing transaction to commit before claiming.
@@ -37,6 +38,8 @@ struct Sql {
     to_dead: String,
     delete_owned: String,
     list_dead: String,
+    select_dead: String,
+    count_scheduled: String,
     replay_insert: String,
     delete_dead: String,
     purge_published: String,
@@ -187,6 +190,13 @@ CREATE TABLE IF NOT EXISTS {r} (
                 "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, error, error, dead_at \
                  FROM {d} ORDER BY seq LIMIT ?"
             ),
+            select_dead: format!(
+                "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, error, error, dead_at FROM {d}"
+            ),
+            count_scheduled: format!(
+                "SELECT COUNT(*) FROM {m} WHERE published_at IS NULL AND last_error IS NULL AND attempts = 0 \
+                 AND available_at > ?"
+            ),
             replay_insert: format!(
                 "INSERT INTO {m} (id, topic, msg_key, payload, headers, idempotency_key, created_at, available_at, attempts, last_error) \
                  SELECT id, topic, msg_key, payload, headers, idempotency_key, created_at, ?, 0, error FROM {d} \
@@ -243,6 +253,17 @@ fn id_list(ids: &[MessageId]) -> String {
 
 fn datetime(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// A row of `select_dead`: its `seq` and the dead letter.
+fn decode_dead(row: &SqliteRow) -> Result<(i64, DeadLetter)> {
+    let get = |e| sql_error("dead_letters", e);
+    let dead = DeadLetter {
+        message: decode_message(row)?,
+        error: row.try_get(9).map_err(get)?,
+        dead_at: datetime(row.try_get(10).map_err(get)?),
+    };
+    Ok((row.try_get(0).map_err(get)?, dead))
 }
 
 fn decode_message(row: &SqliteRow) -> Result<Message> {
@@ -466,15 +487,7 @@ impl Store for SqliteStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| sql_error("dead_letters", e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeadLetter {
-                    message: decode_message(row)?,
-                    error: row.try_get(9).map_err(|e| sql_error("dead_letters", e))?,
-                    dead_at: datetime(row.try_get(10).map_err(|e| sql_error("dead_letters", e))?),
-                })
-            })
-            .collect()
+        rows.iter().map(|row| decode_dead(row).map(|(_, dead)| dead)).collect()
     }
 
     async fn replay_dead_letters(&self, ids: &[MessageId]) -> Result<u64> {
@@ -523,12 +536,18 @@ impl Store for SqliteStore {
         let oldest: Option<i64> = row.try_get(2).map_err(err)?;
         let dead: i64 =
             sqlx::query_scalar(&self.inner.sql.count_dead).fetch_one(&self.inner.pool).await.map_err(err)?;
+        let scheduled: i64 = sqlx::query_scalar(&self.inner.sql.count_scheduled)
+            .bind(now_ms())
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(err)?;
         Ok(OutboxStats::new(
             pending as u64,
             retrying as u64,
             oldest.map(|t| Duration::from_millis(now_ms().saturating_sub(t).max(0) as u64)),
             dead as u64,
-        ))
+        )
+        .with_scheduled(scheduled as u64))
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
@@ -540,7 +559,16 @@ impl Store for SqliteStore {
     fn registry(&self) -> Option<&dyn RelayRegistry> {
         Some(self)
     }
+
+    fn admin(&self) -> Option<&dyn Admin> {
+        Some(self)
+    }
 }
+
+/// How SQLite writes a dead-letter search.
+const DIALECT: Dialect<i64> = Dialect { find: "instr", instant: |at| at.timestamp_millis() };
+
+crate::admin::impl_admin!(SqliteStore, sqlx::Sqlite, DIALECT, |id: MessageId| id.to_string());
 
 #[async_trait]
 impl RelayRegistry for SqliteStore {

@@ -102,6 +102,7 @@ macro_rules! store_suite {
                 stats_report_the_backlog,
                 inbox_applies_each_message_once,
                 bad_table_names_are_rejected,
+                dead_letters_are_searched_filtered_and_paged,
                 the_relay_registry_lists_live_relays_and_their_claims,
                 four_relays_keep_per_key_order_under_failures
             );

@@ -525,10 +525,22 @@ impl Store for MemoryStore {
             pending.iter().filter(|e| e.message.last_error.is_some()).count() as u64,
             oldest.map(|t| (Utc::now() - t).to_std().unwrap_or_default()),
             state.dead.len() as u64,
+        )
+        .with_scheduled(
+            pending
+                .iter()
+                .filter(|e| {
+                    e.message.last_error.is_none() && e.message.attempts == 0 && e.available_at > Instant::now()
+                })
+                .count() as u64,
         ))
     }
 
     fn registry(&self) -> Option<&dyn RelayRegistry> {
+        Some(self)
+    }
+
+    fn admin(&self) -> Option<&dyn crate::Admin> {
         Some(self)
     }
 
@@ -542,6 +554,37 @@ impl Store for MemoryStore {
         } else {
             self.shared.chase.wait(&self.shared.wake, timeout).await;
         }
+    }
+}
+
+#[async_trait]
+impl crate::Admin for MemoryStore {
+    async fn search_dead_letters(
+        &self,
+        filter: &crate::DeadLetterFilter,
+        after: Option<crate::Cursor>,
+        limit: usize,
+    ) -> Result<crate::DeadLetterPage> {
+        let limit = crate::admin::page_limit(limit)?;
+        let state = self.state();
+        let start = after.map_or(0, |cursor| cursor.position().saturating_add(1));
+        let rows = state
+            .dead
+            .range(start..)
+            .filter(|(_, (dead, _))| filter.matches(dead))
+            .take(limit.saturating_add(1))
+            .map(|(seq, (dead, _))| (*seq, dead.clone()))
+            .collect();
+        Ok(crate::admin::page_from(rows, limit))
+    }
+
+    async fn count_dead_letters(&self, filter: &crate::DeadLetterFilter) -> Result<u64> {
+        Ok(self.state().dead.values().filter(|(dead, _)| filter.matches(dead)).count() as u64)
+    }
+
+    async fn dead_letter_by_id(&self, id: MessageId) -> Result<Option<DeadLetter>> {
+        let state = self.state();
+        Ok(state.dead_seq_of.get(&id).and_then(|seq| state.dead.get(seq)).map(|(dead, _)| dead.clone()))
     }
 }
 

@@ -17,13 +17,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use outbox_engine::{
-    DeadLetter, Error, Failure, Headers, Inbox, KeySlice, LateCommitChase, Message, MessageId, NewMessage, OutboxStats,
-    RelayId, RelayInfo, RelayRegistry, Result, Retry, Store,
+    Admin, DeadLetter, Error, Failure, Headers, Inbox, KeySlice, LateCommitChase, Message, MessageId, NewMessage,
+    OutboxStats, RelayId, RelayInfo, RelayRegistry, Result, Retry, Store,
 };
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlRow};
 use sqlx::{Connection, MySql, MySqlConnection, MySqlPool, Row};
 use tokio::sync::Notify;
 
+use crate::admin::Dialect;
 use crate::key_runs::RunCheck;
 use crate::{connect_error, sql_error, StoreOptions};
 
@@ -74,6 +75,17 @@ fn text(row: &MySqlRow, index: usize) -> std::result::Result<String, sqlx::Error
 
 fn opt_text(row: &MySqlRow, index: usize) -> std::result::Result<Option<String>, sqlx::Error> {
     row.try_get_unchecked(index)
+}
+
+/// A row of `select_dead`: its `seq` and the dead letter.
+fn decode_dead(row: &MySqlRow) -> Result<(i64, DeadLetter)> {
+    let get = |e| sql_error("dead_letters", e);
+    let dead = DeadLetter {
+        message: decode_message(row)?,
+        error: text(row, 9).map_err(get)?,
+        dead_at: utc(row.try_get(10).map_err(get)?),
+    };
+    Ok((row.try_get(0).map_err(get)?, dead))
 }
 
 fn decode_message(row: &MySqlRow) -> Result<Message> {
@@ -483,15 +495,7 @@ impl Store for MySqlStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(err)?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeadLetter {
-                    message: decode_message(row)?,
-                    error: text(row, 9).map_err(err)?,
-                    dead_at: utc(row.try_get(10).map_err(err)?),
-                })
-            })
-            .collect()
+        rows.iter().map(|row| decode_dead(row).map(|(_, dead)| dead)).collect()
     }
 
     async fn replay_dead_letters(&self, ids: &[MessageId]) -> Result<u64> {
@@ -547,12 +551,15 @@ impl Store for MySqlStore {
         let oldest: Option<i64> = row.try_get(2).map_err(err)?;
         let dead: i64 =
             sqlx::query_scalar(&self.inner.sql.count_dead).fetch_one(&self.inner.pool).await.map_err(err)?;
+        let scheduled: i64 =
+            sqlx::query_scalar(&self.inner.sql.count_scheduled).fetch_one(&self.inner.pool).await.map_err(err)?;
         Ok(OutboxStats::new(
             pending as u64,
             retrying as u64,
             oldest.map(|us| Duration::from_micros(us.max(0) as u64)),
             dead as u64,
-        ))
+        )
+        .with_scheduled(scheduled as u64))
     }
 
     async fn wait_for_work(&self, timeout: Duration) {
@@ -564,7 +571,16 @@ impl Store for MySqlStore {
     fn registry(&self) -> Option<&dyn RelayRegistry> {
         Some(self)
     }
+
+    fn admin(&self) -> Option<&dyn Admin> {
+        Some(self)
+    }
 }
+
+/// How MySQL writes a dead-letter search.
+const DIALECT: Dialect<NaiveDateTime> = Dialect { find: "instr", instant: |at| at.naive_utc() };
+
+crate::admin::impl_admin!(MySqlStore, MySql, DIALECT, |id: MessageId| id.to_string());
 
 #[async_trait]
 impl RelayRegistry for MySqlStore {

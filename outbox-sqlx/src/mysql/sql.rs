@@ -18,6 +18,8 @@ pub(super) struct Sql {
     pub(super) to_dead: String,
     pub(super) delete_owned: String,
     pub(super) list_dead: String,
+    pub(super) select_dead: String,
+    pub(super) count_scheduled: String,
     pub(super) purge_published: String,
     pub(super) stats: String,
     pub(super) count_dead: String,
@@ -160,6 +162,13 @@ CREATE TABLE IF NOT EXISTS {r} (
             list_dead: format!(
                 "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, error, error, dead_at \
                  FROM {d} ORDER BY seq LIMIT ?"
+            ),
+            select_dead: format!(
+                "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, error, error, dead_at FROM {d}"
+            ),
+            count_scheduled: format!(
+                "SELECT COUNT(*) FROM {m} WHERE published_at IS NULL AND last_error IS NULL AND attempts = 0 \
+                 AND available_at > {NOW}"
             ),
             purge_published: format!(
                 "DELETE FROM {m} WHERE published_at IS NOT NULL \

@@ -14,7 +14,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_engine::{
-    DeadLetter, Error, Failure, Headers, Inbox, KeySlice, Message, MessageId, NewMessage, OutboxStats, RelayId,
+    Admin, DeadLetter, Error, Failure, Headers, Inbox, KeySlice, Message, MessageId, NewMessage, OutboxStats, RelayId,
     RelayInfo, RelayRegistry, Result, Retry, Store,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult, PgRow};
@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::admin::Dialect;
 use crate::key_runs::{keep_key_runs, LeasedRow};
 use crate::{connect_error, sql_error, StoreOptions};
 
@@ -75,6 +76,17 @@ fn ms(d: Duration) -> i64 {
 
 fn uuids(ids: &[MessageId]) -> Vec<Uuid> {
     ids.iter().map(MessageId::as_uuid).collect()
+}
+
+/// A row of `select_dead`: its `seq` and the dead letter.
+fn decode_dead(row: &PgRow) -> Result<(i64, DeadLetter)> {
+    let get = |e| sql_error("dead_letters", e);
+    let dead = DeadLetter {
+        message: decode_message(row)?,
+        error: row.try_get(9).map_err(get)?,
+        dead_at: row.try_get(10).map_err(get)?,
+    };
+    Ok((row.try_get(0).map_err(get)?, dead))
 }
 
 fn decode_message(row: &PgRow) -> Result<Message> {
@@ -495,15 +507,7 @@ impl Store for PostgresStore {
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| sql_error("dead_letters", e))?;
-        rows.iter()
-            .map(|row| {
-                Ok(DeadLetter {
-                    message: decode_message(row)?,
-                    error: row.try_get(9).map_err(|e| sql_error("dead_letters", e))?,
-                    dead_at: row.try_get(10).map_err(|e| sql_error("dead_letters", e))?,
-                })
-            })
-            .collect()
+        rows.iter().map(|row| decode_dead(row).map(|(_, dead)| dead)).collect()
     }
 
     async fn replay_dead_letters(&self, ids: &[MessageId]) -> Result<u64> {
@@ -543,12 +547,15 @@ impl Store for PostgresStore {
         let oldest: Option<f64> = row.try_get(2).map_err(err)?;
         let dead: i64 =
             sqlx::query_scalar(&self.inner.sql.count_dead).fetch_one(&self.inner.pool).await.map_err(err)?;
+        let scheduled: i64 =
+            sqlx::query_scalar(&self.inner.sql.count_scheduled).fetch_one(&self.inner.pool).await.map_err(err)?;
         Ok(OutboxStats::new(
             pending as u64,
             retrying as u64,
             oldest.map(|secs| Duration::from_secs_f64(secs.max(0.0))),
             dead as u64,
-        ))
+        )
+        .with_scheduled(scheduled as u64))
     }
 
     fn wakes_on_commit(&self) -> bool {
@@ -559,11 +566,20 @@ impl Store for PostgresStore {
         Some(self)
     }
 
+    fn admin(&self) -> Option<&dyn Admin> {
+        Some(self)
+    }
+
     async fn wait_for_work(&self, timeout: Duration) {
         self.ensure_listener();
         let _ = tokio::time::timeout(timeout, self.inner.wake.notified()).await;
     }
 }
+
+/// How PostgreSQL writes a dead-letter search.
+const DIALECT: Dialect<DateTime<Utc>> = Dialect { find: "strpos", instant: |at| at };
+
+crate::admin::impl_admin!(PostgresStore, Postgres, DIALECT, |id: MessageId| id.as_uuid());
 
 #[async_trait]
 impl RelayRegistry for PostgresStore {

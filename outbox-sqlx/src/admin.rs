@@ -1,0 +1,116 @@
+//! The SQL of the operator queries ([`outbox_engine::Admin`]), shared by the three stores: a search
+//! is built from fixed fragments, and every value the filter carries is bound, never spliced.
+
+use outbox_engine::admin::{page_from, DeadLetterPage};
+use outbox_engine::{Cursor, DeadLetter, DeadLetterFilter};
+use sqlx::{Database, Encode, IntoArguments, QueryBuilder, Type};
+
+/// How one backend writes the search: its substring function (`strpos` or `instr`, both
+/// `(haystack, needle)`) and its form of an instant.
+pub(crate) struct Dialect<T> {
+    pub(crate) find: &'static str,
+    pub(crate) instant: fn(chrono::DateTime<chrono::Utc>) -> T,
+}
+
+/// Appends ` WHERE ...` for `filter` (and rows after `after`) to `query`, which selects from the
+/// dead-letter table.
+pub(crate) fn push_dead_filter<'a, DB, T>(
+    query: &mut QueryBuilder<'a, DB>,
+    filter: &'a DeadLetterFilter,
+    dialect: &Dialect<T>,
+    after: Option<Cursor>,
+) where
+    DB: Database,
+    DB::Arguments<'a>: IntoArguments<'a, DB>,
+    &'a str: Encode<'a, DB> + Type<DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+    T: 'a + Encode<'a, DB> + Type<DB>,
+{
+    query.push(" WHERE 1 = 1");
+    if let Some(topic) = &filter.topic {
+        query.push(" AND topic = ").push_bind(topic.as_str());
+    }
+    if let Some(key) = &filter.key {
+        query.push(" AND msg_key = ").push_bind(key.as_str());
+    }
+    if let Some(text) = &filter.error_contains {
+        query.push(format_args!(" AND {}(lower(error), lower(", dialect.find)).push_bind(text.as_str()).push(")) > 0");
+    }
+    if let Some(before) = filter.dead_before {
+        query.push(" AND dead_at <= ").push_bind((dialect.instant)(before));
+    }
+    if let Some(cursor) = after {
+        query.push(" AND seq > ").push_bind(i64::try_from(cursor.position()).unwrap_or(i64::MAX));
+    }
+}
+
+/// Appends the order and the limit of one page (one row more than `limit`, which says whether
+/// another page follows).
+pub(crate) fn push_page<'a, DB>(query: &mut QueryBuilder<'a, DB>, limit: usize)
+where
+    DB: Database,
+    DB::Arguments<'a>: IntoArguments<'a, DB>,
+    i64: Encode<'a, DB> + Type<DB>,
+{
+    query.push(" ORDER BY seq LIMIT ").push_bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX));
+}
+
+/// The page from rows of `(seq, dead letter)` fetched after [`push_page`].
+pub(crate) fn page(rows: Vec<(i64, DeadLetter)>, limit: usize) -> DeadLetterPage {
+    page_from(rows.into_iter().map(|(seq, dead)| (u64::try_from(seq).unwrap_or(0), dead)).collect(), limit)
+}
+
+/// Implements [`outbox_engine::Admin`] for a store whose `inner` holds `pool` and `sql` (with
+/// `select_dead` and `count_dead`), given its database, its [`Dialect`], how it binds a message id and
+/// its `decode_dead(row) -> Result<(i64, DeadLetter)>`.
+macro_rules! impl_admin {
+    ($store:ty, $db:ty, $dialect:expr, $bind_id:expr) => {
+        #[async_trait::async_trait]
+        impl outbox_engine::Admin for $store {
+            async fn search_dead_letters(
+                &self,
+                filter: &outbox_engine::DeadLetterFilter,
+                after: Option<outbox_engine::Cursor>,
+                limit: usize,
+            ) -> outbox_engine::Result<outbox_engine::DeadLetterPage> {
+                let limit = outbox_engine::admin::page_limit(limit)?;
+                let mut query = sqlx::QueryBuilder::<$db>::new(&self.inner.sql.select_dead);
+                $crate::admin::push_dead_filter(&mut query, filter, &$dialect, after);
+                $crate::admin::push_page(&mut query, limit);
+                let rows = query
+                    .build()
+                    .fetch_all(&self.inner.pool)
+                    .await
+                    .map_err(|e| $crate::sql_error("search_dead_letters", e))?;
+                let rows = rows.iter().map(decode_dead).collect::<outbox_engine::Result<_>>()?;
+                Ok($crate::admin::page(rows, limit))
+            }
+
+            async fn count_dead_letters(&self, filter: &outbox_engine::DeadLetterFilter) -> outbox_engine::Result<u64> {
+                let mut query = sqlx::QueryBuilder::<$db>::new(&self.inner.sql.count_dead);
+                $crate::admin::push_dead_filter(&mut query, filter, &$dialect, None);
+                let count: i64 = query
+                    .build_query_scalar()
+                    .fetch_one(&self.inner.pool)
+                    .await
+                    .map_err(|e| $crate::sql_error("count_dead_letters", e))?;
+                Ok(u64::try_from(count).unwrap_or(0))
+            }
+
+            async fn dead_letter_by_id(
+                &self,
+                id: outbox_engine::MessageId,
+            ) -> outbox_engine::Result<Option<outbox_engine::DeadLetter>> {
+                let mut query = sqlx::QueryBuilder::<$db>::new(&self.inner.sql.select_dead);
+                query.push(" WHERE id = ").push_bind(($bind_id)(id));
+                let row = query
+                    .build()
+                    .fetch_optional(&self.inner.pool)
+                    .await
+                    .map_err(|e| $crate::sql_error("dead_letter_by_id", e))?;
+                row.as_ref().map(decode_dead).transpose().map(|found| found.map(|(_, dead)| dead))
+            }
+        }
+    };
+}
+pub(crate) use impl_admin;
