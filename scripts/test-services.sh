@@ -65,6 +65,7 @@ _outbox_services() {
   _outbox_ensure MariaDB 3306 "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd" || return 1
   _outbox_ensure Redis 6379 "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log" || return 1
   _outbox_ensure RabbitMQ 5672 "rabbitmq-server -detached" || return 1
+  _outbox_ensure NATS 4222 "start-stop-daemon --start --oknodo --background --exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server -l /var/log/nats-server.log" || return 1
   if _outbox_port_open 127.0.0.1 9092; then
     echo "test-services: Kafka up on 127.0.0.1:9092"
   else
@@ -78,6 +79,7 @@ _outbox_services() {
   export OUTBOX_TEST_KAFKA_BROKERS=${OUTBOX_TEST_KAFKA_BROKERS:-127.0.0.1:9092}
   export OUTBOX_TEST_AMQP_URL=${OUTBOX_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
   export OUTBOX_TEST_REDIS_URL=${OUTBOX_TEST_REDIS_URL:-redis://127.0.0.1:6379}
+  export OUTBOX_TEST_NATS_URL=${OUTBOX_TEST_NATS_URL:-nats://127.0.0.1:4222}
 
   # Fresh test schemas: every test makes its own uniquely named tables inside them.
   if command -v psql >/dev/null; then

@@ -7,9 +7,11 @@
 //! | `kafka` | [`kafka::KafkaPublisher`] (rdkafka) | idempotent producer, `acks=all`, per-message delivery reports |
 //! | `rabbitmq` | [`rabbitmq::RabbitMqPublisher`] (lapin) | publisher confirms, persistent messages, `mandatory` |
 //! | `redis` | [`redis::RedisPublisher`] (redis-rs) | Streams `XADD`, pipelined, reconnecting connection manager |
+//! | `nats` | [`nats::NatsPublisher`] (async-nats) | JetStream publish acks, `Nats-Msg-Id` de-duplication by the stream |
 //!
 //! Every publisher sends the outbox `MessageId` with the message (Kafka header
-//! and AMQP header `outbox-message-id` plus the AMQP `message_id` property, stream field `id`), so that
+//! and AMQP header `outbox-message-id` plus the AMQP `message_id` property, stream field `id`, NATS
+//! headers `outbox-message-id` and `Nats-Msg-Id`), so that
 //! receivers can deduplicate, and maps the outbox topic to its destination through a [`TopicMap`].
 //! Errors are classified: a message the broker can never take (too large, unroutable, invalid name) is
 //! [`PublishError::Permanent`](outbox_engine::PublishError) and goes to the dead letters; a broker that is
@@ -28,6 +30,9 @@ use outbox_engine::{Error, Result};
 #[cfg(feature = "kafka")]
 #[cfg_attr(docsrs, doc(cfg(feature = "kafka")))]
 pub mod kafka;
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats;
 #[cfg(feature = "rabbitmq")]
 #[cfg_attr(docsrs, doc(cfg(feature = "rabbitmq")))]
 pub mod rabbitmq;
@@ -94,7 +99,7 @@ impl TopicMap {
 }
 
 /// `id` as hyphenated lowercase text in `buf`, without allocating (publishers write one per message).
-#[cfg(any(feature = "kafka", feature = "redis"))]
+#[cfg(any(feature = "kafka", feature = "redis", feature = "nats"))]
 pub(crate) fn id_text(id: outbox_engine::MessageId, buf: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
     id.as_uuid().hyphenated().encode_lower(buf)
 }

@@ -19,7 +19,10 @@ pub struct Received {
 }
 
 impl Received {
-    #[cfg_attr(not(any(feature = "kafka", feature = "rabbitmq", feature = "redis")), allow(dead_code))]
+    #[cfg_attr(
+        not(any(feature = "kafka", feature = "rabbitmq", feature = "redis", feature = "nats")),
+        allow(dead_code)
+    )]
     fn from_parts(mut headers: Headers, key: Option<String>, payload: Vec<u8>) -> Self {
         let id = headers.remove(MESSAGE_ID_HEADER).and_then(|id| id.parse().ok());
         let key = key.or_else(|| headers.remove(KEY_HEADER));
@@ -208,5 +211,53 @@ pub(crate) mod redis {
             headers.insert(crate::MESSAGE_ID_HEADER.to_owned(), id);
         }
         Ok(Received::from_parts(headers, key, payload))
+    }
+}
+
+/// NATS JetStream's read-back.
+#[cfg(feature = "nats")]
+pub(crate) mod nats {
+    use std::time::Duration;
+
+    use outbox_engine::{Error, Headers, Result};
+
+    use super::Received;
+    use crate::nats::{connect, decode_header, decode_value, NATS_MSG_ID};
+
+    /// Reads up to `expected` messages of `stream` from its first one, waiting at most `timeout`
+    /// for them to be stored (by sequence: no consumer is created).
+    pub async fn read_back(url: &str, stream: &str, expected: usize, timeout: Duration) -> Result<Vec<Received>> {
+        let (_, context) = connect(url, Duration::from_secs(10), "outbox-read-back").await?;
+        let err = |e: &dyn std::fmt::Display| Error::broker("read_back", true, format!("NATS stream {stream}: {e}"));
+        let mut handle = context.get_stream(stream).await.map_err(|e| err(&e))?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let (first, last) = loop {
+            let state = handle.info().await.map_err(|e| err(&e))?.state.clone();
+            if state.messages >= expected as u64 || tokio::time::Instant::now() >= deadline {
+                break (state.first_sequence, state.last_sequence);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let mut received = Vec::with_capacity(expected);
+        for sequence in first..=last {
+            if received.len() >= expected || sequence == 0 {
+                break;
+            }
+            let message = handle.get_raw_message(sequence).await.map_err(|e| err(&e))?;
+            let mut headers = Headers::new();
+            let mut key = None;
+            for (name, values) in message.headers.iter() {
+                let (name, value) = decode_header(name.as_ref(), values.first().map_or("", |v| v.as_str()));
+                match name.as_str() {
+                    NATS_MSG_ID => {}
+                    crate::KEY_HEADER => key = Some(decode_value(&value)),
+                    _ => {
+                        headers.insert(name, value);
+                    }
+                }
+            }
+            received.push(Received::from_parts(headers, key, message.payload.to_vec()));
+        }
+        Ok(received)
     }
 }

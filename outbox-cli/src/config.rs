@@ -92,6 +92,7 @@ pub(crate) enum PublisherKind {
     Kafka,
     Rabbitmq,
     Redis,
+    Nats,
 }
 
 /// A publisher.
@@ -101,14 +102,15 @@ pub(crate) struct PublisherConfig {
     pub(crate) kind: PublisherKind,
     /// Kafka: `host:port[,host:port]`.
     pub(crate) brokers: Option<String>,
-    /// RabbitMQ (`amqp://`) or Redis (`redis://`) URL; its password never reaches output.
+    /// RabbitMQ (`amqp://`), Redis (`redis://`) or NATS (`nats://`, several comma-separated) URL; its
+    /// password never reaches output.
     pub(crate) url: Option<String>,
     /// RabbitMQ: the exchange (default: the default exchange, routing to the queue named by the key).
     pub(crate) exchange: Option<String>,
     /// Kafka: librdkafka producer settings.
     #[serde(default)]
     pub(crate) settings: BTreeMap<String, String>,
-    /// Topic -> Kafka topic, RabbitMQ routing key or Redis stream (default: the topic itself).
+    /// Topic -> Kafka topic, RabbitMQ routing key, Redis stream or NATS subject (default: the topic itself).
     #[serde(default)]
     pub(crate) destinations: BTreeMap<String, String>,
 }
@@ -169,7 +171,9 @@ pub(crate) fn load(path: &Path) -> Result<Config, String> {
         for (publisher, p) in &pipeline.publishers {
             let missing = match p.kind {
                 PublisherKind::Kafka => p.brokers.is_none().then_some("brokers"),
-                PublisherKind::Rabbitmq | PublisherKind::Redis => p.url.is_none().then_some("url"),
+                PublisherKind::Rabbitmq | PublisherKind::Redis | PublisherKind::Nats => {
+                    p.url.is_none().then_some("url")
+                }
             };
             if let Some(key) = missing {
                 return Err(format!("{}: missing", at(&format!("publishers.{publisher}.{key}"))));
@@ -207,7 +211,7 @@ mod tests {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../outbox.example.toml");
         let config = load(&path).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.pipelines.keys().collect::<Vec<_>>(), ["customers", "orders"]);
-        assert_eq!(config.pipelines["customers"].routes.len(), 2);
+        assert_eq!(config.pipelines["customers"].routes.len(), 3);
         assert!(!format!("{config:?}").contains("secret"), "a password in Debug output");
     }
 }

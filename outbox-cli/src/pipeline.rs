@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use outbox::kafka::{KafkaOptions, KafkaPublisher};
 use outbox::mysql::MySqlStore;
+use outbox::nats::{NatsOptions, NatsPublisher};
 use outbox::postgres::PostgresStore;
 use outbox::rabbitmq::{RabbitMqOptions, RabbitMqPublisher};
 use outbox::redis::{RedisOptions, RedisPublisher};
@@ -101,6 +102,10 @@ fn publisher(config: &PublisherConfig) -> outbox::Result<Arc<dyn outbox::Publish
         PublisherKind::Redis => {
             let url = config.url.as_deref().ok_or_else(|| missing("url"))?;
             Arc::new(RedisPublisher::new(RedisOptions::from_url(url)?.streams(topic_map(config)))?)
+        }
+        PublisherKind::Nats => {
+            let url = config.url.as_deref().ok_or_else(|| missing("url"))?;
+            Arc::new(NatsPublisher::new(NatsOptions::from_url(url)?.subjects(topic_map(config))))
         }
     })
 }

@@ -72,25 +72,24 @@ impl Readiness {
 
 /// `host:port` of each broker a publisher connects to (its credentials left out).
 fn broker_addresses(kind: PublisherKind, brokers: Option<&str>, url: Option<&str>) -> Vec<String> {
-    match kind {
+    let default_port = match kind {
         PublisherKind::Kafka => {
-            brokers.unwrap_or_default().split(',').map(|b| b.trim().to_owned()).filter(|b| !b.is_empty()).collect()
+            return brokers
+                .unwrap_or_default()
+                .split(',')
+                .map(|b| b.trim().to_owned())
+                .filter(|b| !b.is_empty())
+                .collect();
         }
-        PublisherKind::Rabbitmq | PublisherKind::Redis => {
-            let default_port = if kind == PublisherKind::Rabbitmq { 5672 } else { 6379 };
-            let Some(url) = url else { return Vec::new() };
-            let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
-            let host_port = after_scheme.rsplit_once('@').map_or(after_scheme, |(_, rest)| rest);
-            let host_port = host_port.split(['/', '?']).next().unwrap_or_default();
-            if host_port.is_empty() {
-                Vec::new()
-            } else if host_port.rsplit_once(':').is_some_and(|(_, port)| port.parse::<u16>().is_ok()) {
-                vec![host_port.to_owned()]
-            } else {
-                vec![format!("{host_port}:{default_port}")]
-            }
-        }
-    }
+        PublisherKind::Rabbitmq => 5672,
+        PublisherKind::Redis => 6379,
+        PublisherKind::Nats => 4222,
+    };
+    url.unwrap_or_default()
+        .split(',')
+        .filter_map(|server| url::Url::parse(server.trim()).ok())
+        .filter_map(|server| Some(format!("{}:{}", server.host_str()?, server.port().unwrap_or(default_port))))
+        .collect()
 }
 
 /// Installs the Prometheus recorder (the relays record into it) and serves the endpoints on `addr`
@@ -142,5 +141,9 @@ mod tests {
             ["mq:5673"]
         );
         assert_eq!(broker_addresses(PublisherKind::Redis, None, Some("redis://:pw@cache")), ["cache:6379"]);
+        assert_eq!(
+            broker_addresses(PublisherKind::Nats, None, Some("nats://u:pw@n1:4223, nats://n2")),
+            ["n1:4223", "n2:4222"]
+        );
     }
 }

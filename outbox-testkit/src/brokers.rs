@@ -248,3 +248,93 @@ impl Drop for RedisHarness {
         });
     }
 }
+
+/// NATS JetStream harness: a fresh stream capturing one fresh subject, de-duplicating by
+/// `Nats-Msg-Id` within two minutes.
+#[cfg(feature = "nats")]
+#[derive(Debug)]
+pub struct NatsHarness {
+    url: String,
+    stream: String,
+    subject: String,
+    publisher: Arc<outbox_brokers::nats::NatsPublisher>,
+}
+
+/// The duplicate window of the streams the NATS harness creates.
+#[cfg(feature = "nats")]
+pub const NATS_DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+#[cfg(feature = "nats")]
+impl NatsHarness {
+    /// A harness, or `None` (reported loudly) when `OUTBOX_TEST_NATS_URL` is not set.
+    pub async fn new() -> Option<Self> {
+        let url = backend("OUTBOX_TEST_NATS_URL", "NATS")?;
+        let stream = unique_name("outbox_test");
+        let subject = format!("{stream}.events");
+        outbox_brokers::nats::create_stream(&url, &stream, &[&subject], NATS_DUPLICATE_WINDOW)
+            .await
+            .expect("create the NATS stream");
+        let options = outbox_brokers::nats::NatsOptions::from_url(&url).expect("NATS URL");
+        let publisher = Arc::new(outbox_brokers::nats::NatsPublisher::new(options));
+        Some(Self { url, stream, subject, publisher })
+    }
+
+    /// The server URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The stream the harness reads back.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+}
+
+#[cfg(feature = "nats")]
+#[async_trait]
+impl PublisherHarness for NatsHarness {
+    fn publisher(&self) -> Arc<dyn Publisher> {
+        self.publisher.clone()
+    }
+    fn topic(&self) -> &str {
+        &self.subject
+    }
+    async fn read_back(&self, expected: usize, timeout: Duration) -> Result<Vec<Received>> {
+        outbox_brokers::nats::read_back(&self.url, &self.stream, expected, timeout).await
+    }
+    fn unreachable(&self) -> Arc<dyn Publisher> {
+        let options = outbox_brokers::nats::NatsOptions::from_url("nats://127.0.0.1:1")
+            .expect("URL")
+            .timeout(UNREACHABLE_TIMEOUT);
+        Arc::new(outbox_brokers::nats::NatsPublisher::new(options))
+    }
+    fn unroutable_topic(&self) -> String {
+        unique_name("no_stream_captures")
+    }
+    fn deduplicates(&self) -> bool {
+        true
+    }
+    async fn kill_connections(&self) {
+        // Every client connection to the server's port is dropped on this host (`ss -K`, iproute2,
+        // root); the suite runs this check alone in its process.
+        let port = self.url.rsplit_once(':').map_or("4222", |(_, port)| port.trim_end_matches('/'));
+        let status = tokio::process::Command::new("ss")
+            .args(["-K", "dport", "=", &format!(":{port}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .expect("run ss (iproute2)");
+        assert!(status.success(), "ss -K could not drop the connections to port {port}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[cfg(feature = "nats")]
+impl Drop for NatsHarness {
+    fn drop(&mut self) {
+        let (url, stream) = (self.url.clone(), self.stream.clone());
+        crate::env::clean_up_now(async move {
+            let _ = outbox_brokers::nats::delete_stream(&url, &stream).await;
+        });
+    }
+}

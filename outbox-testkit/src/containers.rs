@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
 use testcontainers_modules::testcontainers::runners::SyncRunner;
-use testcontainers_modules::testcontainers::{Container, Image};
-use testcontainers_modules::{kafka, mariadb, postgres, rabbitmq, redis};
+use testcontainers_modules::testcontainers::{Container, Image, ImageExt};
+use testcontainers_modules::{kafka, mariadb, nats, postgres, rabbitmq, redis};
 
 /// Keeps the started containers alive for the whole test process.
 struct Started {
@@ -20,7 +20,7 @@ fn started() -> &'static Mutex<Started> {
     STARTED.get_or_init(|| Mutex::new(Started { urls: HashMap::new(), _keep: Vec::new() }))
 }
 
-fn start<I: Image + Send + 'static>(image: I) -> Result<Container<I>, String>
+fn start<I: Image + Send + 'static, R: SyncRunner<I> + Send + 'static>(image: R) -> Result<Container<I>, String>
 where
     Container<I>: Send,
 {
@@ -43,6 +43,7 @@ pub fn url(var: &str) -> Result<String, String> {
         "OUTBOX_TEST_KAFKA_BROKERS" => "kafka",
         "OUTBOX_TEST_AMQP_URL" => "amqp",
         "OUTBOX_TEST_REDIS_URL" => "redis",
+        "OUTBOX_TEST_NATS_URL" => "nats",
         other => return Err(format!("no container for {other}")),
     };
     if let Some(url) = started.urls.get(key) {
@@ -64,6 +65,10 @@ pub fn url(var: &str) -> Result<String, String> {
         "amqp" => {
             let c = start(rabbitmq::RabbitMq::default())?;
             (format!("amqp://guest:guest@127.0.0.1:{}/%2f", port(&c, 5672)?), Box::new(c))
+        }
+        "nats" => {
+            let c = start(nats::Nats::default().with_cmd(&nats::NatsServerCmd::default().with_jetstream()))?;
+            (format!("nats://127.0.0.1:{}", port(&c, 4222)?), Box::new(c))
         }
         _ => {
             let c = start(redis::Redis::default())?;

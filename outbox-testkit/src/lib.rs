@@ -49,6 +49,7 @@ macro_rules! publisher_suite {
                 [delivers_messages_intact_in_per_key_order,
                  partial_failure_is_reported_per_message,
                  unreachable_broker_is_a_prompt_transient_error,
+                 a_message_published_twice_is_stored_as_the_broker_promises,
                  recovers_after_the_connection_is_killed]
                 [$($($skip => $why),+)?]);
         }

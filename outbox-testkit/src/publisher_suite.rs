@@ -52,6 +52,11 @@ pub trait PublisherHarness: Send + Sync {
     fn unroutable_topic(&self) -> String;
     /// Cuts every client connection from the server side (a broker restart, as far as clients can tell).
     async fn kill_connections(&self);
+    /// Whether the broker itself drops a message whose id it has already stored (NATS JetStream
+    /// within its duplicate window); default `false`: it stores every copy.
+    fn deduplicates(&self) -> bool {
+        false
+    }
 }
 
 /// Builds a message as a store would hand it to the relay.
@@ -175,4 +180,23 @@ pub async fn recovers_after_the_connection_is_killed<H: PublisherHarness + ?Size
     }
     let received = h.read_back(2, Duration::from_secs(30)).await.expect("read back");
     assert_eq!(received.len(), 2, "the messages before and after the cut arrived");
+}
+
+/// The same message (same id) published twice: a broker that de-duplicates stores it once, any
+/// other stores both copies (delivery is at-least-once; receivers use the inbox).
+pub async fn a_message_published_twice_is_stored_as_the_broker_promises<H: PublisherHarness + ?Sized>(h: &H) {
+    let publisher = h.publisher();
+    let twice = message(h.topic(), Some("k"), b"twice".to_vec(), Headers::new());
+    for attempt in 1..=2 {
+        let outcome = publisher.publish(std::slice::from_ref(&twice)).await;
+        assert!(outcome[0].is_ok(), "publish {attempt}: {:?}", outcome[0]);
+    }
+    let after = message(h.topic(), Some("k"), b"after".to_vec(), Headers::new());
+    assert!(publisher.publish(std::slice::from_ref(&after)).await[0].is_ok());
+    // Ask for one more than can be there: the wait runs out and shows every copy stored.
+    let received = h.read_back(4, Duration::from_secs(3)).await.expect("read back");
+    let copies = received.iter().filter(|r| r.id == Some(twice.id)).count();
+    let expected = if h.deduplicates() { 1 } else { 2 };
+    assert_eq!(copies, expected, "copies of a message published twice (de-duplicating: {})", h.deduplicates());
+    assert_eq!(received.last().map(|r| r.payload.as_slice()), Some(&b"after"[..]));
 }

@@ -345,6 +345,9 @@ where
         duplicates <= doomed_claims,
         "{duplicates} duplicates; only the crashed relay's claims ({doomed_claims}) may be published twice"
     );
+    if publisher.deduplicates() {
+        assert_eq!(duplicates, 0, "the broker de-duplicates by message id, yet {duplicates} copies were stored twice");
+    }
     assert!(faulty.injected() > 0, "faults were injected");
     eprintln!(
         "relay_suite: {} messages, {} poisoned, {} transient faults injected, {} duplicates after a relay crash",
@@ -427,4 +430,74 @@ where
     assert_eq!(got, want, "messages 1-2 and 4-8 once each, in enqueue order");
     let metrics = relay.metrics();
     assert_eq!((metrics.retried, metrics.dead_lettered), (1, 1), "one retry (the 6th), one dead letter (the 3rd)");
+}
+
+/// A relay that published a claim and died before acknowledging it: after its lease expires another
+/// relay publishes the same messages again. A broker that de-duplicates by message id stores each
+/// once; any other stores both copies (at-least-once), and nothing is lost either way.
+pub async fn a_relay_killed_before_acknowledging<S, P>(store: &S, publisher: &P)
+where
+    S: StoreHarness + ?Sized,
+    P: PublisherHarness + ?Sized,
+{
+    const MESSAGES: usize = 50;
+    let messages: Vec<NewMessage> = (0..MESSAGES)
+        .map(|n| {
+            let message = NewMessage::new(publisher.topic(), format!("{n}"));
+            if n % 2 == 0 {
+                message.key(format!("k{}", n % 5))
+            } else {
+                message
+            }
+        })
+        .collect();
+    let ids = store.enqueue(messages, true).await.expect("enqueue");
+    let handle = store.store();
+    // The relay that dies: it claims, the broker acknowledges its publish, and it never gets to
+    // acknowledge in the store.
+    let dying = outbox_engine::RelayId::new();
+    let lease = Duration::from_millis(500);
+    let mut claimed = Vec::new();
+    while claimed.len() < MESSAGES {
+        let more = handle.claim(dying, MESSAGES, lease).await.expect("claim");
+        assert!(!more.is_empty(), "claimed {} of {MESSAGES}", claimed.len());
+        claimed.extend(more);
+    }
+    let outcomes = publisher.publisher().publish(&claimed).await;
+    assert!(outcomes.iter().all(Result::is_ok), "the dying relay's publish: {outcomes:?}");
+
+    tokio::time::sleep(lease).await;
+    let relay = Relay::builder_shared(handle.clone(), publisher.publisher())
+        .poll_interval(Duration::from_millis(20))
+        .build()
+        .expect("relay");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while handle.stats().await.expect("stats").pending > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the second relay did not publish the claim again within 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("relay task").expect("relay");
+    assert_eq!(relay.metrics().published, MESSAGES as u64, "the second relay published the claim again");
+
+    let received = publisher.read_back(2 * MESSAGES, Duration::from_secs(5)).await.expect("read back");
+    let mut copies: HashMap<MessageId, usize> = HashMap::new();
+    for r in &received {
+        *copies.entry(r.id.expect("message id")).or_default() += 1;
+    }
+    let expected = if publisher.deduplicates() { 1 } else { 2 };
+    for id in &ids {
+        assert_eq!(
+            copies.get(id).copied().unwrap_or(0),
+            expected,
+            "copies of {id} stored (broker de-duplicates: {})",
+            publisher.deduplicates()
+        );
+    }
+    assert_eq!(received.len(), expected * MESSAGES);
 }

@@ -5,14 +5,17 @@
     feature = "mysql",
     feature = "kafka",
     feature = "rabbitmq",
-    feature = "redis"
+    feature = "redis",
+    feature = "nats"
 ))]
 
-use outbox_testkit::brokers::{KafkaHarness, RabbitMqHarness, RedisHarness};
+use outbox_testkit::brokers::{KafkaHarness, NatsHarness, RabbitMqHarness, RedisHarness};
 use outbox_testkit::memory::MemoryHarness;
 use outbox_testkit::mysql::MySqlHarness;
 use outbox_testkit::postgres::PostgresHarness;
-use outbox_testkit::relay_suite::{key_run_with_failures, relay_suite, MemoryPublisherHarness, RelayScenario};
+use outbox_testkit::relay_suite::{
+    a_relay_killed_before_acknowledging, key_run_with_failures, relay_suite, MemoryPublisherHarness, RelayScenario,
+};
 use outbox_testkit::sqlite::SqliteHarness;
 
 async fn memory_store() -> Option<MemoryHarness> {
@@ -30,6 +33,8 @@ macro_rules! matrix {
             let (Some(store), Some(publisher)) = ($store.await, $publisher.await) else { return };
             key_run_with_failures(&store, &publisher).await;
             let (Some(store), Some(publisher)) = ($store.await, $publisher.await) else { return };
+            a_relay_killed_before_acknowledging(&store, &publisher).await;
+            let (Some(store), Some(publisher)) = ($store.await, $publisher.await) else { return };
             relay_suite(&store, &publisher, RelayScenario::default()).await;
         }
     )+};
@@ -39,17 +44,21 @@ matrix! {
     postgres_to_kafka: PostgresHarness::new(), KafkaHarness::new();
     postgres_to_rabbitmq: PostgresHarness::new(), RabbitMqHarness::new();
     postgres_to_redis: PostgresHarness::new(), RedisHarness::new();
+    postgres_to_nats: PostgresHarness::new(), NatsHarness::new();
     postgres_to_memory: PostgresHarness::new(), MemoryPublisherHarness::new();
     mysql_to_kafka: MySqlHarness::new(), KafkaHarness::new();
     mysql_to_rabbitmq: MySqlHarness::new(), RabbitMqHarness::new();
     mysql_to_redis: MySqlHarness::new(), RedisHarness::new();
+    mysql_to_nats: MySqlHarness::new(), NatsHarness::new();
     mysql_to_memory: MySqlHarness::new(), MemoryPublisherHarness::new();
     sqlite_to_kafka: sqlite_store(), KafkaHarness::new();
     sqlite_to_rabbitmq: sqlite_store(), RabbitMqHarness::new();
     sqlite_to_redis: sqlite_store(), RedisHarness::new();
+    sqlite_to_nats: sqlite_store(), NatsHarness::new();
     sqlite_to_memory: sqlite_store(), MemoryPublisherHarness::new();
     memory_to_kafka: memory_store(), KafkaHarness::new();
     memory_to_rabbitmq: memory_store(), RabbitMqHarness::new();
     memory_to_redis: memory_store(), RedisHarness::new();
+    memory_to_nats: memory_store(), NatsHarness::new();
     memory_to_memory: memory_store(), MemoryPublisherHarness::new();
 }

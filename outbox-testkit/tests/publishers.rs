@@ -1,6 +1,8 @@
 //! The publisher suite against the real local brokers.
 #[cfg(feature = "kafka")]
 use outbox_testkit::brokers::KafkaHarness;
+#[cfg(feature = "nats")]
+use outbox_testkit::brokers::NatsHarness;
 #[cfg(feature = "rabbitmq")]
 use outbox_testkit::brokers::RabbitMqHarness;
 #[cfg(feature = "redis")]
@@ -16,3 +18,5 @@ outbox_testkit::publisher_suite!(rabbitmq_classic_queue, || RabbitMqHarness::wit
 ));
 #[cfg(feature = "redis")]
 outbox_testkit::publisher_suite!(redis, RedisHarness::new);
+#[cfg(feature = "nats")]
+outbox_testkit::publisher_suite!(nats, NatsHarness::new);

@@ -16,7 +16,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `postgres`, `mysql`, `sqlite` | the store of that database (`outbox::postgres::PostgresStore`, ...), [`StoreOptions`], and a re-export of [`sqlx`] with that driver |
-//! | `kafka`, `rabbitmq`, `redis` | the publisher of that broker (`outbox::kafka::KafkaPublisher`, ...) |
+//! | `kafka`, `rabbitmq`, `redis`, `nats` | the publisher of that broker (`outbox::kafka::KafkaPublisher`, ...) |
 //! | `signal` (default) | [`shutdown_on_signal`]: stop a relay on SIGTERM / Ctrl-C |
 //! | `test-util` | for tests and examples: each broker's `read_back`, the memory store's fault switches |
 //! | `otel` | trace context: `traceparent` at enqueue, a producer span per batch linked to it ([`otel`]) |
@@ -117,8 +117,8 @@ pub mod sqlite {
     pub use outbox_sqlx::sqlite::*;
 }
 
-#[cfg(any(feature = "kafka", feature = "rabbitmq", feature = "redis"))]
-#[cfg_attr(docsrs, doc(cfg(any(feature = "kafka", feature = "rabbitmq", feature = "redis"))))]
+#[cfg(any(feature = "kafka", feature = "rabbitmq", feature = "redis", feature = "nats"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "kafka", feature = "rabbitmq", feature = "redis", feature = "nats"))))]
 pub use outbox_brokers::{TopicMap, KEY_HEADER, MESSAGE_ID_HEADER, TOPIC_HEADER};
 
 /// The Kafka publisher (feature `kafka`).
@@ -140,4 +140,11 @@ pub mod rabbitmq {
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub mod redis {
     pub use outbox_brokers::redis::*;
+}
+
+/// The NATS JetStream publisher (feature `nats`).
+#[cfg(feature = "nats")]
+#[cfg_attr(docsrs, doc(cfg(feature = "nats")))]
+pub mod nats {
+    pub use outbox_brokers::nats::*;
 }
