@@ -54,7 +54,7 @@ struct Cli {
     #[arg(long, default_value = "postgres", value_parser = ["postgres", "mysql", "sqlite"])]
     store: String,
     /// The publisher.
-    #[arg(long, default_value = "kafka", value_parser = ["kafka", "rabbitmq", "redis", "memory"])]
+    #[arg(long, default_value = "kafka", value_parser = ["kafka", "rabbitmq", "redis", "nats", "memory"])]
     publisher: String,
     /// Backlog size for the throughput runs.
     #[arg(long, default_value_t = 100_000)]

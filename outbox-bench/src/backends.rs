@@ -342,18 +342,35 @@ pub(crate) async fn make_publisher(kind: &str, topic: &str, args: &Args) -> Resu
         "redis" => Arc::new(redis_pub::RedisPublisher::new(
             redis_pub::RedisOptions::from_url(&env("OUTBOX_TEST_REDIS_URL")?)?.max_len(200_000),
         )?),
+        "nats" => {
+            let url = env("OUTBOX_TEST_NATS_URL")?;
+            nats::create_stream(&url, topic, &[topic], NATS_DUPLICATE_WINDOW).await?;
+            Arc::new(nats::NatsPublisher::new(nats::NatsOptions::from_url(&url)?))
+        }
         "memory" => Arc::new(MemoryPublisher::new().with_delay(args.memory_delay)),
         other => return Err(format!("unknown publisher {other}").into()),
     })
 }
 
-/// Empties the RabbitMQ queue between rounds: a queue that keeps growing by 100,000 messages a round
-/// slows RabbitMQ down and would skew later rounds. (Redis streams are capped; Kafka keeps its log.)
+/// The duplicate window of the stream the NATS benchmark publishes to (the server's default).
+const NATS_DUPLICATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Empties the RabbitMQ queue or NATS stream between rounds: a destination that keeps growing by
+/// 100,000 messages a round slows the broker down and would skew later rounds. (Redis streams are
+/// capped; Kafka keeps its log.)
 pub(crate) async fn reset_broker(args: &Args, topic: &str) -> Result<(), BoxError> {
-    if args.publisher == "rabbitmq" {
-        let url = env("OUTBOX_TEST_AMQP_URL")?;
-        rabbitmq::delete_queue(&url, topic).await?;
-        rabbitmq::declare_queue(&url, topic, args.amqp_queue).await?;
+    match args.publisher.as_str() {
+        "rabbitmq" => {
+            let url = env("OUTBOX_TEST_AMQP_URL")?;
+            rabbitmq::delete_queue(&url, topic).await?;
+            rabbitmq::declare_queue(&url, topic, args.amqp_queue).await?;
+        }
+        "nats" => {
+            let url = env("OUTBOX_TEST_NATS_URL")?;
+            nats::delete_stream(&url, topic).await?;
+            nats::create_stream(&url, topic, &[topic], NATS_DUPLICATE_WINDOW).await?;
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -362,6 +379,11 @@ pub(crate) async fn cleanup_broker(kind: &str, topic: &str) {
     if kind == "rabbitmq" {
         if let Ok(url) = env("OUTBOX_TEST_AMQP_URL") {
             let _ = rabbitmq::delete_queue(&url, topic).await;
+        }
+    }
+    if kind == "nats" {
+        if let Ok(url) = env("OUTBOX_TEST_NATS_URL") {
+            let _ = nats::delete_stream(&url, topic).await;
         }
     }
 }

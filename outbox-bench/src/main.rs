@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use outbox_brokers::{kafka, rabbitmq, redis as redis_pub};
+use outbox_brokers::{kafka, nats, rabbitmq, redis as redis_pub};
 use outbox_engine::memory::MemoryPublisher;
 use outbox_engine::{
     CancellationToken, DeadLetter, Dispatcher, Enqueue, Failure, Message, MessageId, NewMessage, OutboxStats,
