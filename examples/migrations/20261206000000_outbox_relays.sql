@@ -4,5 +4,6 @@ CREATE TABLE IF NOT EXISTS "library_relays" (
     host TEXT NOT NULL,
     pid BIGINT NOT NULL,
     started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    published BIGINT NOT NULL DEFAULT 0
 );

@@ -24,7 +24,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::{DeadLetter, MessageId, Result};
+use crate::{DeadLetter, Message, MessageId, Result};
 
 /// Which dead letters a search takes: every condition set must hold (none set: all of them).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -114,20 +114,113 @@ impl FromStr for Cursor {
     }
 }
 
-/// One page of a dead-letter search, in the order they were parked.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// One page of a listing, in the table's order.
+#[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct DeadLetterPage {
-    /// The dead letters on this page.
-    pub items: Vec<DeadLetter>,
+pub struct Page<T> {
+    /// The rows on this page.
+    pub items: Vec<T>,
     /// The cursor of the next page, `None` on the last one.
     pub next: Option<Cursor>,
 }
 
-impl DeadLetterPage {
+impl<T> Page<T> {
     /// A page from its parts (for store implementations).
-    pub fn new(items: Vec<DeadLetter>, next: Option<Cursor>) -> Self {
+    pub fn new(items: Vec<T>, next: Option<Cursor>) -> Self {
         Self { items, next }
+    }
+}
+
+impl<T> Default for Page<T> {
+    fn default() -> Self {
+        Self { items: Vec::new(), next: None }
+    }
+}
+
+/// One page of a dead-letter search, in the order they were parked.
+pub type DeadLetterPage = Page<DeadLetter>;
+
+/// One page of unpublished messages, in enqueue order.
+pub type MessagePage = Page<PendingMessage>;
+
+/// Which unpublished messages a listing takes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum MessageState {
+    /// Every message not yet published (leased, retrying and scheduled ones included).
+    #[default]
+    Pending,
+    /// Those that failed at least once and wait for their next attempt.
+    Retrying,
+    /// Those never attempted whose enqueue delay has not passed yet.
+    Scheduled,
+}
+
+/// Which unpublished messages a listing takes: a state, and optionally one topic and one key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MessageFilter {
+    /// The state.
+    pub state: MessageState,
+    /// Only this topic (exact).
+    pub topic: Option<String>,
+    /// Only this ordering key (exact).
+    pub key: Option<String>,
+}
+
+impl MessageFilter {
+    /// Messages in `state`, any topic and key.
+    pub fn new(state: MessageState) -> Self {
+        Self { state, topic: None, key: None }
+    }
+
+    /// Only this topic.
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// Only this ordering key.
+    pub fn key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+}
+
+/// An unpublished message as an operator sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PendingMessage {
+    /// The message (`attempts` made so far, `last_error` of the last failed one).
+    pub message: Message,
+    /// When it is (or was) due for its next attempt.
+    pub available_at: DateTime<Utc>,
+}
+
+impl PendingMessage {
+    /// From its parts (for store implementations).
+    pub fn new(message: Message, available_at: DateTime<Utc>) -> Self {
+        Self { message, available_at }
+    }
+}
+
+/// A key held back by its oldest unpublished message, which has failed and waits for a retry: none
+/// of the key's later messages is published before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct BlockedKey {
+    /// The ordering key.
+    pub key: String,
+    /// Its oldest unpublished message, with its last error and next attempt.
+    pub head: PendingMessage,
+    /// How many of the key's messages wait behind it.
+    pub waiting: u64,
+}
+
+impl BlockedKey {
+    /// From its parts (for store implementations).
+    pub fn new(key: String, head: PendingMessage, waiting: u64) -> Self {
+        Self { key, head, waiting }
     }
 }
 
@@ -151,6 +244,14 @@ pub trait Admin: Send + Sync {
 
     /// The dead letter with this message id, if there is one.
     async fn dead_letter_by_id(&self, id: MessageId) -> Result<Option<DeadLetter>>;
+
+    /// Up to `limit` (at most [`MAX_PAGE`]) unpublished messages that pass `filter`, enqueued after
+    /// `after`, in enqueue order.
+    async fn search_messages(&self, filter: &MessageFilter, after: Option<Cursor>, limit: usize)
+        -> Result<MessagePage>;
+
+    /// Up to `limit` keys held back by a failed oldest message, the longest held first.
+    async fn blocked_keys(&self, limit: usize) -> Result<Vec<BlockedKey>>;
 }
 
 /// The most rows a page holds, whatever limit a search asks for.
@@ -160,25 +261,23 @@ pub const MAX_PAGE: usize = 10_000;
 /// [`Error::InvalidConfig`](crate::Error::InvalidConfig)), at most [`MAX_PAGE`] (for store implementations).
 pub fn page_limit(limit: usize) -> Result<usize> {
     if limit == 0 {
-        return Err(crate::Error::invalid_config("a dead-letter search needs a limit of at least 1"));
+        return Err(crate::Error::invalid_config("a listing needs a limit of at least 1"));
     }
     Ok(limit.min(MAX_PAGE))
 }
 
 /// The page a store returns from `rows` fetched with `limit + 1`: the extra row only says that
 /// another page follows (for store implementations).
-pub fn page_from(mut rows: Vec<(u64, DeadLetter)>, limit: usize) -> DeadLetterPage {
+pub fn page_from<T>(mut rows: Vec<(u64, T)>, limit: usize) -> Page<T> {
     let more = rows.len() > limit;
     rows.truncate(limit);
     let next = if more { rows.last().map(|(position, _)| Cursor::after(*position)) } else { None };
-    DeadLetterPage::new(rows.into_iter().map(|(_, dead)| dead).collect(), next)
+    Page::new(rows.into_iter().map(|(_, row)| row).collect(), next)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Message;
-
     fn dead(topic: &str, key: Option<&str>, error: &str) -> DeadLetter {
         let message = Message {
             id: MessageId::new(),

@@ -66,7 +66,10 @@ pub mod signal;
 pub mod sqlx_error;
 pub mod store;
 
-pub use admin::{Admin, Cursor, DeadLetterFilter, DeadLetterPage};
+pub use admin::{
+    Admin, BlockedKey, Cursor, DeadLetterFilter, DeadLetterPage, MessageFilter, MessagePage, MessageState, Page,
+    PendingMessage,
+};
 pub use async_trait::async_trait;
 pub use error::{BoxError, Error, Result};
 pub use message::{DeadLetter, Headers, Message, MessageId, MessageLimits, NewMessage, NewMessageParts};

@@ -315,6 +315,8 @@ pub struct RelayInfo {
     pub heartbeat_at: DateTime<Utc>,
     /// Messages it holds leased now.
     pub claims_held: u64,
+    /// Messages it had published at its last heartbeat (since it started).
+    pub published: u64,
 }
 
 impl RelayInfo {
@@ -328,7 +330,13 @@ impl RelayInfo {
         heartbeat_at: DateTime<Utc>,
         claims_held: u64,
     ) -> Self {
-        Self { id, name, host, pid, started_at, heartbeat_at, claims_held }
+        Self { id, name, host, pid, started_at, heartbeat_at, claims_held, published: 0 }
+    }
+
+    /// With the count of messages it had published at its last heartbeat.
+    pub fn with_published(mut self, published: u64) -> Self {
+        self.published = published;
+        self
     }
 }
 
@@ -338,8 +346,9 @@ impl RelayInfo {
 /// `alive_within`.
 #[async_trait]
 pub trait RelayRegistry: Send + Sync {
-    /// Registers `relay` (first call) or records its heartbeat.
-    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32) -> Result<()>;
+    /// Registers `relay` (first call) or records its heartbeat, with the messages it has published
+    /// since it started.
+    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32, published: u64) -> Result<()>;
     /// The relays whose last heartbeat is more recent than `alive_within` ago, oldest first.
     async fn relays(&self, alive_within: Duration) -> Result<Vec<RelayInfo>>;
     /// Removes `relay`'s entry (a relay that stops).

@@ -39,6 +39,8 @@ struct Sql {
     delete_owned: String,
     list_dead: String,
     select_dead: String,
+    select_pending: String,
+    blocked_keys: String,
     count_scheduled: String,
     replay_insert: String,
     delete_dead: String,
@@ -116,18 +118,19 @@ CREATE TABLE IF NOT EXISTS {r} (
     host TEXT NOT NULL,
     pid INTEGER NOT NULL,
     started_at INTEGER NOT NULL,
-    heartbeat_at INTEGER NOT NULL
+    heartbeat_at INTEGER NOT NULL,
+    published INTEGER NOT NULL DEFAULT 0
 );
 "#
             ),
             relay_heartbeat: format!(
-                "INSERT INTO {r} (id, name, host, pid, started_at, heartbeat_at) VALUES (?1, ?2, ?3, ?4, ?5, ?5) \
-                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at"
+                "INSERT INTO {r} (id, name, host, pid, started_at, heartbeat_at, published) VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6) \
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at, published = excluded.published"
             ),
             relays: format!(
                 "SELECT r.id, r.name, r.host, r.pid, r.started_at, r.heartbeat_at, \
-                 (SELECT count(*) FROM {m} o WHERE o.locked_by = r.id AND o.published_at IS NULL AND o.locked_until > ?1) \
-                 FROM {r} r WHERE r.heartbeat_at > ?2 ORDER BY r.started_at"
+                 (SELECT count(*) FROM {m} o WHERE o.locked_by = r.id AND o.published_at IS NULL AND o.locked_until > ?1), \
+                 r.published FROM {r} r WHERE r.heartbeat_at > ?2 ORDER BY r.started_at"
             ),
             relay_deregister: format!("DELETE FROM {r} WHERE id = ?"),
             insert: format!(
@@ -190,6 +193,8 @@ CREATE TABLE IF NOT EXISTS {r} (
                 "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, error, error, dead_at \
                  FROM {d} ORDER BY seq LIMIT ?"
             ),
+            select_pending: crate::admin::select_pending_sql(&m),
+            blocked_keys: crate::admin::blocked_keys_sql(&m),
             select_dead: format!(
                 "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, error, error, dead_at FROM {d}"
             ),
@@ -253,6 +258,13 @@ fn id_list(ids: &[MessageId]) -> String {
 
 fn datetime(ms: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}
+
+/// A row of `select_pending`: its `seq` and the message with its next attempt.
+fn decode_pending(row: &SqliteRow) -> Result<(i64, outbox_engine::PendingMessage)> {
+    let get = |e| sql_error("search_messages", e);
+    let pending = outbox_engine::PendingMessage::new(decode_message(row)?, datetime(row.try_get(9).map_err(get)?));
+    Ok((row.try_get(0).map_err(get)?, pending))
 }
 
 /// A row of `select_dead`: its `seq` and the dead letter.
@@ -566,19 +578,24 @@ impl Store for SqliteStore {
 }
 
 /// How SQLite writes a dead-letter search.
-const DIALECT: Dialect<i64> = Dialect { find: "instr", instant: |at| at.timestamp_millis() };
+const DIALECT: Dialect<i64> = Dialect {
+    find: "instr",
+    instant: |at| at.timestamp_millis(),
+    now: "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+};
 
 crate::admin::impl_admin!(SqliteStore, sqlx::Sqlite, DIALECT, |id: MessageId| id.to_string());
 
 #[async_trait]
 impl RelayRegistry for SqliteStore {
-    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32) -> Result<()> {
+    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32, published: u64) -> Result<()> {
         sqlx::query(&self.inner.sql.relay_heartbeat)
             .bind(relay.to_string())
             .bind(name)
             .bind(host)
             .bind(i64::from(pid))
             .bind(now_ms())
+            .bind(i64::try_from(published).unwrap_or(i64::MAX))
             .execute(&self.inner.pool)
             .await
             .map_err(|e| sql_error("heartbeat", e))?;
@@ -605,7 +622,8 @@ impl RelayRegistry for SqliteStore {
                     datetime(row.try_get(4).map_err(get)?),
                     datetime(row.try_get(5).map_err(get)?),
                     u64::try_from(row.try_get::<i64, _>(6).map_err(get)?).unwrap_or(0),
-                ))
+                )
+                .with_published(u64::try_from(row.try_get::<i64, _>(7).map_err(get)?).unwrap_or(0)))
             })
             .collect()
     }

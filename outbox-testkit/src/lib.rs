@@ -104,6 +104,7 @@ macro_rules! store_suite {
                 inbox_applies_each_message_once,
                 bad_table_names_are_rejected,
                 dead_letters_are_searched_filtered_and_paged,
+                pending_messages_are_listed_by_state_and_blocked_keys_are_found,
                 the_relay_registry_lists_live_relays_and_their_claims,
                 four_relays_keep_per_key_order_under_failures
             );

@@ -610,22 +610,101 @@ pub async fn dead_letters_are_searched_filtered_and_paged<H: StoreHarness + ?Siz
     store.purge_dead_letters(&ids).await.expect("purge");
 }
 
+/// The operator queries' view of unpublished messages: listed by state (pending, retrying,
+/// scheduled), topic and key, paged by key; and the keys held back by a failed oldest message, with
+/// its error and the count waiting behind it. A store without them prints that it skipped the check.
+pub async fn pending_messages_are_listed_by_state_and_blocked_keys_are_found<H: StoreHarness + ?Sized>(h: &H) {
+    use outbox_engine::{MessageFilter, MessageState};
+    let store = h.store();
+    let Some(admin) = store.admin() else {
+        eprintln!("SKIPPED pending_messages_are_listed_by_state_and_blocked_keys_are_found: the store offers no Admin");
+        return;
+    };
+    let hour = Duration::from_secs(3600);
+    let ids = commit(
+        h,
+        vec![
+            msg("orders", 0).key("a"),
+            msg("orders", 1).key("a"),
+            msg("orders", 2).key("a"),
+            msg("billing", 3).key("b"),
+            msg("orders", 4),
+            msg("orders", 5).key("c").delay(hour),
+        ],
+    )
+    .await;
+    let owner = RelayId::new();
+    let claimed = claim(&*store, owner, 10, LEASE).await;
+    assert_eq!(claimed.len(), 5, "every message but the delayed one is claimable");
+    store
+        .reschedule(
+            owner,
+            &[
+                Retry { id: ids[0], error: "boom <script>alert(1)</script>".into(), delay: hour },
+                Retry { id: ids[3], error: "later".into(), delay: hour },
+            ],
+        )
+        .await
+        .expect("reschedule");
+    store.release(owner, &[ids[1], ids[2], ids[4]]).await.expect("release");
+
+    let listed = |filter: MessageFilter| async move {
+        let page = admin.search_messages(&filter, None, 100).await.expect("search_messages");
+        assert!(page.next.is_none(), "one page holds them all");
+        page.items.iter().map(|p| p.message.id).collect::<Vec<_>>()
+    };
+    let pick = |n: &[usize]| n.iter().map(|&i| ids[i]).collect::<Vec<_>>();
+    assert_eq!(listed(MessageFilter::new(MessageState::Pending)).await, ids, "pending: all, in enqueue order");
+    assert_eq!(listed(MessageFilter::new(MessageState::Retrying)).await, pick(&[0, 3]));
+    assert_eq!(listed(MessageFilter::new(MessageState::Scheduled)).await, pick(&[5]));
+    assert_eq!(listed(MessageFilter::new(MessageState::Pending).topic("billing")).await, pick(&[3]));
+    assert_eq!(listed(MessageFilter::new(MessageState::Pending).key("a")).await, pick(&[0, 1, 2]));
+    assert_eq!(listed(MessageFilter::new(MessageState::Retrying).key("a")).await, pick(&[0]));
+    assert_eq!(listed(MessageFilter::new(MessageState::Pending).topic("x' OR '1'='1")).await, pick(&[]));
+
+    let retrying = admin.search_messages(&MessageFilter::new(MessageState::Retrying), None, 1).await.expect("page");
+    let head = &retrying.items[0];
+    assert_eq!(head.message.last_error.as_deref(), Some("boom <script>alert(1)</script>"));
+    let soonest = chrono::Utc::now() + chrono::Duration::minutes(50);
+    assert!(head.available_at > soonest, "its next attempt is an hour away: {}", head.available_at);
+
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = admin.search_messages(&MessageFilter::default(), after, 2).await.expect("page");
+        paged.extend(page.items.iter().map(|p| p.message.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(paged, ids, "pages of 2 give every message once, in order");
+
+    let blocked = admin.blocked_keys(10).await.expect("blocked_keys");
+    let found: Vec<(&str, MessageId, u64)> =
+        blocked.iter().map(|b| (b.key.as_str(), b.head.message.id, b.waiting)).collect();
+    assert_eq!(found, [("a", ids[0], 2), ("b", ids[3], 0)], "the keys whose oldest message failed");
+    assert_eq!(blocked[0].head.message.last_error.as_deref(), Some("boom <script>alert(1)</script>"));
+    assert_eq!(admin.blocked_keys(1).await.expect("blocked_keys").len(), 1, "the limit holds");
+}
+
 /// The relay registry, for stores that keep one: a heartbeat registers a relay, the listing shows it
 /// with the messages it holds leased, an old heartbeat is not alive, and a relay that leaves is gone.
 pub async fn the_relay_registry_lists_live_relays_and_their_claims<H: StoreHarness + ?Sized>(h: &H) {
     let store = h.store();
     let Some(registry) = store.registry() else { return };
     let (relay, other) = (RelayId::new(), RelayId::new());
-    registry.heartbeat(relay, "orders", "host-a", 42).await.expect("heartbeat");
-    registry.heartbeat(other, "billing", "host-b", 7).await.expect("heartbeat");
+    registry.heartbeat(relay, "orders", "host-a", 42, 0).await.expect("heartbeat");
+    registry.heartbeat(other, "billing", "host-b", 7, 0).await.expect("heartbeat");
     let ids = commit(h, vec![msg("t", 1), msg("t", 2), msg("t", 3)]).await;
     assert_eq!(claim(&*store, relay, 2, LEASE).await.len(), 2);
-    registry.heartbeat(relay, "orders", "host-a", 42).await.expect("a second heartbeat");
+    registry.heartbeat(relay, "orders", "host-a", 42, 1234).await.expect("a second heartbeat");
 
     let listed = registry.relays(Duration::from_secs(60)).await.expect("relays");
     let entry = listed.iter().find(|r| r.id == relay).expect("the relay is listed");
     assert_eq!((entry.name.as_str(), entry.host.as_str(), entry.pid), ("orders", "host-a", 42));
     assert_eq!(entry.claims_held, 2, "the messages it holds leased");
+    assert_eq!(entry.published, 1234, "the published count of its last heartbeat");
     assert!(entry.heartbeat_at >= entry.started_at);
     assert_eq!(listed.iter().find(|r| r.id == other).map(|r| r.claims_held), Some(0));
     assert!(

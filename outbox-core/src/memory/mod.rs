@@ -586,11 +586,77 @@ impl crate::Admin for MemoryStore {
         let state = self.state();
         Ok(state.dead_seq_of.get(&id).and_then(|seq| state.dead.get(seq)).map(|(dead, _)| dead.clone()))
     }
+
+    async fn search_messages(
+        &self,
+        filter: &crate::MessageFilter,
+        after: Option<crate::Cursor>,
+        limit: usize,
+    ) -> Result<crate::MessagePage> {
+        let limit = crate::admin::page_limit(limit)?;
+        let now = Instant::now();
+        let in_state = |e: &Entry| match filter.state {
+            crate::MessageState::Retrying => e.message.last_error.is_some(),
+            crate::MessageState::Scheduled => {
+                e.message.last_error.is_none() && e.message.attempts == 0 && e.available_at > now
+            }
+            _ => true,
+        };
+        let state = self.state();
+        let start = after.map_or(0, |cursor| cursor.position().saturating_add(1));
+        let rows = state
+            .entries
+            .range(start..)
+            .filter(|(_, e)| e.published_at.is_none() && in_state(e))
+            .filter(|(_, e)| filter.topic.as_ref().is_none_or(|topic| &e.message.topic == topic))
+            .filter(|(_, e)| filter.key.as_ref().is_none_or(|key| e.message.key.as_ref() == Some(key)))
+            .take(limit.saturating_add(1))
+            .map(|(seq, e)| (*seq, pending_view(e)))
+            .collect();
+        Ok(crate::admin::page_from(rows, limit))
+    }
+
+    async fn blocked_keys(&self, limit: usize) -> Result<Vec<crate::BlockedKey>> {
+        let state = self.state();
+        let mut heads: Vec<(String, &Entry)> = Vec::new();
+        let mut behind: HashMap<&str, u64> = HashMap::new();
+        for entry in state.entries.values().filter(|e| e.published_at.is_none()) {
+            let Some(key) = entry.message.key.as_deref() else { continue };
+            match behind.get_mut(key) {
+                Some(waiting) => *waiting += 1,
+                None => {
+                    behind.insert(key, 0);
+                    if entry.message.last_error.is_some() {
+                        heads.push((key.to_owned(), entry));
+                    }
+                }
+            }
+        }
+        Ok(heads
+            .into_iter()
+            .take(limit)
+            .map(|(key, head)| {
+                let waiting = behind.get(key.as_str()).copied().unwrap_or(0);
+                crate::BlockedKey::new(key, pending_view(head), waiting)
+            })
+            .collect())
+    }
+}
+
+/// An entry as the operator queries show it: its next attempt on the wall clock.
+fn pending_view(entry: &Entry) -> crate::PendingMessage {
+    let (now, wall) = (Instant::now(), Utc::now());
+    let due = if entry.available_at > now {
+        wall + chrono::Duration::from_std(entry.available_at - now).unwrap_or_default()
+    } else {
+        wall - chrono::Duration::from_std(now - entry.available_at).unwrap_or_default()
+    };
+    crate::PendingMessage::new(entry.message.clone(), due)
 }
 
 #[async_trait]
 impl RelayRegistry for MemoryStore {
-    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32) -> Result<()> {
+    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32, published: u64) -> Result<()> {
         let now = Utc::now();
         let mut state = self.state();
         let entry = state
@@ -598,6 +664,7 @@ impl RelayRegistry for MemoryStore {
             .entry(relay)
             .or_insert_with(|| RelayInfo::new(relay, name.to_owned(), host.to_owned(), pid, now, now, 0));
         entry.heartbeat_at = now;
+        entry.published = published;
         Ok(())
     }
 

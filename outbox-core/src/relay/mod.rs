@@ -275,7 +275,8 @@ impl Inner {
         let (host, pid) = (host_name(), std::process::id());
         loop {
             if let Some(registry) = self.store.registry() {
-                if let Err(e) = registry.heartbeat(self.id, &self.options.name, &host, pid).await {
+                let published = self.counters.published.load(std::sync::atomic::Ordering::Relaxed);
+                if let Err(e) = registry.heartbeat(self.id, &self.options.name, &host, pid, published).await {
                     warn!(error = %e.report(), "outbox relay heartbeat failed");
                 }
             }

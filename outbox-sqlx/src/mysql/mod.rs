@@ -77,6 +77,13 @@ fn opt_text(row: &MySqlRow, index: usize) -> std::result::Result<Option<String>,
     row.try_get_unchecked(index)
 }
 
+/// A row of `select_pending`: its `seq` and the message with its next attempt.
+fn decode_pending(row: &MySqlRow) -> Result<(i64, outbox_engine::PendingMessage)> {
+    let get = |e| sql_error("search_messages", e);
+    let pending = outbox_engine::PendingMessage::new(decode_message(row)?, utc(row.try_get(9).map_err(get)?));
+    Ok((row.try_get(0).map_err(get)?, pending))
+}
+
 /// A row of `select_dead`: its `seq` and the dead letter.
 fn decode_dead(row: &MySqlRow) -> Result<(i64, DeadLetter)> {
     let get = |e| sql_error("dead_letters", e);
@@ -578,18 +585,19 @@ impl Store for MySqlStore {
 }
 
 /// How MySQL writes a dead-letter search.
-const DIALECT: Dialect<NaiveDateTime> = Dialect { find: "instr", instant: |at| at.naive_utc() };
+const DIALECT: Dialect<NaiveDateTime> = Dialect { find: "instr", instant: |at| at.naive_utc(), now: NOW };
 
 crate::admin::impl_admin!(MySqlStore, MySql, DIALECT, |id: MessageId| id.to_string());
 
 #[async_trait]
 impl RelayRegistry for MySqlStore {
-    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32) -> Result<()> {
+    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32, published: u64) -> Result<()> {
         sqlx::query(&self.inner.sql.relay_heartbeat)
             .bind(relay.to_string())
             .bind(name)
             .bind(host)
             .bind(i64::from(pid))
+            .bind(i64::try_from(published).unwrap_or(i64::MAX))
             .execute(&self.inner.pool)
             .await
             .map_err(|e| sql_error("heartbeat", e))?;
@@ -614,7 +622,8 @@ impl RelayRegistry for MySqlStore {
                     utc(row.try_get(4).map_err(get)?),
                     utc(row.try_get(5).map_err(get)?),
                     u64::try_from(row.try_get::<i64, _>(6).map_err(get)?).unwrap_or(0),
-                ))
+                )
+                .with_published(u64::try_from(row.try_get::<i64, _>(7).map_err(get)?).unwrap_or(0)))
             })
             .collect()
     }

@@ -19,6 +19,8 @@ pub(super) struct Sql {
     pub(super) delete_owned: String,
     pub(super) list_dead: String,
     pub(super) select_dead: String,
+    pub(super) select_pending: String,
+    pub(super) blocked_keys: String,
     pub(super) count_scheduled: String,
     pub(super) purge_published: String,
     pub(super) stats: String,
@@ -94,17 +96,19 @@ CREATE TABLE IF NOT EXISTS {r} (
     host VARCHAR(255) NOT NULL,
     pid BIGINT NOT NULL,
     started_at DATETIME(6) NOT NULL,
-    heartbeat_at DATETIME(6) NOT NULL
+    heartbeat_at DATETIME(6) NOT NULL,
+    published BIGINT NOT NULL DEFAULT 0
 ) {table_options}"#
             ),
             relay_heartbeat: format!(
-                "INSERT INTO {r} (id, name, host, pid, started_at, heartbeat_at) VALUES (?, ?, ?, ?, {NOW}, {NOW}) \
-                 ON DUPLICATE KEY UPDATE heartbeat_at = {NOW}"
+                "INSERT INTO {r} (id, name, host, pid, published, started_at, heartbeat_at) \
+                 VALUES (?, ?, ?, ?, ?, {NOW}, {NOW}) \
+                 ON DUPLICATE KEY UPDATE heartbeat_at = {NOW}, published = VALUES(published)"
             ),
             relays: format!(
                 "SELECT r.id, r.name, r.host, r.pid, r.started_at, r.heartbeat_at, \
-                 (SELECT COUNT(*) FROM {m} o WHERE o.locked_by = r.id AND o.published_at IS NULL AND o.locked_until > {NOW}) \
-                 FROM {r} r WHERE r.heartbeat_at > DATE_SUB({NOW}, INTERVAL ? MICROSECOND) ORDER BY r.started_at"
+                 (SELECT COUNT(*) FROM {m} o WHERE o.locked_by = r.id AND o.published_at IS NULL AND o.locked_until > {NOW}), \
+                 r.published FROM {r} r WHERE r.heartbeat_at > DATE_SUB({NOW}, INTERVAL ? MICROSECOND) ORDER BY r.started_at"
             ),
             relay_deregister: format!("DELETE FROM {r} WHERE id = ?"),
             insert: format!(
@@ -163,6 +167,8 @@ CREATE TABLE IF NOT EXISTS {r} (
                 "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, error, error, dead_at \
                  FROM {d} ORDER BY seq LIMIT ?"
             ),
+            select_pending: crate::admin::select_pending_sql(&m),
+            blocked_keys: crate::admin::blocked_keys_sql(&m),
             select_dead: format!(
                 "SELECT seq, id, topic, msg_key, payload, headers, created_at, attempts, error, error, dead_at FROM {d}"
             ),

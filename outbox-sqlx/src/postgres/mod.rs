@@ -78,6 +78,13 @@ fn uuids(ids: &[MessageId]) -> Vec<Uuid> {
     ids.iter().map(MessageId::as_uuid).collect()
 }
 
+/// A row of `select_pending`: its `seq` and the message with its next attempt.
+fn decode_pending(row: &PgRow) -> Result<(i64, outbox_engine::PendingMessage)> {
+    let get = |e| sql_error("search_messages", e);
+    let pending = outbox_engine::PendingMessage::new(decode_message(row)?, row.try_get(9).map_err(get)?);
+    Ok((row.try_get(0).map_err(get)?, pending))
+}
+
 /// A row of `select_dead`: its `seq` and the dead letter.
 fn decode_dead(row: &PgRow) -> Result<(i64, DeadLetter)> {
     let get = |e| sql_error("dead_letters", e);
@@ -577,18 +584,19 @@ impl Store for PostgresStore {
 }
 
 /// How PostgreSQL writes a dead-letter search.
-const DIALECT: Dialect<DateTime<Utc>> = Dialect { find: "strpos", instant: |at| at };
+const DIALECT: Dialect<DateTime<Utc>> = Dialect { find: "strpos", instant: |at| at, now: "now()" };
 
 crate::admin::impl_admin!(PostgresStore, Postgres, DIALECT, |id: MessageId| id.as_uuid());
 
 #[async_trait]
 impl RelayRegistry for PostgresStore {
-    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32) -> Result<()> {
+    async fn heartbeat(&self, relay: RelayId, name: &str, host: &str, pid: u32, published: u64) -> Result<()> {
         sqlx::query(&self.inner.sql.relay_heartbeat)
             .bind(relay.as_uuid())
             .bind(name)
             .bind(host)
             .bind(i64::from(pid))
+            .bind(i64::try_from(published).unwrap_or(i64::MAX))
             .execute(&self.inner.pool)
             .await
             .map_err(|e| sql_error("heartbeat", e))?;
@@ -612,7 +620,8 @@ impl RelayRegistry for PostgresStore {
                     row.try_get(4).map_err(get)?,
                     row.try_get(5).map_err(get)?,
                     u64::try_from(row.try_get::<i64, _>(6).map_err(get)?).unwrap_or(0),
-                ))
+                )
+                .with_published(u64::try_from(row.try_get::<i64, _>(7).map_err(get)?).unwrap_or(0)))
             })
             .collect()
     }

@@ -24,6 +24,8 @@ pub(super) struct Sql {
     pub(super) dead_letter: String,
     pub(super) list_dead: String,
     pub(super) select_dead: String,
+    pub(super) select_pending: String,
+    pub(super) blocked_keys: String,
     pub(super) count_scheduled: String,
     pub(super) replay: String,
     pub(super) delete_dead: String,
@@ -184,7 +186,8 @@ CREATE TABLE IF NOT EXISTS {r} (
     host TEXT NOT NULL,
     pid BIGINT NOT NULL,
     started_at TIMESTAMPTZ NOT NULL DEFAULT now(),
-    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
+    heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    published BIGINT NOT NULL DEFAULT 0
 );
 "#
             ),
@@ -210,13 +213,13 @@ CREATE TABLE IF NOT EXISTS {r} (
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = $1"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = $1"),
             relay_heartbeat: format!(
-                "INSERT INTO {r} (id, name, host, pid) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()"
+                "INSERT INTO {r} (id, name, host, pid, published) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), published = excluded.published"
             ),
             relays: format!(
                 "SELECT r.id, r.name, r.host, r.pid, r.started_at, r.heartbeat_at, \
-                 (SELECT count(*) FROM {m} o WHERE o.locked_by = r.id AND o.published_at IS NULL AND o.locked_until > now()) \
-                 FROM {r} r WHERE r.heartbeat_at > now() - $1 * {MS} ORDER BY r.started_at"
+                 (SELECT count(*) FROM {m} o WHERE o.locked_by = r.id AND o.published_at IS NULL AND o.locked_until > now()), \
+                 r.published FROM {r} r WHERE r.heartbeat_at > now() - $1 * {MS} ORDER BY r.started_at"
             ),
             relay_deregister: format!("DELETE FROM {r} WHERE id = $1"),
             explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0").replace("$5", "$2").replace("$6", "$3")),
@@ -249,6 +252,8 @@ CREATE TABLE IF NOT EXISTS {r} (
                  SELECT id, topic, msg_key, payload, headers, idempotency_key, created_at, attempts, error FROM moved ORDER BY seq"
             ),
             list_dead: format!("{select_dead} ORDER BY seq LIMIT $1"),
+            select_pending: crate::admin::select_pending_sql(&m),
+            blocked_keys: crate::admin::blocked_keys_sql(&m),
             select_dead,
             count_scheduled: format!(
                 "SELECT COUNT(*) FROM {m} WHERE published_at IS NULL AND last_error IS NULL AND attempts = 0 \
