@@ -59,6 +59,9 @@ _outbox_services() {
   # ss drops client connections in the Kafka tests and the chaos test; pgrep waits for a stopped MariaDB.
   _outbox_need ss iproute2 || return 1
   _outbox_need pgrep procps || return 1
+  # The dashboard's browser tests drive headless Chromium through chromedriver.
+  _outbox_need chromium chromium || return 1
+  _outbox_need chromedriver chromium-driver || return 1
   local pgver
   pgver=$(ls /etc/postgresql 2>/dev/null | head -n1)
   _outbox_ensure PostgreSQL 5432 "pg_ctlcluster --skip-systemctl-redirect $pgver main start" || return 1
@@ -80,6 +83,7 @@ _outbox_services() {
   export OUTBOX_TEST_AMQP_URL=${OUTBOX_TEST_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
   export OUTBOX_TEST_REDIS_URL=${OUTBOX_TEST_REDIS_URL:-redis://127.0.0.1:6379}
   export OUTBOX_TEST_NATS_URL=${OUTBOX_TEST_NATS_URL:-nats://127.0.0.1:4222}
+  export OUTBOX_TEST_CHROMEDRIVER=${OUTBOX_TEST_CHROMEDRIVER:-$(command -v chromedriver)}
 
   # Fresh test schemas: every test makes its own uniquely named tables inside them.
   if command -v psql >/dev/null; then

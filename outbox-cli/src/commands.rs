@@ -85,7 +85,7 @@ pub(crate) enum SchemaCommand {
     Migrate,
 }
 
-fn parse_age(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_age(text: &str) -> Result<Duration, String> {
     let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = number.parse().map_err(|_| format!("expected an age such as 90s, 15m, 2h or 3d, got {text:?}"))?;
     let seconds = match unit {
@@ -136,7 +136,16 @@ pub(crate) async fn run(command: Command, config: &Config, only: &[String]) -> R
         stores.push((name.as_str(), *pipeline, store));
     }
     match command {
-        Command::Relay { metrics_addr } => relay(&stores, metrics_addr).await,
+        Command::Relay { metrics_addr, dashboard_addr, dashboard } => {
+            let dashboard = dashboard_addr.map(|addr| (addr, dashboard.access()));
+            relay(&stores, metrics_addr, dashboard).await
+        }
+        Command::Dashboard { addr, access } => {
+            let shutdown: CancellationToken = outbox::shutdown_on_signal();
+            crate::dashboard::start(addr, dashboard_pipelines(&stores), access.access(), shutdown.clone()).await?;
+            shutdown.cancelled().await;
+            Ok(())
+        }
         Command::Status { json } => status(&stores, json).await,
         Command::Schema(SchemaCommand::Print) => {
             for (name, _, store) in &stores {
@@ -164,7 +173,19 @@ fn with_pipeline(name: &str, failure: Failure) -> Failure {
 
 type Pipelines<'a> = [(&'a str, &'a crate::config::PipelineConfig, AnyStore)];
 
-async fn relay(stores: &Pipelines<'_>, metrics_addr: Option<std::net::SocketAddr>) -> Result<(), Failure> {
+/// The pipelines as the dashboard sees them.
+fn dashboard_pipelines(stores: &Pipelines<'_>) -> Vec<crate::dashboard::Pipeline> {
+    stores
+        .iter()
+        .map(|(name, _, store)| crate::dashboard::Pipeline { name: (*name).to_owned(), store: store.shared() })
+        .collect()
+}
+
+async fn relay(
+    stores: &Pipelines<'_>,
+    metrics_addr: Option<std::net::SocketAddr>,
+    dashboard: Option<(std::net::SocketAddr, crate::dashboard::Access)>,
+) -> Result<(), Failure> {
     let mut relays = Vec::with_capacity(stores.len());
     for (name, config, store) in stores {
         relays.push((*name, pipeline::relay(name, config, store).map_err(|e| with_pipeline(name, e.into()))?));
@@ -172,6 +193,9 @@ async fn relay(stores: &Pipelines<'_>, metrics_addr: Option<std::net::SocketAddr
     let shutdown: CancellationToken = outbox::shutdown_on_signal();
     if let Some(addr) = metrics_addr {
         crate::serve::start(addr, crate::serve::Readiness::new(stores), shutdown.clone()).await?;
+    }
+    if let Some((addr, access)) = dashboard {
+        crate::dashboard::start(addr, dashboard_pipelines(stores), access, shutdown.clone()).await?;
     }
     let mut running = tokio::task::JoinSet::new();
     for (name, relay) in relays {
@@ -227,7 +251,8 @@ async fn status(stores: &Pipelines<'_>, json: bool) -> Result<(), Failure> {
                     .map(|r| {
                         serde_json::json!({
                             "id": r.id.to_string(), "name": r.name, "host": r.host, "pid": r.pid,
-                            "claims_held": r.claims_held, "started_at": r.started_at.to_rfc3339(),
+                            "claims_held": r.claims_held, "published": r.published,
+                            "started_at": r.started_at.to_rfc3339(),
                             "heartbeat_age_seconds": age(r.heartbeat_at),
                         })
                     })

@@ -6,12 +6,14 @@
 //! outbox --config outbox.toml status --json      # backlog of each pipeline
 //! outbox --config outbox.toml dead list --topic orders.placed
 //! outbox --config outbox.toml dead replay --all-matching --topic orders.placed --yes
+//! outbox --config outbox.toml dashboard --addr 127.0.0.1:8080
 //! ```
 //!
 //! Exit codes: 0 done; 1 a database or broker failed; 2 bad configuration or arguments.
 
 mod commands;
 mod config;
+mod dashboard;
 mod pipeline;
 mod serve;
 
@@ -45,6 +47,19 @@ enum Command {
         /// Serve `/metrics` (Prometheus), `/healthz` and `/readyz` on this address.
         #[arg(long, value_name = "HOST:PORT")]
         metrics_addr: Option<std::net::SocketAddr>,
+        /// Serve the dashboard in the relay process on this address.
+        #[arg(long, value_name = "HOST:PORT")]
+        dashboard_addr: Option<std::net::SocketAddr>,
+        #[command(flatten)]
+        dashboard: DashboardAccess,
+    },
+    /// The web dashboard: backlog, messages, blocked keys, dead letters (search, replay, purge), relays.
+    Dashboard {
+        /// The address to listen on.
+        #[arg(long, value_name = "HOST:PORT", default_value = "127.0.0.1:8080")]
+        addr: std::net::SocketAddr,
+        #[command(flatten)]
+        access: DashboardAccess,
     },
     /// Each pipeline's backlog: pending, retrying, oldest pending age, dead letters.
     Status {
@@ -58,6 +73,31 @@ enum Command {
     /// The outbox tables.
     #[command(subcommand)]
     Schema(commands::SchemaCommand),
+}
+
+/// Who may use the dashboard, and how.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct DashboardAccess {
+    /// Every page and action needs this token (`Authorization: Bearer ...`, or `/login?token=...` once
+    /// in a browser). Without one the dashboard listens on loopback only.
+    #[arg(long = "dashboard-token", env = "OUTBOX_DASHBOARD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Show, never change: no replay or purge.
+    #[arg(long = "read-only")]
+    read_only: bool,
+    /// How often the dashboard reads each pipeline's figures (its charts keep the last hour).
+    #[arg(long = "sample-every", default_value = "5s", value_parser = commands::parse_age)]
+    sample_every: std::time::Duration,
+}
+
+impl DashboardAccess {
+    pub(crate) fn access(&self) -> dashboard::Access {
+        dashboard::Access {
+            token: self.token.clone().filter(|t| !t.is_empty()),
+            read_only: self.read_only,
+            sample_every: self.sample_every,
+        }
+    }
 }
 
 /// What went wrong, and the exit code it gives.

@@ -1,8 +1,10 @@
 //! `outbox` as an operator runs it: a child process per command, real databases and brokers.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use outbox::mysql::MySqlStore;
@@ -12,34 +14,7 @@ use outbox::rabbitmq::{declare_queue, QueueType};
 use outbox::StoreOptions;
 use outbox_testkit::env::{backend, unique_name};
 
-const BIN: &str = env!("CARGO_BIN_EXE_outbox");
-
-fn outbox(config: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).arg("--config").arg(config).args(args).output().unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
-}
-
-/// `GET path` on `127.0.0.1:port`: the status line and the body.
-async fn http_get(port: u16, path: &str) -> (String, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
-}
-
-/// A free local port.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{free_port, http_get, outbox, text, BIN};
 
 /// Runs `outbox relay` (with `extra` arguments) until `done` says the brokers have everything, then
 /// stops it with SIGTERM; returns its output after checking it exited 0.

@@ -8,6 +8,7 @@
 //! | `OUTBOX_TEST_AMQP_URL` | RabbitMQ, e.g. `amqp://guest:guest@127.0.0.1:5672/%2f` | `rabbitmq` |
 //! | `OUTBOX_TEST_REDIS_URL` | Redis, e.g. `redis://127.0.0.1:6379` | `redis` |
 //! | `OUTBOX_TEST_NATS_URL` | NATS with JetStream, e.g. `nats://127.0.0.1:4222` | `nats` |
+//! | `OUTBOX_TEST_CHROMEDRIVER` | the `chromedriver` binary, e.g. `/usr/bin/chromedriver` (browser tests) | `browser` |
 //!
 //! A test whose backend is not configured **fails**, with a message naming the variable to set. To
 //! run the rest without a backend, opt out of it by name: `OUTBOX_TEST_SKIP=kafka,redis` (or `all`)
@@ -29,6 +30,7 @@ fn skip_name(var: &str) -> &str {
         "OUTBOX_TEST_AMQP_URL" => "rabbitmq",
         "OUTBOX_TEST_REDIS_URL" => "redis",
         "OUTBOX_TEST_NATS_URL" => "nats",
+        "OUTBOX_TEST_CHROMEDRIVER" => "browser",
         other => other,
     }
 }
