@@ -113,7 +113,6 @@ pub(crate) async fn start(
         .map_err(|e| Failure::Config(format!("dashboard address {addr}: {e}")))?;
     let csrf = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     let dashboard = Arc::new(Dashboard { pipelines, samples: Mutex::new(HashMap::new()), access, csrf });
-    sample_all(&dashboard).await;
     tokio::spawn(sampler(dashboard.clone(), shutdown.clone()));
     let app = router(dashboard);
     println!("dashboard on http://{addr}/");
@@ -186,8 +185,9 @@ async fn login(State(dashboard): State<Shared>, RawQuery(query): RawQuery) -> Re
     }
 }
 
-/// Reads every pipeline's figures every `sample_every` until `shutdown`.
+/// Reads every pipeline's figures now, then every `sample_every` until `shutdown`.
 async fn sampler(dashboard: Shared, shutdown: CancellationToken) {
+    sample_all(&dashboard).await;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
