@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The chaos test, short form (run by .ci/run): PostgreSQL with each broker for about a minute, every
+# The chaos test, short form (run by .ci/run): PostgreSQL with each broker (Kafka, RabbitMQ, Redis,
+# NATS JetStream, where any duplicate fails the run) for about a minute, every
 # fault (relay processes SIGKILLed every ~2 s, the run's database connections terminated, PostgreSQL
 # restarted, the broker disturbed and restarted); then proof that the count catches a relay with a
 # planted defect. It restarts the local PostgreSQL, RabbitMQ and Redis: run it on a test machine.
@@ -12,7 +13,7 @@ source scripts/test-services.sh
 cargo build -q --workspace --all-features --bin outbox-chaos
 chaos=target/debug/outbox-chaos
 
-for publisher in kafka rabbitmq redis; do
+for publisher in kafka rabbitmq redis nats; do
   "$chaos" run --store postgres --publisher "$publisher" --messages 12000 --duration 50 "$@"
 done
 
@@ -29,4 +30,4 @@ for defect in ack-before-publish unordered-retry; do
   fi
   echo "chaos: the planted defect $defect was caught"
 done
-echo "chaos: 5 passed, 0 failed"
+echo "chaos: 6 passed, 0 failed"

@@ -270,6 +270,11 @@ publisher = "kafka"
     assert_eq!(text_of(&client, "table.blocked td.waiting").await, "2");
     assert_eq!(text_of(&client, "table.blocked td.error").await, "timeout <b>broker</b>");
 
+    // The relay process is listed with its heartbeat.
+    client.goto(&format!("{base}/relays")).await.unwrap();
+    assert_eq!(count(&client, "table.relays tr").await, 2, "a header and the one relay");
+    assert_eq!(text_of(&client, "table.relays td").await, "orders", "the relay is named after its pipeline");
+
     // A read-only dashboard offers no action and refuses a forged one.
     let read_only_port = free_port();
     let read_only = Command::new(BIN)

@@ -8,7 +8,7 @@ use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{Connection, ConnectionProperties};
-use outbox_brokers::{kafka, rabbitmq, redis as redis_broker, TopicMap, MESSAGE_ID_HEADER};
+use outbox_brokers::{kafka, nats, rabbitmq, redis as redis_broker, TopicMap, MESSAGE_ID_HEADER};
 use outbox_engine::{BoxError, MessageId, Publisher};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers as _;
@@ -28,7 +28,20 @@ pub enum BrokerKind {
     Rabbitmq,
     /// Redis Streams.
     Redis,
+    /// NATS JetStream: a stream that de-duplicates by message id (a run with it fails on any
+    /// duplicate).
+    Nats,
 }
+
+impl BrokerKind {
+    /// Whether the broker itself drops a copy of a message it has stored (within its window).
+    pub fn deduplicates(self) -> bool {
+        self == Self::Nats
+    }
+}
+
+/// The duplicate window of the NATS stream a run creates: longer than any run's redelivery.
+const NATS_DUPLICATE_WINDOW: Duration = Duration::from_secs(600);
 
 /// How long the readers wait for one more message once they have all they expect.
 const READ_IDLE: Duration = Duration::from_secs(3);
@@ -54,14 +67,17 @@ pub(crate) fn publisher(
         BrokerKind::Redis => {
             Arc::new(redis_broker::RedisPublisher::new(redis_broker::RedisOptions::from_url(url)?.streams(map))?)
         }
+        BrokerKind::Nats => Arc::new(nats::NatsPublisher::new(nats::NatsOptions::from_url(url)?.subjects(map))),
     })
 }
 
-/// Creates what the destination needs before the first publish (RabbitMQ: a quorum queue; Kafka
-/// topics and Redis streams are created by their first message).
+/// Creates what the destination needs before the first publish (RabbitMQ: a quorum queue; NATS: a
+/// stream capturing the subject; Kafka topics and Redis streams are created by their first message).
 pub(crate) async fn prepare(kind: BrokerKind, url: &str, destination: &str) -> Result<(), BoxError> {
-    if kind == BrokerKind::Rabbitmq {
-        rabbitmq::declare_queue(url, destination, rabbitmq::QueueType::Quorum).await?;
+    match kind {
+        BrokerKind::Rabbitmq => rabbitmq::declare_queue(url, destination, rabbitmq::QueueType::Quorum).await?,
+        BrokerKind::Nats => nats::create_stream(url, destination, &[destination], NATS_DUPLICATE_WINDOW).await?,
+        _ => {}
     }
     Ok(())
 }
@@ -77,6 +93,9 @@ pub(crate) async fn clean_up(kind: BrokerKind, url: &str, destination: &str) {
             if let Ok(mut conn) = redis_connection(url).await {
                 let _: redis::RedisResult<i64> = redis::cmd("DEL").arg(destination).query_async(&mut conn).await;
             }
+        }
+        BrokerKind::Nats => {
+            let _ = nats::delete_stream(url, destination).await;
         }
     }
 }
@@ -97,6 +116,12 @@ pub(crate) async fn disturb(
     redis_start: &str,
 ) -> Result<&'static str, BoxError> {
     match (kind, restart) {
+        (BrokerKind::Nats, _) => {
+            // The server runs as a system service: drop its clients' connections on this host.
+            let port = url.rsplit(':').next().map_or("4222", |port| port.trim_end_matches('/'));
+            shell(&format!("ss -K dst 127.0.0.1 dport = :{port} >/dev/null")).await?;
+            Ok("nats connections dropped")
+        }
         (BrokerKind::Kafka, _) => {
             // A memory-backed broker loses everything on restart: drop its clients' connections.
             let port = url.rsplit(':').next().unwrap_or("9092");
@@ -178,7 +203,26 @@ pub(crate) async fn read_all(
         }
         BrokerKind::Rabbitmq => read_rabbitmq(url, destination, expected).await,
         BrokerKind::Redis => read_redis(url, destination).await,
+        BrokerKind::Nats => read_nats(url, destination).await,
     }
+}
+
+/// Every message of the stream, by sequence, with async-nats itself.
+async fn read_nats(url: &str, stream: &str) -> Result<Vec<Delivery>, BoxError> {
+    let client = async_nats::connect(url).await?;
+    let context = async_nats::jetstream::new(client);
+    let mut handle = context.get_stream(stream).await?;
+    let state = handle.info().await?.state.clone();
+    let mut received = Vec::with_capacity(usize::try_from(state.messages).unwrap_or(0));
+    if state.messages == 0 {
+        return Ok(received);
+    }
+    for sequence in state.first_sequence..=state.last_sequence {
+        let message = handle.get_raw_message(sequence).await?;
+        let id = message.headers.get(MESSAGE_ID_HEADER).and_then(|v| v.as_str().parse().ok());
+        received.push(Delivery { id, payload: message.payload.to_vec() });
+    }
+    Ok(received)
 }
 
 fn idle_limit(received: usize, expected: usize) -> Duration {

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! One run:
-//! 1. creates fresh tables and a fresh destination (Kafka topic, RabbitMQ quorum queue, Redis stream);
+//! 1. creates fresh tables and a fresh destination (Kafka topic, RabbitMQ quorum queue, Redis stream,
+//!    NATS JetStream stream);
 //! 2. starts `--relays` relay processes (this same binary, `outbox-chaos relay`), restarting any that
 //!    exits;
 //! 3. runs `--producers` producer tasks: each owns its keys, enqueues `--messages` in all in small
@@ -192,6 +193,7 @@ impl Plan {
             (None, BrokerKind::Kafka) => from_env("OUTBOX_TEST_KAFKA_BROKERS")?,
             (None, BrokerKind::Rabbitmq) => from_env("OUTBOX_TEST_AMQP_URL")?,
             (None, BrokerKind::Redis) => from_env("OUTBOX_TEST_REDIS_URL")?,
+            (None, BrokerKind::Nats) => from_env("OUTBOX_TEST_NATS_URL")?,
         };
         let mut faults = if options.faults.is_empty() {
             vec![Fault::RelayKill, Fault::DbTerminate, Fault::DbRestart, Fault::Broker]
@@ -354,6 +356,12 @@ pub async fn run(options: RunOptions) -> Result<Report, BoxError> {
         failures.push(format!(
             "{pending_left} messages still in the outbox {} s after the faults stopped",
             o.drain_timeout
+        ));
+    }
+    if o.publisher.deduplicates() && tally.duplicates > 0 {
+        failures.push(format!(
+            "{} duplicates, yet the broker drops a message id it has stored within its duplicate window",
+            tally.duplicates
         ));
     }
     if tally.duplicates as u64 > duplicate_bound {
