@@ -77,9 +77,16 @@ async fn count(client: &Client, css: &str) -> usize {
     client.find_all(Locator::Css(css)).await.unwrap().len()
 }
 
+/// Saves a screenshot under `target/screenshots`, or over the ones the docs show when
+/// `OUTBOX_UPDATE_SCREENSHOTS=1`.
 async fn screenshot(client: &Client, name: &str) {
     let png = client.screenshot().await.unwrap();
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/screenshots");
+    let into_docs = std::env::var("OUTBOX_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(if into_docs {
+        "../docs/screenshots"
+    } else {
+        "../target/screenshots"
+    });
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join(name), png).unwrap();
 }
