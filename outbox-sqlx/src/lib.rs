@@ -99,8 +99,8 @@ impl fmt::Display for Identifier {
 }
 
 /// The names of the tables a store uses: `{prefix}_messages`, `{prefix}_dead_letters`,
-/// `{prefix}_inbox` and `{prefix}_relays` (the relay registry), optionally in a schema (PostgreSQL)
-/// or database (MySQL).
+/// `{prefix}_inbox`, `{prefix}_relays` (the relay registry) and, in PostgreSQL, `{prefix}_waiters`
+/// (relays waiting for a notification), optionally in a schema (PostgreSQL) or database (MySQL).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableNames {
     schema: Option<Identifier>,
@@ -150,6 +150,9 @@ impl TableNames {
     pub(crate) fn relays(&self) -> Identifier {
         self.prefix.suffixed("_relays")
     }
+    pub(crate) fn waiters(&self) -> Identifier {
+        self.prefix.suffixed("_waiters")
+    }
 
     /// `table` qualified with the schema and quoted.
     pub(crate) fn qualified(&self, table: &Identifier, quote: char) -> String {
@@ -179,8 +182,11 @@ pub struct StoreOptions {
     /// durability. Turn this on to pay one flush per claim and per acknowledgement instead of those
     /// repeats. MySQL and SQLite ignore it (their flush setting is server- or connection-wide).
     pub durable_relay_commits: bool,
-    /// PostgreSQL: the enqueue statement also calls `pg_notify`, so a waiting relay wakes as soon as
-    /// the caller's transaction commits (default on). PostgreSQL serializes the commits of all
+    /// PostgreSQL: the enqueue statement also calls `pg_notify` while a relay waits for work, so that
+    /// relay wakes as soon as the caller's transaction commits (default on). A relay registers as
+    /// waiting (a row of `{prefix}_waiters`, good for 30 s) when it runs out of work; one that keeps
+    /// finding work lets its registration lapse, and producers then skip the notification: under
+    /// load they do not pay for it. PostgreSQL serializes the commits of all
     /// transactions that notify, a database-wide lock held through each commit's WAL flush: on the
     /// benchmark machine, 8 producers committing a one-row business transaction with one message did
     /// about half as many transactions a second with notifications as without (docs/benchmarks.md).

@@ -177,6 +177,15 @@ async fn postgres_notification_wakes_an_idle_relay_at_commit() {
     assert!(latency < Duration::from_secs(5), "woken after {latency:?}, i.e. by polling, not by the notification");
 }
 
+/// Registers `store` as a relay waiting for notifications (its first wait does, and returns at once)
+/// and lets the quick re-claims that follow a fresh registration run out, as a relay's would.
+async fn wait_as_a_relay(store: &PostgresStore) {
+    store.wait_for_work(Duration::from_secs(5)).await;
+    for _ in 0..9 {
+        store.wait_for_work(Duration::from_millis(700)).await;
+    }
+}
+
 /// With `enqueue_notifications(false)` no enqueue path (one message, one with an idempotency key, a
 /// duplicate key, a batch) notifies, and every message is stored and claimable; the default notifies.
 #[tokio::test]
@@ -204,11 +213,18 @@ async fn postgres_enqueue_without_notifications_sends_none() {
     expected.extend(batch);
     assert_eq!(claimed.iter().map(|m| m.id).collect::<Vec<_>>(), expected);
 
+    // The default notifies only while a relay waits for it.
+    let mut tx = store.pool().begin().await.expect("begin");
+    store.enqueue(&mut *tx, NewMessage::new("t", "unheard")).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(heard.is_err(), "a commit notified while no relay waited: {heard:?}");
+    wait_as_a_relay(&store).await;
     let mut tx = store.pool().begin().await.expect("begin");
     store.enqueue(&mut *tx, NewMessage::new("t", "loud")).await.expect("enqueue");
     tx.commit().await.expect("commit");
     let heard = tokio::time::timeout(Duration::from_secs(5), listener.recv()).await;
-    assert!(matches!(heard, Ok(Ok(_))), "the default enqueue did not notify: {heard:?}");
+    assert!(matches!(heard, Ok(Ok(_))), "the default enqueue did not notify a waiting relay: {heard:?}");
 }
 
 /// `execute_with` writes the caller's row and the message in one statement: both commit or neither
@@ -232,6 +248,7 @@ async fn postgres_execute_with_writes_the_business_row_and_the_message_together(
         async move { sqlx::query_scalar::<_, i64>(&sql).fetch_one(&pool).await.expect("count") }
     };
 
+    wait_as_a_relay(&store).await;
     let message = NewMessage::new("orders.placed", "order 1").key("order-1").header("kind", "placed");
     let id = message.id();
     let mut tx = store.pool().begin().await.expect("begin");
@@ -329,8 +346,9 @@ async fn postgres_commit_wakes_one_waiter_or_leaves_a_permit() {
             tx.commit().await.expect("commit");
         }
     };
-    // The first wait starts the LISTEN connection, which wakes every waiter once when it is up.
-    store.wait_for_work(Duration::from_secs(5)).await;
+    // The first waits start the LISTEN connection (which wakes every waiter once when it is up) and
+    // register the store as waiting for notifications.
+    wait_as_a_relay(&store).await;
 
     let woken = Arc::new(AtomicUsize::new(0));
     let waiters: Vec<_> = (0..3)

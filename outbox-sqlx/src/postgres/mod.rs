@@ -14,8 +14,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use outbox_engine::{
-    Admin, DeadLetter, Error, Failure, Headers, Inbox, KeySlice, Message, MessageId, NewMessage, OutboxStats, RelayId,
-    RelayInfo, RelayRegistry, Result, Retry, Store,
+    Admin, DeadLetter, Error, Failure, Headers, Inbox, KeySlice, LateCommitChase, Message, MessageId, NewMessage,
+    OutboxStats, RelayId, RelayInfo, RelayRegistry, Result, Retry, Store,
 };
 use sqlx::postgres::{PgArguments, PgConnectOptions, PgListener, PgPoolOptions, PgQueryResult, PgRow};
 use sqlx::query::Query;
@@ -50,7 +50,17 @@ struct Inner {
     wake: Arc<Notify>,
     listener: Mutex<Option<JoinHandle<()>>>,
     floor: ClaimFloor,
+    /// This store's row in `{prefix}_waiters`, and until when (on this machine's clock) it counts.
+    waiter: Uuid,
+    waiting_until: Mutex<Option<std::time::Instant>>,
+    /// Claims again soon after the registration was renewed from lapsed: a producer that saw no
+    /// waiter committed without notifying.
+    chase: LateCommitChase,
 }
+
+/// How long a relay's registration as a waiter lasts; a relay that claims without waiting for that
+/// long is busy and needs no notifications.
+const WAITER_TTL: Duration = Duration::from_secs(30);
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -136,6 +146,7 @@ impl PostgresStore {
             let previous = row.try_get(9).map_err(get)?;
             leased.push(LeasedRow { seq: row.try_get(0).map_err(get)?, previous, message: decode_message(row)? });
         }
+        self.inner.chase.claimed(leased.len());
         let newest_keyless = leased.iter().filter(|row| row.message.key.is_none()).map(|row| row.seq).max();
         self.inner.floor.update(limit, leased.len(), newest_keyless);
         let (claimed, back) = keep_key_runs(leased);
@@ -175,6 +186,9 @@ impl PostgresStore {
                 wake: Arc::new(Notify::new()),
                 listener: Mutex::new(None),
                 floor: ClaimFloor::new(),
+                waiter: Uuid::new_v4(),
+                waiting_until: Mutex::new(None),
+                chase: LateCommitChase::default(),
             }),
         })
     }
@@ -237,6 +251,31 @@ impl PostgresStore {
         self.inner.floor.reset();
         self.inner.wake.notify_waiters();
         self.inner.wake.notify_one();
+    }
+
+    /// Registers this store as waiting for notifications (a row of `{prefix}_waiters`) unless its
+    /// registration still counts for longer than `timeout`; returns whether it had lapsed (or never
+    /// was). A failed registration only means producers may not notify: the relay still polls.
+    async fn register_waiter(&self, timeout: Duration) -> bool {
+        let now = std::time::Instant::now();
+        let until = *self.inner.waiting_until.lock().unwrap_or_else(|p| p.into_inner());
+        let margin = timeout + Duration::from_secs(2);
+        if until.is_some_and(|until| until > now + margin) {
+            return false;
+        }
+        let registered = sqlx::query(&self.inner.sql.register_waiter)
+            .bind(self.inner.waiter)
+            .bind(ms(WAITER_TTL))
+            .execute(&self.inner.pool)
+            .await;
+        if let Err(e) = registered {
+            let e = sql_error("register_waiter", e);
+            tracing::warn!(error = %e.report(), "outbox relay could not register as waiting for notifications");
+            return false;
+        }
+        // Counted from before the statement, so the local view never outlives the row.
+        *self.inner.waiting_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(now + WAITER_TTL);
+        until.is_none_or(|until| until <= now)
     }
 
     fn ensure_listener(&self) {
@@ -310,7 +349,7 @@ impl PostgresStore {
         arguments.add(ms(parts.delay.unwrap_or_default())).map_err(bind_error)?;
         let returning = if self.inner.options.enqueue_notifications {
             arguments.add(self.inner.sql.channel.as_str()).map_err(bind_error)?;
-            format!("pg_notify(${}, '')", first + 6)
+            sql::notify_if_waited(&self.inner.sql.waiters, &format!("${}", first + 6))
         } else {
             "1".to_owned()
         };
@@ -579,7 +618,13 @@ impl Store for PostgresStore {
 
     async fn wait_for_work(&self, timeout: Duration) {
         self.ensure_listener();
-        let _ = tokio::time::timeout(timeout, self.inner.wake.notified()).await;
+        if self.inner.options.enqueue_notifications && self.register_waiter(timeout).await {
+            // Producers may have committed without notifying while no registration counted:
+            // claim again at once, then a few times while late commits land.
+            self.inner.chase.enqueued();
+            return;
+        }
+        self.inner.chase.wait(&self.inner.wake, timeout).await;
     }
 }
 

@@ -36,6 +36,8 @@ pub(super) struct Sql {
     pub(super) relay_heartbeat: String,
     pub(super) relays: String,
     pub(super) relay_deregister: String,
+    pub(super) waiters: String,
+    pub(super) register_waiter: String,
 }
 
 impl Sql {
@@ -45,6 +47,7 @@ impl Sql {
             (t.qualified(&t.messages(), '"'), t.qualified(&t.dead_letters(), '"'), t.qualified(&t.inbox(), '"'));
         let p = t.prefix().as_str();
         let r = t.qualified(&t.relays(), '"');
+        let w = t.qualified(&t.waiters(), '"');
         // Claims and acknowledgements commit without waiting for the WAL flush unless asked to (see
         // `StoreOptions::durable_relay_commits`). `set_config(.., true)` lasts until the end of the
         // statement's own transaction, so the connection keeps its setting.
@@ -61,8 +64,11 @@ impl Sql {
             t.schema().map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};\n", s.quoted('"'))).unwrap_or_default();
         let cols = "id, topic, msg_key, payload, headers, created_at, attempts, last_error";
         // The enqueue statements wake relays at commit unless asked not to (see
-        // `StoreOptions::enqueue_notifications`); without it they still take the channel as $7.
-        let notify = if options.enqueue_notifications { ", pg_notify($7, '')" } else { "" };
+        // `StoreOptions::enqueue_notifications`); without it they still take the channel as $7. They
+        // notify only while a relay waits for one (a row of `{w}` not yet expired): a notifying
+        // commit takes the database-wide notification lock, and a busy relay needs no wake-up.
+        let notify =
+            if options.enqueue_notifications { format!(", {}", notify_if_waited(&w, "$7")) } else { String::new() };
         // A claim must never scan the whole backlog. Keyless rows come oldest first from their own
         // partial index. Keyed rows come from a window (limit + 25%, read without locks) of the oldest
         // unfinished keyed rows of the claim's key slice, claimable or not: a prefix of them in enqueue
@@ -189,6 +195,10 @@ CREATE TABLE IF NOT EXISTS {r} (
     heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now(),
     published BIGINT NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS {w} (
+    id UUID PRIMARY KEY,
+    until TIMESTAMPTZ NOT NULL
+);
 "#
             ),
             insert: format!(
@@ -222,6 +232,12 @@ CREATE TABLE IF NOT EXISTS {r} (
                  r.published FROM {r} r WHERE r.heartbeat_at > now() - $1 * {MS} ORDER BY r.started_at"
             ),
             relay_deregister: format!("DELETE FROM {r} WHERE id = $1"),
+            register_waiter: format!(
+                "WITH expired AS (DELETE FROM {w} WHERE until < now() - interval '1 hour') \
+                 INSERT INTO {w} (id, until) VALUES ($1, now() + $2 * {MS}) \
+                 ON CONFLICT (id) DO UPDATE SET until = excluded.until"
+            ),
+            waiters: w.clone(),
             explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0").replace("$5", "$2").replace("$6", "$3")),
             claim,
             extend: format!(
@@ -290,4 +306,10 @@ pub(super) fn message_insert(messages: &str, first: usize) -> String {
         "INSERT INTO {messages} (id, topic, msg_key, payload, headers, available_at) \
          VALUES (${id}, ${topic}, ${key}, ${payload}, ${headers}, now() + ${delay} * {MS})"
     )
+}
+
+/// A `pg_notify` on the channel bound as `channel` if a relay waits for one (a row of `waiters`
+/// that has not expired), else NULL.
+pub(super) fn notify_if_waited(waiters: &str, channel: &str) -> String {
+    format!("(SELECT pg_notify({channel}, '') FROM {waiters} WHERE until > now() LIMIT 1)")
 }

@@ -1,0 +1,4 @@
+CREATE TABLE IF NOT EXISTS "library_waiters" (
+    id UUID PRIMARY KEY,
+    until TIMESTAMPTZ NOT NULL
+);
