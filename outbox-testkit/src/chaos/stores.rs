@@ -134,7 +134,7 @@ impl ChaosStore {
 
     /// Drops the run's tables (best effort).
     pub(crate) async fn drop_tables(&self, prefix: &str) {
-        let tables = ["messages", "dead_letters", "inbox"].map(|t| format!("{prefix}_{t}"));
+        let tables = ["messages", "dead_letters", "inbox", "relays", "waiters"].map(|t| format!("{prefix}_{t}"));
         for table in &tables {
             let statement = format!("DROP TABLE IF EXISTS {table}");
             let dropped = match self {
