@@ -149,5 +149,8 @@ async fn main() {
     for table in [&m, &d] {
         sqlx::query(&format!("DROP TABLE {table}")).execute(store.pool()).await.unwrap();
     }
-    sqlx::query(&format!("DROP TABLE {prefix}_inbox, {prefix}_relays, {prefix}_waiters")).execute(store.pool()).await.unwrap();
+    sqlx::query(&format!("DROP TABLE {prefix}_inbox, {prefix}_relays, {prefix}_waiters"))
+        .execute(store.pool())
+        .await
+        .unwrap();
 }
