@@ -71,17 +71,25 @@ impl PublisherHarness for KafkaHarness {
         // A memory-backed broker cannot restart without losing its topics, so every client
         // connection to its ports is dropped on this host instead (`ss -K`, from iproute2; needs
         // root). The suite runs this check alone in its process.
-        for port in self.brokers.split(',').filter_map(|b| b.rsplit_once(':')).map(|(_, port)| port) {
-            let status = tokio::process::Command::new("ss")
-                .args(["-K", "dport", "=", &format!(":{port}")])
-                .stdout(std::process::Stdio::null())
-                .status()
-                .await
-                .expect("run ss (iproute2)");
-            assert!(status.success(), "ss -K could not drop the connections to port {port}");
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ports: Vec<&str> = self.brokers.split(',').filter_map(|b| b.rsplit_once(':')).map(|(_, p)| p).collect();
+        drop_connections_to(&ports).await;
     }
+}
+
+/// Drops every client connection to these local ports on this host (`ss -K`, from iproute2; needs
+/// root), for brokers that cannot restart without losing what the test wrote.
+#[cfg(any(feature = "kafka", feature = "nats"))]
+async fn drop_connections_to(ports: &[&str]) {
+    for port in ports {
+        let status = tokio::process::Command::new("ss")
+            .args(["-K", "dport", "=", &format!(":{port}")])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .await
+            .expect("run ss (iproute2)");
+        assert!(status.success(), "ss -K could not drop the connections to port {port}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 /// RabbitMQ harness: a fresh durable queue (a quorum queue unless asked otherwise), published to
@@ -315,17 +323,10 @@ impl PublisherHarness for NatsHarness {
         true
     }
     async fn kill_connections(&self) {
-        // Every client connection to the server's port is dropped on this host (`ss -K`, iproute2,
-        // root); the suite runs this check alone in its process.
+        // Every client connection to the server's port is dropped on this host; the suite runs
+        // this check alone in its process.
         let port = self.url.rsplit_once(':').map_or("4222", |(_, port)| port.trim_end_matches('/'));
-        let status = tokio::process::Command::new("ss")
-            .args(["-K", "dport", "=", &format!(":{port}")])
-            .stdout(std::process::Stdio::null())
-            .status()
-            .await
-            .expect("run ss (iproute2)");
-        assert!(status.success(), "ss -K could not drop the connections to port {port}");
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop_connections_to(&[port]).await;
     }
 }
 
