@@ -65,6 +65,16 @@ _outbox_services() {
   local pgver
   pgver=$(ls /etc/postgresql 2>/dev/null | head -n1)
   _outbox_ensure PostgreSQL 5432 "pg_ctlcluster --skip-systemctl-redirect $pgver main start" || return 1
+  # Replication wake-ups (WakeUps::Replication) stream the WAL: the local server needs wal_level = logical,
+  # and a slot and a WAL sender for each relay that waits (the tests run many at once).
+  if [ -z "${OUTBOX_TEST_POSTGRES_URL:-}" ] && command -v psql >/dev/null &&
+    [ "$(psql -h 127.0.0.1 -U postgres -d postgres -AtXc "SELECT current_setting('wal_level') || current_setting('max_replication_slots')")" != logical64 ]; then
+    echo "test-services: setting PostgreSQL wal_level = logical, 64 replication slots and WAL senders (a restart)"
+    psql -h 127.0.0.1 -U postgres -d postgres -qX -v ON_ERROR_STOP=1 -c 'ALTER SYSTEM SET wal_level = logical' \
+      -c 'ALTER SYSTEM SET max_replication_slots = 64' -c 'ALTER SYSTEM SET max_wal_senders = 64' || return 1
+    pg_ctlcluster --skip-systemctl-redirect "$pgver" main restart || return 1
+    _outbox_wait_port 127.0.0.1 5432 PostgreSQL 30 || return 1
+  fi
   _outbox_ensure MariaDB 3306 "start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd" || return 1
   _outbox_ensure Redis 6379 "redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save '' --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log" || return 1
   _outbox_ensure RabbitMQ 5672 "rabbitmq-server -detached" || return 1

@@ -56,6 +56,8 @@ pub(crate) struct StoreConfig {
     pub(crate) schema: Option<String>,
     /// Pool size.
     pub(crate) max_connections: Option<u32>,
+    /// PostgreSQL: how relays are woken, `notify` (default), `replication` or `polling`.
+    pub(crate) wake_ups: Option<String>,
 }
 
 impl fmt::Debug for StoreConfig {
@@ -65,6 +67,7 @@ impl fmt::Debug for StoreConfig {
             .field("url", &redact_url(&self.url))
             .field("table_prefix", &self.table_prefix)
             .field("schema", &self.schema)
+            .field("wake_ups", &self.wake_ups)
             .finish_non_exhaustive()
     }
 }

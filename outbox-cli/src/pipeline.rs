@@ -35,6 +35,12 @@ impl AnyStore {
             }
             options = options.schema(schema)?;
         }
+        if let Some(wake_ups) = &config.wake_ups {
+            if config.kind != StoreKind::Postgres {
+                return Err(outbox::Error::invalid_config("store.wake_ups is for PostgreSQL only"));
+            }
+            options = options.wake_ups(wake_ups.parse()?);
+        }
         if let Some(connections) = config.max_connections {
             options = options.max_connections(connections)?;
         }

@@ -272,6 +272,20 @@ publisher = "streams"
             "unknown publisher \"kafka\"",
         ),
         (
+            "wake-ups on SQLite",
+            good.replace("kind = \"sqlite\"", "kind = \"sqlite\"\nwake_ups = \"replication\""),
+            "store.wake_ups is for PostgreSQL only",
+        ),
+        (
+            "unknown wake-ups",
+            good.replace(
+                "url = \"sqlite::memory:\"",
+                "url = \"postgres://app:s3cret@127.0.0.1:1/x\"\nwake_ups = \"sometimes\"",
+            )
+            .replace("kind = \"sqlite\"", "kind = \"postgres\""),
+            "wake_ups must be notify, replication or polling, not \"sometimes\"",
+        ),
+        (
             "SQL in a prefix",
             good.replace("kind = \"sqlite\"", "kind = \"sqlite\"\ntable_prefix = \"x; DROP TABLE y\""),
             "not a valid SQL identifier",

@@ -163,6 +163,46 @@ impl TableNames {
     }
 }
 
+/// How a PostgreSQL relay that ran out of work learns of newly committed messages.
+///
+/// Producers and relays of one outbox should use the same mode. Whatever the mode, a relay also
+/// polls at its `poll_interval`, so a missed wake-up delays a message and never loses it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WakeUps {
+    /// The enqueue statement calls `pg_notify` while a relay waits for work (the default). A relay
+    /// registers as waiting (a row of `{prefix}_waiters`, good for 30 s) when it runs out of work;
+    /// one that keeps finding work lets its registration lapse, and producers then skip the
+    /// notification: under load they do not pay for it. A notifying commit takes PostgreSQL's
+    /// database-wide notification lock through its WAL flush and wakes every connection listening
+    /// in the database, which is what a quiet outbox pays per message.
+    #[default]
+    Notify,
+    /// Producers pay nothing: each relay reads the commits of the messages table from PostgreSQL's
+    /// write-ahead log through a temporary logical replication slot (a publication on the messages
+    /// table, `pgoutput`), and wakes when one lands. Needs the `postgres-replication` feature,
+    /// `wal_level = logical`, a role with the `REPLICATION` attribute and one free replication slot
+    /// and WAL sender per relay process. Where the stream cannot run, the relay logs why and polls.
+    Replication,
+    /// No wake-ups: relays find messages by polling (give them a `busy_poll_interval`,
+    /// docs/configuration.md). Relays still listen, so producers that notify still wake them.
+    Polling,
+}
+
+impl std::str::FromStr for WakeUps {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "notify" => Ok(Self::Notify),
+            "replication" => Ok(Self::Replication),
+            "polling" => Ok(Self::Polling),
+            other => {
+                Err(Error::invalid_config(format!("wake_ups must be notify, replication or polling, not {other:?}")))
+            }
+        }
+    }
+}
+
 /// Settings shared by every SQL store.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -182,21 +222,9 @@ pub struct StoreOptions {
     /// durability. Turn this on to pay one flush per claim and per acknowledgement instead of those
     /// repeats. MySQL and SQLite ignore it (their flush setting is server- or connection-wide).
     pub durable_relay_commits: bool,
-    /// PostgreSQL: the enqueue statement also calls `pg_notify` while a relay waits for work, so that
-    /// relay wakes as soon as the caller's transaction commits (default on). A relay registers as
-    /// waiting (a row of `{prefix}_waiters`, good for 30 s) when it runs out of work; one that keeps
-    /// finding work lets its registration lapse, and producers then skip the notification: under
-    /// load they do not pay for it. PostgreSQL serializes the commits of all
-    /// transactions that notify, a database-wide lock held through each commit's WAL flush: on the
-    /// benchmark machine, 8 producers committing a one-row business transaction with one message did
-    /// about half as many transactions a second with notifications as without (docs/benchmarks.md).
-    /// Each notifying commit also wakes every connection listening in the database, whatever its
-    /// channel (each relay's store holds one). Turn this off where many transactions enqueue at
-    /// once; relays then find messages by polling, so give them a `busy_poll_interval`
-    /// (docs/configuration.md, "Many producers"). Relays still listen, so producers that notify
-    /// (other processes, other settings) still wake them. MySQL and SQLite ignore it (their
-    /// wake-ups are in-process).
-    pub enqueue_notifications: bool,
+    /// PostgreSQL: how a waiting relay learns that messages were committed (default
+    /// [`WakeUps::Notify`]). MySQL and SQLite ignore it (their wake-ups are in-process).
+    pub wake_ups: WakeUps,
     /// The pool size of a store opened with `connect_with` (default: 8 for PostgreSQL and MySQL, 4
     /// for SQLite). A store built with `new` uses the pool it is given.
     pub max_connections: Option<u32>,
@@ -209,7 +237,7 @@ impl Default for StoreOptions {
             limits: MessageLimits::default(),
             retention: None,
             durable_relay_commits: false,
-            enqueue_notifications: true,
+            wake_ups: WakeUps::Notify,
             max_connections: None,
         }
     }
@@ -243,10 +271,14 @@ impl StoreOptions {
         self.durable_relay_commits = durable;
         self
     }
-    /// See [`StoreOptions::enqueue_notifications`] (PostgreSQL).
-    pub fn enqueue_notifications(mut self, notify: bool) -> Self {
-        self.enqueue_notifications = notify;
+    /// Sets how relays are woken (PostgreSQL; see [`WakeUps`]).
+    pub fn wake_ups(mut self, wake_ups: WakeUps) -> Self {
+        self.wake_ups = wake_ups;
         self
+    }
+    /// `true`: [`WakeUps::Notify`]; `false`: [`WakeUps::Polling`].
+    pub fn enqueue_notifications(self, notify: bool) -> Self {
+        self.wake_ups(if notify { WakeUps::Notify } else { WakeUps::Polling })
     }
     /// The pool size of a store opened with `connect_with`: 1 to 1,000 connections.
     pub fn max_connections(mut self, connections: u32) -> Result<Self> {

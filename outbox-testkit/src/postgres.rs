@@ -27,6 +27,13 @@ impl PostgresHarness {
         Self::with_options(StoreOptions::default()).await
     }
 
+    /// A harness whose relays wake from the write-ahead log ([`outbox_sqlx::WakeUps::Replication`]); the server
+    /// needs `wal_level = logical` (`scripts/test-services.sh` sets it on the local one).
+    #[cfg(feature = "postgres-replication")]
+    pub async fn replication() -> Option<Self> {
+        Self::with_options(StoreOptions::default().wake_ups(outbox_sqlx::WakeUps::Replication)).await
+    }
+
     /// The same with `options` (schema and prefix are replaced by unique test ones).
     pub async fn with_options(options: StoreOptions) -> Option<Self> {
         let url = backend("OUTBOX_TEST_POSTGRES_URL", "PostgreSQL")?;

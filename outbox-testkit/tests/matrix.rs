@@ -2,6 +2,7 @@
 #![cfg(all(
     feature = "sqlite",
     feature = "postgres",
+    feature = "postgres-replication",
     feature = "mysql",
     feature = "kafka",
     feature = "rabbitmq",
@@ -46,6 +47,11 @@ matrix! {
     postgres_to_redis: PostgresHarness::new(), RedisHarness::new();
     postgres_to_nats: PostgresHarness::new(), NatsHarness::new();
     postgres_to_memory: PostgresHarness::new(), MemoryPublisherHarness::new();
+    postgres_replication_to_kafka: PostgresHarness::replication(), KafkaHarness::new();
+    postgres_replication_to_rabbitmq: PostgresHarness::replication(), RabbitMqHarness::new();
+    postgres_replication_to_redis: PostgresHarness::replication(), RedisHarness::new();
+    postgres_replication_to_nats: PostgresHarness::replication(), NatsHarness::new();
+    postgres_replication_to_memory: PostgresHarness::replication(), MemoryPublisherHarness::new();
     mysql_to_kafka: MySqlHarness::new(), KafkaHarness::new();
     mysql_to_rabbitmq: MySqlHarness::new(), RabbitMqHarness::new();
     mysql_to_redis: MySqlHarness::new(), RedisHarness::new();

@@ -427,3 +427,63 @@ async fn mysql_claims_are_fenced_by_lease_owner_across_connections() {
     assert_eq!(claimed.len(), 1);
     assert!(store.claim(RelayId::new(), 10, Duration::from_secs(30)).await.expect("claim").is_empty());
 }
+
+/// `WakeUps::Replication`: a commit wakes a waiting relay through its temporary replication slot,
+/// without any notification (producers pay nothing), and the slot goes when the store does.
+#[cfg(feature = "postgres-replication")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_replication_wakes_a_waiting_relay_without_notifications() {
+    let Some(h) = PostgresHarness::replication().await else { return };
+    let store = h.postgres_store().clone();
+    let mut listener = sqlx::postgres::PgListener::connect_with(store.pool()).await.expect("listener");
+    listener.listen(store.channel()).await.expect("listen");
+    let application = format!("outbox wake-ups {}", store.channel());
+    let slot_query =
+        "SELECT s.temporary FROM pg_replication_slots s JOIN pg_stat_replication r ON r.pid = s.active_pid \
+                      WHERE r.application_name = $1";
+    let slot = |pool: sqlx::PgPool, application: String| async move {
+        sqlx::query_scalar::<_, bool>(slot_query).bind(application).fetch_all(&pool).await.expect("slots")
+    };
+
+    // The first wait starts the stream; it wakes once when it starts, then its chase runs out.
+    let started = Instant::now();
+    while slot(store.pool().clone(), application.clone()).await.is_empty() {
+        assert!(started.elapsed() < Duration::from_secs(20), "no replication slot streamed for the store");
+        store.wait_for_work(Duration::from_millis(200)).await;
+    }
+    assert_eq!(slot(store.pool().clone(), application.clone()).await, vec![true], "one temporary slot");
+    for _ in 0..12 {
+        store.wait_for_work(Duration::from_millis(700)).await;
+    }
+
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let started = Instant::now();
+            store.wait_for_work(Duration::from_secs(60)).await;
+            started.elapsed()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let committed = Instant::now();
+    let mut tx = store.pool().begin().await.expect("begin");
+    let id = store.enqueue(&mut *tx, NewMessage::new("t", "woken")).await.expect("enqueue");
+    tx.commit().await.expect("commit");
+    let waited = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("not woken").expect("task");
+    assert!(waited < Duration::from_secs(30), "the relay waited {waited:?}: woken by its timeout, not the commit");
+    let woken_after = committed.elapsed();
+    let heard = tokio::time::timeout(Duration::from_millis(300), listener.recv()).await;
+    assert!(heard.is_err(), "a commit in replication mode notified: {heard:?}");
+    let claimed = store.claim(RelayId::new(), 10, Duration::from_secs(30)).await.expect("claim");
+    assert_eq!(claimed.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+    eprintln!("woken {woken_after:?} after the commit");
+
+    // The slot is the session's: it goes with the store.
+    let pool = store.pool().clone();
+    drop((store, h));
+    let dropped = Instant::now();
+    while !slot(pool.clone(), application.clone()).await.is_empty() {
+        assert!(dropped.elapsed() < Duration::from_secs(20), "the temporary slot outlived the store");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

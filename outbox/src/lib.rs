@@ -16,6 +16,7 @@
 //! | feature | what it adds |
 //! |---|---|
 //! | `postgres`, `mysql`, `sqlite` | the store of that database (`outbox::postgres::PostgresStore`, ...), [`StoreOptions`], and a re-export of [`sqlx`] with that driver |
+//! | `postgres-replication` | PostgreSQL relays woken from the write-ahead log ([`WakeUps::Replication`]): producers pay nothing for wake-ups (Rust 1.88) |
 //! | `kafka`, `rabbitmq`, `redis`, `nats` | the publisher of that broker (`outbox::kafka::KafkaPublisher`, ...) |
 //! | `signal` (default) | [`shutdown_on_signal`]: stop a relay on SIGTERM / Ctrl-C |
 //! | `test-util` | for tests and examples: each broker's `read_back`, the memory store's fault switches |
@@ -94,7 +95,7 @@ pub use sqlx;
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))))]
-pub use outbox_sqlx::{error_from, redact_url, Identifier, StoreOptions, TableNames};
+pub use outbox_sqlx::{error_from, redact_url, Identifier, StoreOptions, TableNames, WakeUps};
 
 /// The PostgreSQL store (feature `postgres`).
 #[cfg(feature = "postgres")]

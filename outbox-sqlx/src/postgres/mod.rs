@@ -27,9 +27,11 @@ use uuid::Uuid;
 
 use crate::admin::Dialect;
 use crate::key_runs::{keep_key_runs, LeasedRow};
-use crate::{connect_error, sql_error, StoreOptions};
+use crate::{connect_error, sql_error, StoreOptions, WakeUps};
 
 mod claim_floor;
+#[cfg(feature = "postgres-replication")]
+mod replication;
 mod sql;
 mod statement;
 
@@ -49,13 +51,20 @@ struct Inner {
     sql: Sql,
     wake: Arc<Notify>,
     listener: Mutex<Option<JoinHandle<()>>>,
+    /// The replication stream of [`WakeUps::Replication`], started by the first wait.
+    #[cfg_attr(not(feature = "postgres-replication"), allow(dead_code))]
+    stream: Mutex<Option<JoinHandle<()>>>,
+    /// The password of the URL the store connected with, for the replication session (the pool
+    /// does not give it back). Never printed.
+    #[cfg_attr(not(feature = "postgres-replication"), allow(dead_code))]
+    password: Option<String>,
     floor: ClaimFloor,
     /// This store's row in `{prefix}_waiters`, and until when (on this machine's clock) it counts.
     waiter: Uuid,
     waiting_until: Mutex<Option<std::time::Instant>>,
     /// Claims again soon after the registration was renewed from lapsed: a producer that saw no
     /// waiter committed without notifying.
-    chase: LateCommitChase,
+    chase: Arc<LateCommitChase>,
 }
 
 /// How long a relay's registration as a waiter lasts; a relay that claims without waiting for that
@@ -64,8 +73,10 @@ const WAITER_TTL: Duration = Duration::from_secs(30);
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        if let Some(task) = self.listener.get_mut().ok().and_then(Option::take) {
-            task.abort();
+        for task in [&mut self.listener, &mut self.stream] {
+            if let Some(task) = task.get_mut().ok().and_then(Option::take) {
+                task.abort();
+            }
         }
     }
 }
@@ -78,6 +89,18 @@ impl fmt::Debug for PostgresStore {
             .field("channel", &self.inner.sql.channel)
             .finish_non_exhaustive()
     }
+}
+
+/// The percent-decoded password of a `postgres://` URL, if it has one.
+#[cfg(feature = "postgres-replication")]
+fn url_password(url: &str) -> Option<String> {
+    let url = url::Url::parse(url).ok()?;
+    percent_encoding::percent_decode_str(url.password()?).decode_utf8().ok().map(|p| p.into_owned())
+}
+
+#[cfg(not(feature = "postgres-replication"))]
+fn url_password(_url: &str) -> Option<String> {
+    None
 }
 
 fn ms(d: Duration) -> i64 {
@@ -171,10 +194,16 @@ impl PostgresStore {
             .connect_with(connect)
             .await
             .map_err(|e| connect_error(url, e))?;
-        Self::new(pool, options)
+        let mut store = Self::new(pool, options)?;
+        if let Some(inner) = Arc::get_mut(&mut store.inner) {
+            inner.password = url_password(url);
+        }
+        Ok(store)
     }
 
-    /// A store over your own pool. Fails on options PostgreSQL cannot honour (none today; the same
+    /// A store over your own pool. With [`WakeUps::Replication`], the replication session takes
+    /// the pool's server, user, database and TLS mode, and the password of `PGPASSWORD` (a pool does
+    /// not give its password back; [`connect_with`](Self::connect_with) uses its URL's). Fails on options PostgreSQL cannot honour (none today; the same
     /// shape as the other stores).
     pub fn new(pool: PgPool, options: StoreOptions) -> Result<Self> {
         let sql = Sql::new(&options);
@@ -185,10 +214,12 @@ impl PostgresStore {
                 sql,
                 wake: Arc::new(Notify::new()),
                 listener: Mutex::new(None),
+                stream: Mutex::new(None),
+                password: std::env::var("PGPASSWORD").ok(),
                 floor: ClaimFloor::new(),
                 waiter: Uuid::new_v4(),
                 waiting_until: Mutex::new(None),
-                chase: LateCommitChase::default(),
+                chase: Arc::new(LateCommitChase::default()),
             }),
         })
     }
@@ -297,6 +328,33 @@ impl PostgresStore {
         }));
     }
 
+    /// Starts the replication stream of [`WakeUps::Replication`] unless it runs.
+    fn ensure_stream(&self) {
+        let mut slot = self.inner.stream.lock().unwrap_or_else(|p| p.into_inner());
+        if slot.is_some() {
+            return;
+        }
+        #[cfg(feature = "postgres-replication")]
+        {
+            let stream = replication::Stream {
+                pool: self.inner.pool.clone(),
+                password: self.inner.password.clone(),
+                publication: self.inner.sql.channel.clone(),
+                messages: self.inner.sql.messages.clone(),
+                wake: self.inner.wake.clone(),
+                chase: self.inner.chase.clone(),
+            };
+            *slot = Some(tokio::spawn(stream.run()));
+        }
+        #[cfg(not(feature = "postgres-replication"))]
+        {
+            tracing::warn!(
+                "outbox wake_ups = replication needs the postgres-replication feature of outbox-sqlx; the relay polls"
+            );
+            *slot = Some(tokio::spawn(async {}));
+        }
+    }
+
     /// Runs your `statement` (an `INSERT`, `UPDATE`, `DELETE` or `SELECT`, with or without a `WITH`
     /// clause of its own) in your transaction with `message` enqueued by the same statement: the
     /// business write and the outbox row take one round trip instead of two. The message goes in as a
@@ -347,7 +405,7 @@ impl PostgresStore {
         arguments.add(parts.payload).map_err(bind_error)?;
         arguments.add(Json(parts.headers)).map_err(bind_error)?;
         arguments.add(ms(parts.delay.unwrap_or_default())).map_err(bind_error)?;
-        let returning = if self.inner.options.enqueue_notifications {
+        let returning = if self.inner.options.wake_ups == WakeUps::Notify {
             arguments.add(self.inner.sql.channel.as_str()).map_err(bind_error)?;
             sql::notify_if_waited(&self.inner.sql.waiters, &format!("${}", first + 6))
         } else {
@@ -605,7 +663,11 @@ impl Store for PostgresStore {
     }
 
     fn wakes_on_commit(&self) -> bool {
-        self.inner.options.enqueue_notifications
+        match self.inner.options.wake_ups {
+            WakeUps::Notify => true,
+            WakeUps::Replication => cfg!(feature = "postgres-replication"),
+            WakeUps::Polling => false,
+        }
     }
 
     fn registry(&self) -> Option<&dyn RelayRegistry> {
@@ -618,7 +680,10 @@ impl Store for PostgresStore {
 
     async fn wait_for_work(&self, timeout: Duration) {
         self.ensure_listener();
-        if self.inner.options.enqueue_notifications && self.register_waiter(timeout).await {
+        if self.inner.options.wake_ups == WakeUps::Replication {
+            self.ensure_stream();
+        }
+        if self.inner.options.wake_ups == WakeUps::Notify && self.register_waiter(timeout).await {
             // Producers may have committed without notifying while no registration counted:
             // claim again at once, then a few times while late commits land.
             self.inner.chase.enqueued();

@@ -64,11 +64,14 @@ impl Sql {
             t.schema().map(|s| format!("CREATE SCHEMA IF NOT EXISTS {};\n", s.quoted('"'))).unwrap_or_default();
         let cols = "id, topic, msg_key, payload, headers, created_at, attempts, last_error";
         // The enqueue statements wake relays at commit unless asked not to (see
-        // `StoreOptions::enqueue_notifications`); without it they still take the channel as $7. They
+        // `StoreOptions::wake_ups`); without it they still take the channel as $7. They
         // notify only while a relay waits for one (a row of `{w}` not yet expired): a notifying
         // commit takes the database-wide notification lock, and a busy relay needs no wake-up.
-        let notify =
-            if options.enqueue_notifications { format!(", {}", notify_if_waited(&w, "$7")) } else { String::new() };
+        let notify = if options.wake_ups == crate::WakeUps::Notify {
+            format!(", {}", notify_if_waited(&w, "$7"))
+        } else {
+            String::new()
+        };
         // A claim must never scan the whole backlog. Keyless rows come oldest first from their own
         // partial index. Keyed rows come from a window (limit + 25%, read without locks) of the oldest
         // unfinished keyed rows of the claim's key slice, claimable or not: a prefix of them in enqueue
