@@ -17,7 +17,7 @@ pub(crate) struct Args {
     pub(crate) rate: usize,
     pub(crate) poll_interval: Duration,
     pub(crate) busy_poll_interval: Option<Duration>,
-    pub(crate) producers: usize,
+    pub(crate) producers: Vec<usize>,
     pub(crate) idle_listeners: usize,
     pub(crate) old_rows: usize,
     pub(crate) keys: KeyMix,
@@ -31,15 +31,23 @@ pub(crate) struct Args {
     pub(crate) json: Option<String>,
     pub(crate) skip: Vec<String>,
     pub(crate) durable_relay_commits: bool,
-    pub(crate) enqueue_notifications: bool,
+    pub(crate) wake_ups: WakeUps,
     pub(crate) metrics_overhead: bool,
 }
 
 /// Store options from the command line.
 pub(crate) fn store_options(args: &Args) -> StoreOptions {
-    StoreOptions::default()
-        .durable_relay_commits(args.durable_relay_commits)
-        .enqueue_notifications(args.enqueue_notifications)
+    StoreOptions::default().durable_relay_commits(args.durable_relay_commits).wake_ups(args.wake_ups)
+}
+
+/// The wake-up modes the latency, producer, enqueue and idle parts compare, with their names: all
+/// three on PostgreSQL, the store's own (in-process) on the others.
+pub(crate) fn wake_up_modes(args: &Args) -> Vec<(WakeUps, &'static str)> {
+    if args.store == "postgres" {
+        vec![(WakeUps::Notify, "notify"), (WakeUps::Replication, "replication"), (WakeUps::Polling, "polling")]
+    } else {
+        vec![(WakeUps::Notify, "in_process")]
+    }
 }
 
 /// The command line (`--help` prints it).
@@ -93,9 +101,9 @@ struct Cli {
     /// The latency test's relay polls this soon after finding messages, in ms.
     #[arg(long, value_name = "MS", value_parser = positive)]
     busy_poll_interval: Option<usize>,
-    /// Concurrent producers of the producer-throughput test.
-    #[arg(long, default_value_t = 8, value_parser = positive)]
-    producers: usize,
+    /// Concurrent producers of the producer-throughput test, one run per count.
+    #[arg(long, value_name = "N", default_value = "1,8,32", value_delimiter = ',', value_parser = positive)]
+    producers: Vec<usize>,
     /// PostgreSQL: connections LISTENing on other channels during the enqueue test.
     #[arg(long, default_value_t = 0)]
     idle_listeners: usize,
@@ -123,9 +131,10 @@ struct Cli {
     /// PostgreSQL: relay commits wait for the WAL flush.
     #[arg(long)]
     durable_relay_commits: bool,
-    /// PostgreSQL: enqueue without pg_notify (relays then poll).
-    #[arg(long)]
-    no_enqueue_notifications: bool,
+    /// PostgreSQL: how relays are woken in the throughput runs (the latency, producer, enqueue and
+    /// idle parts compare all three).
+    #[arg(long, default_value = "notify", value_parser = ["notify", "replication", "polling"])]
+    wake_ups: String,
     /// Relay throughput without and with a Prometheus metrics recorder, rounds interleaved.
     #[arg(long)]
     metrics_overhead: bool,
@@ -190,7 +199,7 @@ pub(crate) fn parse_args() -> Args {
         json: cli.json,
         skip: cli.skip,
         durable_relay_commits: cli.durable_relay_commits,
-        enqueue_notifications: !cli.no_enqueue_notifications,
+        wake_ups: cli.wake_ups.parse().expect("one of the listed values"),
         metrics_overhead: cli.metrics_overhead,
     }
 }

@@ -34,6 +34,16 @@ impl AnyStore {
         Ok(store)
     }
 
+    /// The same tables, with relays woken by `wake_ups` (PostgreSQL; the others wake in-process).
+    pub(crate) fn with_wake_ups(&self, wake_ups: WakeUps) -> Result<Self, BoxError> {
+        Ok(match self {
+            Self::Postgres(s) => {
+                Self::Postgres(PostgresStore::new(s.pool().clone(), s.options().clone().wake_ups(wake_ups))?)
+            }
+            other => other.clone(),
+        })
+    }
+
     pub(crate) fn dyn_store(&self) -> Arc<dyn Store> {
         match self {
             Self::Postgres(s) => Arc::new(s.clone()),
@@ -69,13 +79,14 @@ impl AnyStore {
         Ok(())
     }
 
-    /// One transaction: an optional business row, then the messages.
+    /// One transaction: an optional business row, then the messages. Returns when its `COMMIT` was
+    /// sent: the commit instant as the producer knows it, before the reply reaches its task.
     pub(crate) async fn enqueue_tx(
         &self,
         messages: Vec<NewMessage>,
         business_row: Option<i64>,
-    ) -> Result<(), BoxError> {
-        match self {
+    ) -> Result<Instant, BoxError> {
+        let committed = match self {
             Self::Postgres(s) => {
                 let mut tx = s.pool().begin().await?;
                 if let Some(v) = business_row {
@@ -84,7 +95,9 @@ impl AnyStore {
                 if !messages.is_empty() {
                     s.enqueue_batch(&mut *tx, messages).await?;
                 }
+                let committing = Instant::now();
                 tx.commit().await?;
+                committing
             }
             Self::MySql(s) => {
                 let mut tx = s.pool().begin().await?;
@@ -94,7 +107,9 @@ impl AnyStore {
                 if !messages.is_empty() {
                     s.enqueue_batch(&mut *tx, messages).await?;
                 }
+                let committing = Instant::now();
                 tx.commit().await?;
+                committing
             }
             Self::Sqlite(s) => {
                 let mut tx = s.pool().begin().await?;
@@ -104,10 +119,12 @@ impl AnyStore {
                 if !messages.is_empty() {
                     s.enqueue_batch(&mut *tx, messages).await?;
                 }
+                let committing = Instant::now();
                 tx.commit().await?;
+                committing
             }
-        }
-        Ok(())
+        };
+        Ok(committed)
     }
 
     /// One transaction: a business row, then instead of an outbox message either a bare `SELECT 1`

@@ -22,8 +22,12 @@ pub(crate) async fn enqueue_overhead(
     for i in 0..N * variants {
         let started = Instant::now();
         match (i % variants, store) {
-            (0, _) => store.enqueue_tx(Vec::new(), Some(i as i64)).await?,
-            (1, _) => store.enqueue_tx(vec![message()], Some(i as i64)).await?,
+            (0, _) => {
+                store.enqueue_tx(Vec::new(), Some(i as i64)).await?;
+            }
+            (1, _) => {
+                store.enqueue_tx(vec![message()], Some(i as i64)).await?;
+            }
             (2, _) => store.second_statement_tx(i as i64, false).await?,
             (3, _) => store.second_statement_tx(i as i64, true).await?,
             (5, AnyStore::Postgres(s)) => {
@@ -32,7 +36,9 @@ pub(crate) async fn enqueue_overhead(
                 s.execute_with(&mut tx, business, message()).await?;
                 tx.commit().await?;
             }
-            _ => store.enqueue_tx((0..10).map(|_| message()).collect(), Some(i as i64)).await?,
+            _ => {
+                store.enqueue_tx((0..10).map(|_| message()).collect(), Some(i as i64)).await?;
+            }
         }
         samples[i % variants].push(started.elapsed());
     }
@@ -81,38 +87,78 @@ pub(crate) const ENQUEUE_VARIANTS: [EnqueueVariant; 6] = [
     },
 ];
 
+/// What a producer-throughput variant's transactions write, and whether a relay runs meanwhile.
+struct ProducerVariant {
+    name: String,
+    store: AnyStore,
+    writes: Writes,
+    /// A relay (publishing to memory) runs on `store` during the variant, waiting for work in the
+    /// store's wake-up mode whenever it catches up: the producers then pay what that mode costs.
+    relay: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Writes {
+    Business,
+    SecondRow,
+    Message,
+}
+
 /// Transactions a second that `producers` concurrent producers commit for 3 s: one-row business
-/// transactions alone, with one outbox message each, and (PostgreSQL) with one message enqueued
-/// without a notification. Two rounds of each, alternating; the better round of each is reported.
+/// transactions alone, with a row in a second plain table (the floor: any second row), with one
+/// outbox message and no relay running (the row's own cost), and with one message while a relay
+/// of each wake-up mode runs. Two rounds of each, alternating; the better round of each is reported.
 pub(crate) async fn producer_throughput(
     store: &AnyStore,
     topic: &str,
     args: &Args,
+    producers: usize,
 ) -> Result<Vec<(String, f64)>, BoxError> {
     store.create_business_table().await?;
-    let mut variants: Vec<(String, AnyStore, bool)> =
-        vec![("business".into(), store.clone(), false), ("outbox".into(), store.clone(), true)];
-    if let AnyStore::Postgres(s) = store {
-        let quiet = PostgresStore::new(s.pool().clone(), s.options().clone().enqueue_notifications(false))?;
-        variants.push(("outbox_without_notifications".into(), AnyStore::Postgres(quiet), true));
+    let mut variants = vec![
+        ProducerVariant { name: "business".into(), store: store.clone(), writes: Writes::Business, relay: false },
+        ProducerVariant { name: "second_row".into(), store: store.clone(), writes: Writes::SecondRow, relay: false },
+        // Without notifications: a notify-mode store would notify for 30 s after a relay stopped.
+        ProducerVariant {
+            name: "outbox".into(),
+            store: store.with_wake_ups(WakeUps::Polling)?,
+            writes: Writes::Message,
+            relay: false,
+        },
+    ];
+    for (mode, name) in wake_up_modes(args) {
+        let store = store.with_wake_ups(mode)?;
+        variants.push(ProducerVariant {
+            name: format!("outbox_relay_{name}"),
+            store,
+            writes: Writes::Message,
+            relay: true,
+        });
     }
     let mut best = vec![0.0f64; variants.len()];
     for _round in 0..2 {
-        for ((_, variant, with_message), best) in variants.iter().zip(best.iter_mut()) {
+        for (variant, best) in variants.iter().zip(best.iter_mut()) {
+            let relay = if variant.relay { Some(BackgroundRelay::start(&variant.store, args).await?) } else { None };
             let committed = Arc::new(AtomicU64::new(0));
             let deadline = Instant::now() + Duration::from_secs(3);
             let started = Instant::now();
             let mut tasks = Vec::new();
-            for producer in 0..args.producers {
-                let (variant, committed, topic, payload) =
-                    (variant.clone(), committed.clone(), topic.to_owned(), args.payload);
-                let with_message = *with_message;
+            for producer in 0..producers {
+                let (store, committed, topic, payload, writes) =
+                    (variant.store.clone(), committed.clone(), topic.to_owned(), args.payload, variant.writes);
                 tasks.push(tokio::spawn(async move {
                     let mut n = 0i64;
                     while Instant::now() < deadline {
-                        let messages =
-                            if with_message { vec![NewMessage::new(&topic, vec![3u8; payload])] } else { Vec::new() };
-                        variant.enqueue_tx(messages, Some(producer as i64 * 1_000_000_000 + n)).await?;
+                        let row = producer as i64 * 1_000_000_000 + n;
+                        match writes {
+                            Writes::Business => {
+                                store.enqueue_tx(Vec::new(), Some(row)).await?;
+                            }
+                            Writes::SecondRow => store.second_statement_tx(row, true).await?,
+                            Writes::Message => {
+                                store.enqueue_tx(vec![NewMessage::new(&topic, vec![3u8; payload])], Some(row)).await?;
+                            }
+                        }
                         committed.fetch_add(1, Ordering::Relaxed);
                         n += 1;
                     }
@@ -124,10 +170,45 @@ pub(crate) async fn producer_throughput(
             }
             let rate = committed.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
             *best = best.max(rate);
+            if let Some(relay) = relay {
+                relay.stop().await?;
+            }
         }
     }
     store.drop_business_table().await?;
-    Ok(variants.into_iter().map(|(name, ..)| name).zip(best).collect())
+    Ok(variants.into_iter().map(|v| v.name).zip(best).collect())
+}
+
+/// A relay on a store, publishing to memory, until [`stop`](Self::stop): the relay of a quiet
+/// outbox, which waits for work in its store's wake-up mode whenever it has caught up.
+pub(crate) struct BackgroundRelay {
+    shutdown: CancellationToken,
+    running: tokio::task::JoinHandle<outbox_engine::Result<()>>,
+}
+
+impl BackgroundRelay {
+    /// Starts it and gives it 500 ms to settle into waiting (and a replication stream to start).
+    pub(crate) async fn start(store: &AnyStore, args: &Args) -> Result<Self, BoxError> {
+        let mut options = RelayOptions::default();
+        options.poll_interval = args.poll_interval;
+        options.busy_poll_interval = args.busy_poll_interval;
+        let relay =
+            Relay::builder_shared(store.dyn_store(), Arc::new(MemoryPublisher::new())).options(options).build()?;
+        let shutdown = CancellationToken::new();
+        let running = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move { relay.run(shutdown).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Self { shutdown, running })
+    }
+
+    /// Stops it and waits until it has.
+    pub(crate) async fn stop(self) -> Result<(), BoxError> {
+        self.shutdown.cancel();
+        self.running.await??;
+        Ok(())
+    }
 }
 
 pub(crate) async fn claim_cost(kind: &str, args: &Args, topic: &str) -> Result<(Duration, Duration), BoxError> {

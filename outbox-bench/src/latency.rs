@@ -39,8 +39,8 @@ pub(crate) async fn latency(
         async move {
             let message = NewMessage::new(&topic, vec![7u8; payload]);
             let id = message.id();
-            store.enqueue_tx(vec![message], None).await?;
-            committed.lock().map_err(|_| "poisoned")?.insert(id, Instant::now());
+            let at = store.enqueue_tx(vec![message], None).await?;
+            committed.lock().map_err(|_| "poisoned")?.insert(id, at);
             Ok(())
         }
     })
@@ -120,7 +120,7 @@ pub(crate) async fn raw_broker_latency_under_load(
     store.create_business_table().await?;
     let load = steady_load(args, |i| {
         let store = store.clone();
-        async move { store.enqueue_tx(Vec::new(), Some(i as i64)).await }
+        async move { store.enqueue_tx(Vec::new(), Some(i as i64)).await.map(drop) }
     });
     let (samples, load) = tokio::join!(raw_broker_latency(publisher, args, topic), load);
     store.drop_business_table().await?;

@@ -26,7 +26,7 @@ use outbox_engine::{
 use outbox_sqlx::mysql::MySqlStore;
 use outbox_sqlx::postgres::PostgresStore;
 use outbox_sqlx::sqlite::SqliteStore;
-use outbox_sqlx::StoreOptions;
+use outbox_sqlx::{StoreOptions, WakeUps};
 use tokio_util::task::AbortOnDropHandle;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -187,14 +187,12 @@ async fn main() -> Result<(), BoxError> {
         let loaded = raw_broker_latency_under_load(&store, &publisher, &args, &topic).await?;
         let label = format!("{label}, while the database commits {} one-row transactions/s:", args.rate);
         report.add_percentiles("raw_broker_latency_loaded", &label, &loaded, P50_P99);
-        for (notifications, name) in [(true, "notify"), (false, "poll")] {
-            if !notifications && args.store != "postgres" {
-                continue;
-            }
+        for (mode, name) in wake_up_modes(&args) {
+            let moded = store.with_wake_ups(mode)?;
             let LatencySamples { acked, claimed, claims_per_message } =
-                latency(&store, publisher.clone(), &args, &topic, notifications).await?;
-            let label =
-                format!("latency at {} msg/s, {} wake-ups:", args.rate, if notifications { "with" } else { "without" });
+                latency(&moded, publisher.clone(), &args, &topic, true).await?;
+            drop(moded);
+            let label = format!("latency at {} msg/s, {} wake-ups:", args.rate, name.replace('_', "-"));
             report.add_percentiles(
                 &format!("claim_latency_{name}"),
                 &format!("{label} commit -> claimed"),
@@ -247,23 +245,28 @@ async fn main() -> Result<(), BoxError> {
     }
     if run("producers") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
-        let rates = producer_throughput(&store, &topic, &args).await?;
-        let business = rates.first().map_or(0.0, |(_, rate)| *rate);
-        for (name, rate) in &rates {
-            let label = match name.as_str() {
-                "business" => format!("{} producers: one-row business transactions (tx/s)", args.producers),
-                "outbox" => format!("{} producers: the same plus one outbox message (tx/s)", args.producers),
-                _ => format!("{} producers: the same, enqueued without notifications (tx/s)", args.producers),
-            };
-            report.add(&format!("producers_{name}_tx_per_s"), &label, *rate, "tx/s");
-            if name != "business" {
-                let drop = (1.0 - rate / business.max(1e-9)) * 100.0;
-                report.add(
-                    &format!("producers_{name}_drop_pct"),
-                    "  fewer transactions than business alone",
-                    drop,
-                    "%",
-                );
+        for &producers in &args.producers {
+            let rates = producer_throughput(&store, &topic, &args, producers).await?;
+            let business = rates.first().map_or(0.0, |(_, rate)| *rate);
+            for (name, rate) in &rates {
+                let label = match name.as_str() {
+                    "business" => format!("{producers} producers: one-row business transactions (tx/s)"),
+                    "second_row" => "  the same plus a row in a second plain table (tx/s)".to_owned(),
+                    "outbox" => "  the same plus one outbox message, no relay running (tx/s)".to_owned(),
+                    _ => format!(
+                        "  the same plus one message, a {} relay running (tx/s)",
+                        name.trim_start_matches("outbox_relay_").replace('_', "-")
+                    ),
+                };
+                report.add(&format!("producers_{producers}_{name}_tx_per_s"), &label, *rate, "tx/s");
+                if name != "business" {
+                    report.add(
+                        &format!("producers_{producers}_{name}_ratio"),
+                        "    / business alone",
+                        rate / business.max(1e-9),
+                        "x",
+                    );
+                }
             }
         }
         store.close().await?;
@@ -277,8 +280,11 @@ async fn main() -> Result<(), BoxError> {
     }
     if run("idle") {
         let store = AnyStore::open(&args.store, store_options(&args)).await?;
-        let qps = idle_queries(&store, true).await?;
-        report.add("idle_queries_per_s", "idle relay (4 workers): claims per second", qps, "q/s");
+        for (mode, name) in wake_up_modes(&args) {
+            let qps = idle_queries(&store.with_wake_ups(mode)?, true).await?;
+            let label = format!("idle relay (4 workers), {} wake-ups: claims per second", name.replace('_', "-"));
+            report.add(&format!("idle_queries_per_s_{name}"), &label, qps, "q/s");
+        }
         store.close().await?;
     }
     cleanup_broker(&args.publisher, &topic).await;
@@ -289,7 +295,7 @@ async fn main() -> Result<(), BoxError> {
             "poll_interval_ms": args.poll_interval.as_millis() as u64, "producers": args.producers,
             "idle_listeners": args.idle_listeners,
             "busy_poll_interval_ms": args.busy_poll_interval.map(|d| d.as_millis() as u64),
-            "enqueue_notifications": args.enqueue_notifications,
+            "wake_ups": format!("{:?}", args.wake_ups).to_lowercase(),
             "results": report.json,
         });
         if args.publisher == "rabbitmq" {

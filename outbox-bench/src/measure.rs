@@ -1,20 +1,14 @@
 //! Measuring and reporting: percentiles, CPU time from /proc, the printed table and its JSON.
 
-use hdrhistogram::Histogram;
-
 use super::*;
 
-/// The `p` quantile (0-1) of `samples`, from an HDR histogram with microsecond resolution and three
-/// significant digits.
+/// The `p` quantile (0-1) of `samples` (nearest rank: the smallest sample with at least `p` of
+/// them at or below it); zero when there are none.
 pub(crate) fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let Ok(mut histogram) = Histogram::<u64>::new(3) else { return Duration::ZERO };
-    for sample in samples {
-        histogram.saturating_record(u64::try_from(sample.as_micros()).unwrap_or(u64::MAX));
-    }
-    if histogram.is_empty() {
-        return Duration::ZERO;
-    }
-    Duration::from_micros(histogram.value_at_quantile(p))
+    let mut sorted = samples.to_vec();
+    sorted.sort_unstable();
+    let rank = (p.clamp(0.0, 1.0) * sorted.len() as f64).ceil() as usize;
+    sorted.get(rank.saturating_sub(1)).copied().unwrap_or_default()
 }
 
 pub(crate) fn ms(d: Duration) -> f64 {
@@ -76,4 +70,20 @@ pub(crate) fn measured(n: usize, started: Instant, busy_before: Option<[Duration
         [per_message(machine, machine_after), per_message(own, own_after)]
     });
     Measured { rate, cpu_per_message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_ranks_whatever_the_magnitude() {
+        let ms = |v: &[u64]| v.iter().map(|&v| Duration::from_millis(v)).collect::<Vec<_>>();
+        let samples = ms(&[40, 10, 30, 20, 5_000]);
+        assert_eq!(percentile(&samples, 0.5), Duration::from_millis(30));
+        assert_eq!(percentile(&samples, 0.99), Duration::from_millis(5_000));
+        assert_eq!(percentile(&samples, 1.0), Duration::from_millis(5_000));
+        assert_eq!(percentile(&samples, 0.0), Duration::from_millis(10));
+        assert_eq!(percentile(&[], 0.5), Duration::ZERO);
+    }
 }
