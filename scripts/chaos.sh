@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The chaos test, short form (run by .ci/run): PostgreSQL with each broker (Kafka, RabbitMQ, Redis,
-# NATS JetStream, where any duplicate fails the run) for about a minute, every
+# The chaos test, short form (run by .ci/run): PostgreSQL with each broker (Kafka, RabbitMQ, Redis
+# with relays woken from the write-ahead log, NATS JetStream, where any duplicate fails the run) for about a minute, every
 # fault (relay processes SIGKILLed every ~2 s, the run's database connections terminated, PostgreSQL
 # restarted, the broker disturbed and restarted); then proof that the count catches a relay with a
 # planted defect. It restarts the local PostgreSQL, RabbitMQ and Redis: run it on a test machine.
@@ -14,7 +14,10 @@ cargo build -q --workspace --all-features --bin outbox-chaos
 chaos=target/debug/outbox-chaos
 
 for publisher in kafka rabbitmq redis nats; do
-  "$chaos" run --store postgres --publisher "$publisher" --messages 12000 --duration 50 "$@"
+  # The Redis run's relays wake from the write-ahead log (WakeUps::Replication); the others by NOTIFY.
+  wake_ups=notify
+  [ "$publisher" = redis ] && wake_ups=replication
+  "$chaos" run --store postgres --publisher "$publisher" --wake-ups "$wake_ups" --messages 12000 --duration 50 "$@"
 done
 
 # A chaos test that cannot fail proves nothing: each planted defect must end in exit code 1.

@@ -108,7 +108,7 @@ pub struct RelayOptions {
     /// After a claim that found messages, the relay's polling worker polls again this soon, and each
     /// poll that finds nothing doubles the wait, up to `poll_interval` (default none: it always waits
     /// `poll_interval`). For relays that learn of new messages by polling: a PostgreSQL store with
-    /// `enqueue_notifications` off, MySQL or SQLite fed by another process. While messages flow they
+    /// `WakeUps::Polling`, MySQL or SQLite fed by another process. While messages flow they
     /// are found within about this interval; an idle relay still polls once per `poll_interval`.
     pub busy_poll_interval: Option<Duration>,
     /// Pause after a store error before trying again (default 1 s).

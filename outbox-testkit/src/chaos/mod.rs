@@ -138,6 +138,9 @@ pub struct RunOptions {
     /// Where the relays' logs go (default: a fresh directory in the temp directory).
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+    /// PostgreSQL: how relays are woken (`notify`, `replication`, `polling`).
+    #[arg(long, default_value = "notify", value_parser = ["notify", "replication", "polling"])]
+    pub wake_ups: String,
     /// Plant a defect in the relays (to prove the test catches it).
     #[arg(long, value_enum)]
     pub defect: Option<Defect>,
@@ -245,6 +248,7 @@ impl Plan {
             .args(["--destination", &self.destination])
             .args(["--batch-size", &o.batch_size.to_string()])
             .args(["--lease-ms", &o.lease_ms.to_string()])
+            .args(["--wake-ups", &o.wake_ups])
             .env(STORE_URL_VAR, &self.store_url)
             .env(BROKER_URL_VAR, &self.broker_url)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
@@ -304,7 +308,7 @@ pub async fn run(options: RunOptions) -> Result<Report, BoxError> {
         plan.seed,
         plan.log_dir.display()
     );
-    let store = ChaosStore::open(o.store, &plan.store_url, &plan.table_prefix).await?;
+    let store = ChaosStore::open(o.store, &plan.store_url, &plan.table_prefix, &o.wake_ups).await?;
     store.migrate().await?;
     brokers::prepare(o.publisher, &plan.broker_url, &plan.destination).await?;
 

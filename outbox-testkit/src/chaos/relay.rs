@@ -52,6 +52,9 @@ pub struct RelayProcessOptions {
     /// Claim lease in milliseconds (a killed relay's claims come back after it).
     #[arg(long, default_value_t = 5000)]
     pub lease_ms: u64,
+    /// PostgreSQL: how relays are woken (`notify`, `replication`, `polling`).
+    #[arg(long, default_value = "notify", value_parser = ["notify", "replication", "polling"])]
+    pub wake_ups: String,
     /// A planted defect (for proving the test catches it).
     #[arg(long, value_enum)]
     pub defect: Option<Defect>,
@@ -62,9 +65,15 @@ pub struct RelayProcessOptions {
 pub async fn relay_process(options: RelayProcessOptions) -> Result<(), BoxError> {
     let store_url = std::env::var(STORE_URL_VAR).map_err(|_| format!("{STORE_URL_VAR} is not set"))?;
     let broker_url = std::env::var(BROKER_URL_VAR).map_err(|_| format!("{BROKER_URL_VAR} is not set"))?;
-    let store = ChaosStore::open_patiently(options.store, &store_url, &options.table_prefix, Duration::from_secs(60))
-        .await?
-        .dyn_store();
+    let store = ChaosStore::open_patiently(
+        options.store,
+        &store_url,
+        &options.table_prefix,
+        &options.wake_ups,
+        Duration::from_secs(60),
+    )
+    .await?
+    .dyn_store();
     let publisher = brokers::publisher(options.publisher, &broker_url, &options.topic, &options.destination)?;
     let publisher: Arc<dyn Publisher> = match options.defect {
         None => publisher,

@@ -54,9 +54,9 @@ pub(crate) enum ChaosStore {
 }
 
 impl ChaosStore {
-    /// Opens the store on tables named after `prefix`.
-    pub(crate) async fn open(kind: StoreKind, url: &str, prefix: &str) -> Result<Self, BoxError> {
-        let options = StoreOptions::default().table_prefix(prefix)?;
+    /// Opens the store on tables named after `prefix`, PostgreSQL relays woken by `wake_ups`.
+    pub(crate) async fn open(kind: StoreKind, url: &str, prefix: &str, wake_ups: &str) -> Result<Self, BoxError> {
+        let options = StoreOptions::default().table_prefix(prefix)?.wake_ups(wake_ups.parse()?);
         Ok(match kind {
             StoreKind::Postgres => {
                 Self::Postgres(PostgresStore::connect_with(&tagged_postgres_url(url), options).await?)
@@ -79,11 +79,12 @@ impl ChaosStore {
         kind: StoreKind,
         url: &str,
         prefix: &str,
+        wake_ups: &str,
         patience: Duration,
     ) -> Result<Self, BoxError> {
         let deadline = tokio::time::Instant::now() + patience;
         loop {
-            match Self::open(kind, url, prefix).await {
+            match Self::open(kind, url, prefix, wake_ups).await {
                 Ok(store) => return Ok(store),
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::warn!("cannot open the store yet: {e}");
