@@ -254,7 +254,7 @@ async fn main() -> Result<(), BoxError> {
                     "second_row" => "  the same plus a row in a second plain table (tx/s)".to_owned(),
                     "outbox" => "  the same plus one outbox message, no relay running (tx/s)".to_owned(),
                     _ => format!(
-                        "  the same plus one message, a {} relay running (tx/s)",
+                        "  the same plus one message, a relay running ({} wake-ups) (tx/s)",
                         name.trim_start_matches("outbox_relay_").replace('_', "-")
                     ),
                 };
