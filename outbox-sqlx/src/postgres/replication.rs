@@ -105,8 +105,8 @@ impl Stream {
         );
         match sqlx::query(&create).execute(&self.pool).await {
             Ok(_) => Ok(()),
-            // Another relay made it meanwhile.
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42710") => Ok(()),
+            // Another relay made it meanwhile (duplicate_object, or unique_violation in a close race).
+            Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42710" | "23505")) => Ok(()),
             Err(e) => Err(format!("creating the publication: {e}")),
         }
     }
