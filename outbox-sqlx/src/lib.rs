@@ -150,6 +150,8 @@ impl TableNames {
     pub(crate) fn relays(&self) -> Identifier {
         self.prefix.suffixed("_relays")
     }
+    /// PostgreSQL's registrations of relays waiting for notifications.
+    #[cfg(feature = "postgres")]
     pub(crate) fn waiters(&self) -> Identifier {
         self.prefix.suffixed("_waiters")
     }
