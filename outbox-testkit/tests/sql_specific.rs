@@ -429,7 +429,8 @@ async fn mysql_claims_are_fenced_by_lease_owner_across_connections() {
 }
 
 /// `WakeUps::Replication`: a commit wakes a waiting relay through its temporary replication slot,
-/// without any notification (producers pay nothing), and the slot goes when the store does.
+/// without any notification (producers pay nothing), the stream carries no payload, and the slot
+/// goes when the store does.
 #[cfg(feature = "postgres-replication")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_replication_wakes_a_waiting_relay_without_notifications() {
@@ -452,6 +453,14 @@ async fn postgres_replication_wakes_a_waiting_relay_without_notifications() {
         store.wait_for_work(Duration::from_millis(200)).await;
     }
     assert_eq!(slot(store.pool().clone(), application.clone()).await, vec![true], "one temporary slot");
+    // Only `seq` travels in the stream: a wake-up needs no payload.
+    let columns: Vec<String> =
+        sqlx::query_scalar("SELECT unnest(attnames)::text FROM pg_publication_tables WHERE pubname = $1")
+            .bind(store.channel())
+            .fetch_all(store.pool())
+            .await
+            .expect("publication columns");
+    assert_eq!(columns, ["seq"]);
     for _ in 0..12 {
         store.wait_for_work(Duration::from_millis(700)).await;
     }

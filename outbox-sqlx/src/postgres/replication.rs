@@ -99,11 +99,19 @@ impl Stream {
         if exists {
             return Ok(());
         }
-        let create = format!(
-            "CREATE PUBLICATION \"{}\" FOR TABLE {} WITH (publish = 'insert')",
-            self.publication, self.messages
-        );
-        match sqlx::query(&create).execute(&self.pool).await {
+        // Only `seq` travels (a column list, PostgreSQL 15+): a wake-up needs no payload. Older
+        // servers refuse the list (a syntax error) and get the whole row.
+        let create = |columns: &str| {
+            format!(
+                "CREATE PUBLICATION \"{}\" FOR TABLE {}{columns} WITH (publish = 'insert')",
+                self.publication, self.messages
+            )
+        };
+        let mut created = sqlx::query(&create(" (seq)")).execute(&self.pool).await;
+        if matches!(&created, Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42601")) {
+            created = sqlx::query(&create("")).execute(&self.pool).await;
+        }
+        match created {
             Ok(_) => Ok(()),
             // Another relay made it meanwhile (duplicate_object, or unique_violation in a close race).
             Err(sqlx::Error::Database(e)) if matches!(e.code().as_deref(), Some("42710" | "23505")) => Ok(()),
