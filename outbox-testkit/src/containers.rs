@@ -51,7 +51,16 @@ pub fn url(var: &str) -> Result<String, String> {
     }
     let (url, keep): (String, Box<dyn std::any::Any + Send>) = match key {
         "postgres" => {
-            let c = start(postgres::Postgres::default())?;
+            // Replication wake-ups stream the WAL.
+            let c = start(postgres::Postgres::default().with_cmd([
+                "postgres",
+                "-c",
+                "wal_level=logical",
+                "-c",
+                "max_replication_slots=64",
+                "-c",
+                "max_wal_senders=64",
+            ]))?;
             (format!("postgres://postgres:postgres@127.0.0.1:{}/postgres", port(&c, 5432)?), Box::new(c))
         }
         "mysql" => {

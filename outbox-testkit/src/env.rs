@@ -9,6 +9,7 @@
 //! | `OUTBOX_TEST_REDIS_URL` | Redis, e.g. `redis://127.0.0.1:6379` | `redis` |
 //! | `OUTBOX_TEST_NATS_URL` | NATS with JetStream, e.g. `nats://127.0.0.1:4222` | `nats` |
 //! | `OUTBOX_TEST_CHROMEDRIVER` | the `chromedriver` binary, e.g. `/usr/bin/chromedriver` (browser tests) | `browser` |
+//! | (`OUTBOX_TEST_POSTGRES_URL` with `wal_level = logical`) | PostgreSQL's replication wake-ups | `replication` |
 //!
 //! A test whose backend is not configured **fails**, with a message naming the variable to set. To
 //! run the rest without a backend, opt out of it by name: `OUTBOX_TEST_SKIP=kafka,redis` (or `all`)
