@@ -429,8 +429,8 @@ async fn mysql_claims_are_fenced_by_lease_owner_across_connections() {
 }
 
 /// `WakeUps::Replication`: a commit wakes a waiting relay through its temporary replication slot,
-/// without any notification (producers pay nothing), the stream carries no payload, and the slot
-/// goes when the store does.
+/// without any notification (producers pay nothing), the stream carries no payload, a broken stream
+/// comes back by itself, and the slot goes when the store does.
 #[cfg(feature = "postgres-replication")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_replication_wakes_a_waiting_relay_without_notifications() {
@@ -465,6 +465,41 @@ async fn postgres_replication_wakes_a_waiting_relay_without_notifications() {
         store.wait_for_work(Duration::from_millis(700)).await;
     }
 
+    commit_wakes_a_waiting_relay(&store, &mut listener).await;
+
+    // A stream that breaks (its WAL sender terminated, as by a restart) comes back by itself.
+    let senders = "SELECT pid FROM pg_stat_replication WHERE application_name = $1";
+    let old: i32 = sqlx::query_scalar(senders).bind(&application).fetch_one(store.pool()).await.expect("sender");
+    sqlx::query("SELECT pg_terminate_backend($1)").bind(old).execute(store.pool()).await.expect("terminate");
+    let broken = Instant::now();
+    loop {
+        let pids: Vec<i32> =
+            sqlx::query_scalar(senders).bind(&application).fetch_all(store.pool()).await.expect("senders");
+        if pids.len() == 1 && pids[0] != old {
+            break;
+        }
+        assert!(broken.elapsed() < Duration::from_secs(20), "the stream did not come back: {pids:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for _ in 0..12 {
+        store.wait_for_work(Duration::from_millis(700)).await;
+    }
+    commit_wakes_a_waiting_relay(&store, &mut listener).await;
+
+    // The slot is the session's: it goes with the store.
+    let pool = store.pool().clone();
+    drop((store, h));
+    let dropped = Instant::now();
+    while !slot(pool.clone(), application.clone()).await.is_empty() {
+        assert!(dropped.elapsed() < Duration::from_secs(20), "the temporary slot outlived the store");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A relay waiting with a 60 s timeout is woken by a commit, no notification is sent, and the
+/// message is claimable.
+#[cfg(feature = "postgres-replication")]
+async fn commit_wakes_a_waiting_relay(store: &PostgresStore, listener: &mut sqlx::postgres::PgListener) {
     let waiting = tokio::spawn({
         let store = store.clone();
         async move {
@@ -485,14 +520,6 @@ async fn postgres_replication_wakes_a_waiting_relay_without_notifications() {
     assert!(heard.is_err(), "a commit in replication mode notified: {heard:?}");
     let claimed = store.claim(RelayId::new(), 10, Duration::from_secs(30)).await.expect("claim");
     assert_eq!(claimed.iter().map(|m| m.id).collect::<Vec<_>>(), vec![id]);
+    store.acknowledge(&[id]).await.expect("acknowledge");
     eprintln!("woken {woken_after:?} after the commit");
-
-    // The slot is the session's: it goes with the store.
-    let pool = store.pool().clone();
-    drop((store, h));
-    let dropped = Instant::now();
-    while !slot(pool.clone(), application.clone()).await.is_empty() {
-        assert!(dropped.elapsed() < Duration::from_secs(20), "the temporary slot outlived the store");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }

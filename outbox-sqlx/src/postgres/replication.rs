@@ -34,22 +34,30 @@ impl Stream {
     pub(super) async fn run(self) {
         let mut pause = Duration::from_secs(1);
         loop {
-            match self.stream().await {
-                Ok(()) => pause = Duration::from_secs(1),
-                Err(reason) => {
-                    tracing::warn!(
-                        reason,
-                        retry_in_s = pause.as_secs(),
-                        "outbox replication wake-ups are not running; the relay polls until they are back"
-                    );
-                }
+            let mut started = false;
+            let reason = self.stream(&mut started).await;
+            if started {
+                // It ran: the next attempt is the first of a new series.
+                pause = Duration::from_secs(1);
             }
+            tracing::warn!(
+                reason,
+                retry_in_s = pause.as_secs(),
+                "outbox replication wake-ups are not running; the relay polls until they are back"
+            );
             tokio::time::sleep(pause).await;
             pause = (pause * 2).min(Duration::from_secs(30));
         }
     }
 
-    async fn stream(&self) -> Result<(), String> {
+    /// Streams until the stream fails; returns why. Sets `started` once the server accepted it.
+    async fn stream(&self, started: &mut bool) -> String {
+        match self.try_stream(started).await {
+            Err(reason) => reason,
+        }
+    }
+
+    async fn try_stream(&self, started: &mut bool) -> Result<std::convert::Infallible, String> {
         self.create_publication().await?;
         let slot = format!("outbox_wake_{}", uuid::Uuid::new_v4().simple());
         let config = config(&self.pool.connect_options(), self.password.as_deref(), &slot, &self.publication);
@@ -61,6 +69,7 @@ impl Stream {
             .map_err(|e| format!("creating the temporary replication slot: {e}"))?;
         client.start().await.map_err(|e| e.to_string())?;
         client.wait_started().await.map_err(|e| format!("starting replication: {e}"))?;
+        *started = true;
         tracing::info!(slot, publication = self.publication, "outbox relay wakes from the write-ahead log");
         // Anything committed before the slot existed is claimed now.
         self.wake.notify_waiters();
