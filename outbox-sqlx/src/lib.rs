@@ -182,8 +182,8 @@ pub enum WakeUps {
     Notify,
     /// Producers pay nothing: each relay reads the commits of the messages table from PostgreSQL's
     /// write-ahead log through a temporary logical replication slot (a publication on the messages
-    /// table, `pgoutput`), and wakes when one lands. Needs the `postgres-replication` feature,
-    /// `wal_level = logical`, a role with the `REPLICATION` attribute and one free replication slot
+    /// table, `pgoutput`), and wakes when one lands. Needs the `postgres-replication` feature
+    /// (without it, building the store fails with `InvalidConfig`), `wal_level = logical`, a role with the `REPLICATION` attribute and one free replication slot
     /// and WAL sender per relay process. Where the stream cannot run, the relay logs why and polls.
     Replication,
     /// No wake-ups: relays find messages by polling (give them a `busy_poll_interval`,

@@ -52,11 +52,10 @@ struct Inner {
     wake: Arc<Notify>,
     listener: Mutex<Option<JoinHandle<()>>>,
     /// The replication stream of [`WakeUps::Replication`], started by the first wait.
-    #[cfg_attr(not(feature = "postgres-replication"), allow(dead_code))]
+    #[cfg(feature = "postgres-replication")]
     stream: Mutex<Option<JoinHandle<()>>>,
-    /// The password of the URL the store connected with, for the replication session (the pool
-    /// does not give it back). Never printed.
-    #[cfg_attr(not(feature = "postgres-replication"), allow(dead_code))]
+    /// The password for the replication session (the pool does not give it back). Never printed.
+    #[cfg(feature = "postgres-replication")]
     password: Option<String>,
     floor: ClaimFloor,
     /// This store's row in `{prefix}_waiters`, and until when (on this machine's clock) it counts.
@@ -73,10 +72,12 @@ const WAITER_TTL: Duration = Duration::from_secs(30);
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for task in [&mut self.listener, &mut self.stream] {
-            if let Some(task) = task.get_mut().ok().and_then(Option::take) {
-                task.abort();
-            }
+        if let Some(task) = self.listener.get_mut().ok().and_then(Option::take) {
+            task.abort();
+        }
+        #[cfg(feature = "postgres-replication")]
+        if let Some(task) = self.stream.get_mut().ok().and_then(Option::take) {
+            task.abort();
         }
     }
 }
@@ -96,11 +97,6 @@ impl fmt::Debug for PostgresStore {
 fn url_password(url: &str) -> Option<String> {
     let url = url::Url::parse(url).ok()?;
     percent_encoding::percent_decode_str(url.password()?).decode_utf8().ok().map(|p| p.into_owned())
-}
-
-#[cfg(not(feature = "postgres-replication"))]
-fn url_password(_url: &str) -> Option<String> {
-    None
 }
 
 fn ms(d: Duration) -> i64 {
@@ -194,18 +190,28 @@ impl PostgresStore {
             .connect_with(connect)
             .await
             .map_err(|e| connect_error(url, e))?;
-        let mut store = Self::new(pool, options)?;
-        if let Some(inner) = Arc::get_mut(&mut store.inner) {
-            inner.password = url_password(url);
-        }
-        Ok(store)
+        #[cfg(feature = "postgres-replication")]
+        return Self::build(pool, options, url_password(url));
+        #[cfg(not(feature = "postgres-replication"))]
+        Self::build(pool, options, None)
     }
 
     /// A store over your own pool. With [`WakeUps::Replication`], the replication session takes
     /// the pool's server, user, database and TLS mode, and the password of `PGPASSWORD` (a pool does
-    /// not give its password back; [`connect_with`](Self::connect_with) uses its URL's). Fails on options PostgreSQL cannot honour (none today; the same
-    /// shape as the other stores).
+    /// not give its password back; [`connect_with`](Self::connect_with) uses its URL's). Fails on
+    /// `WakeUps::Replication` without the `postgres-replication` feature.
     pub fn new(pool: PgPool, options: StoreOptions) -> Result<Self> {
+        Self::build(pool, options, std::env::var("PGPASSWORD").ok())
+    }
+
+    fn build(pool: PgPool, options: StoreOptions, password: Option<String>) -> Result<Self> {
+        if options.wake_ups == WakeUps::Replication && !cfg!(feature = "postgres-replication") {
+            return Err(Error::invalid_config(
+                "wake_ups = replication needs the postgres-replication feature of outbox-sqlx (or outbox)",
+            ));
+        }
+        #[cfg(not(feature = "postgres-replication"))]
+        let _ = password;
         let sql = Sql::new(&options);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -214,8 +220,10 @@ impl PostgresStore {
                 sql,
                 wake: Arc::new(Notify::new()),
                 listener: Mutex::new(None),
+                #[cfg(feature = "postgres-replication")]
                 stream: Mutex::new(None),
-                password: std::env::var("PGPASSWORD").ok(),
+                #[cfg(feature = "postgres-replication")]
+                password,
                 floor: ClaimFloor::new(),
                 waiter: Uuid::new_v4(),
                 waiting_until: Mutex::new(None),
@@ -329,13 +337,10 @@ impl PostgresStore {
     }
 
     /// Starts the replication stream of [`WakeUps::Replication`] unless it runs.
+    #[cfg(feature = "postgres-replication")]
     fn ensure_stream(&self) {
         let mut slot = self.inner.stream.lock().unwrap_or_else(|p| p.into_inner());
-        if slot.is_some() {
-            return;
-        }
-        #[cfg(feature = "postgres-replication")]
-        {
+        if slot.is_none() {
             let stream = replication::Stream {
                 pool: self.inner.pool.clone(),
                 password: self.inner.password.clone(),
@@ -345,13 +350,6 @@ impl PostgresStore {
                 chase: self.inner.chase.clone(),
             };
             *slot = Some(tokio::spawn(stream.run()));
-        }
-        #[cfg(not(feature = "postgres-replication"))]
-        {
-            tracing::warn!(
-                "outbox wake_ups = replication needs the postgres-replication feature of outbox-sqlx; the relay polls"
-            );
-            *slot = Some(tokio::spawn(async {}));
         }
     }
 
@@ -665,7 +663,7 @@ impl Store for PostgresStore {
     fn wakes_on_commit(&self) -> bool {
         match self.inner.options.wake_ups {
             WakeUps::Notify => true,
-            WakeUps::Replication => cfg!(feature = "postgres-replication"),
+            WakeUps::Replication => true,
             WakeUps::Polling => false,
         }
     }
@@ -680,6 +678,7 @@ impl Store for PostgresStore {
 
     async fn wait_for_work(&self, timeout: Duration) {
         self.ensure_listener();
+        #[cfg(feature = "postgres-replication")]
         if self.inner.options.wake_ups == WakeUps::Replication {
             self.ensure_stream();
         }

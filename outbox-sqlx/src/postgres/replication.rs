@@ -35,7 +35,7 @@ impl Stream {
         let mut pause = Duration::from_secs(1);
         loop {
             let mut started = false;
-            let reason = self.stream(&mut started).await;
+            let Err(reason) = self.stream(&mut started).await;
             if started {
                 // It ran: the next attempt is the first of a new series.
                 pause = Duration::from_secs(1);
@@ -50,14 +50,8 @@ impl Stream {
         }
     }
 
-    /// Streams until the stream fails; returns why. Sets `started` once the server accepted it.
-    async fn stream(&self, started: &mut bool) -> String {
-        match self.try_stream(started).await {
-            Err(reason) => reason,
-        }
-    }
-
-    async fn try_stream(&self, started: &mut bool) -> Result<std::convert::Infallible, String> {
+    /// Streams until the stream fails, and says why. Sets `started` once the server accepted it.
+    async fn stream(&self, started: &mut bool) -> Result<std::convert::Infallible, String> {
         self.create_publication().await?;
         let slot = format!("outbox_wake_{}", uuid::Uuid::new_v4().simple());
         let config = config(&self.pool.connect_options(), self.password.as_deref(), &slot, &self.publication);
