@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use outbox_brokers::{kafka, nats, rabbitmq, redis as redis_pub};
 use outbox_engine::memory::MemoryPublisher;
 use outbox_engine::{
-    CancellationToken, DeadLetter, Dispatcher, Enqueue, Failure, Message, MessageId, NewMessage, OutboxStats,
+    CancellationToken, DeadLetter, Dispatcher, Enqueue, Failure, KeySlice, Message, MessageId, NewMessage, OutboxStats,
     PublishError, Publisher, Relay, RelayId, RelayOptions, Retry, Store,
 };
 use outbox_sqlx::mysql::MySqlStore;

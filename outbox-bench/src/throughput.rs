@@ -47,7 +47,8 @@ pub(crate) async fn raw_broker(
     Ok(run)
 }
 
-/// The raw database: claim + acknowledge a backlog with `concurrency` claimers.
+/// The raw database: claim + acknowledge a backlog with `concurrency` claimers, each in a key slice
+/// of its own where the store claims in slices (as a relay's workers do).
 pub(crate) async fn raw_database(
     store: &AnyStore,
     args: &Args,
@@ -59,13 +60,19 @@ pub(crate) async fn raw_database(
     let dyn_store = store.dyn_store();
     let (started, busy) = (Instant::now(), machine_busy());
     let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
+    let claimers = u32::try_from(args.concurrency).unwrap_or(u32::MAX);
+    for claimer in 0..claimers {
         let s = dyn_store.clone();
+        let slice = KeySlice::new(claimer, claimers).filter(|_| claimers > 1 && s.claims_in_slices());
         tasks.push(tokio::spawn(async move {
             let owner = RelayId::new();
+            let lease = Duration::from_secs(60);
             let mut idle = 0;
             loop {
-                let claimed = s.claim(owner, batch, Duration::from_secs(60)).await?;
+                let claimed = match slice {
+                    Some(slice) => s.claim_slice(owner, batch, lease, slice).await?,
+                    None => s.claim(owner, batch, lease).await?,
+                };
                 if claimed.is_empty() {
                     idle += 1;
                     if idle > 3 {

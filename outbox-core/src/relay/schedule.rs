@@ -194,7 +194,14 @@ impl ClaimSchedule {
         if wide_backlog {
             self.all_slots_due();
         } else if claim_again && !in_slice {
-            self.wide_due = true;
+            if self.sliced && self.slots.iter().any(|slot| slot.busy) {
+                // Busy in slices: each slot's next claim in its slice finds these keys' next
+                // messages. A claim over every key now would find the other slots' keys in flight
+                // and could only look up every key's head.
+                self.all_slots_due();
+            } else {
+                self.wide_due = true;
+            }
         }
         wide_backlog
     }
@@ -307,6 +314,30 @@ mod tests {
         s.settled(a.slot, true);
         let later = start(&mut s, now + POLL + Duration::from_millis(1));
         assert!(!later.in_slice, "a poll interval since the last look at every key");
+    }
+
+    #[test]
+    fn a_short_keyed_batch_over_every_key_is_followed_by_claims_in_slices_while_other_slots_are_busy() {
+        let now = Instant::now();
+        let mut s = sliced();
+        let a = start(&mut s, now);
+        s.claimed(a.slot, 10, true);
+        s.woken();
+        let wide = start(&mut s, now);
+        assert!(!wide.in_slice);
+        assert!(s.claimed(wide.slot, 4, true).claim_again_when_settled);
+        s.settled(wide.slot, true);
+        assert!(start(&mut s, now).in_slice, "slot a is busy in its slice: claim in slices");
+        let mut idle = sliced();
+        let c = start(&mut idle, now);
+        idle.claimed(c.slot, 0, false);
+        let d = start(&mut idle, now);
+        idle.claimed(d.slot, 0, false);
+        idle.woken();
+        let wide = start(&mut idle, now);
+        idle.claimed(wide.slot, 4, true);
+        idle.settled(wide.slot, true);
+        assert!(!start(&mut idle, now).in_slice, "nothing else in flight: over every key again");
     }
 
     #[test]

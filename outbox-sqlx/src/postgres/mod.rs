@@ -35,7 +35,7 @@ mod replication;
 mod sql;
 mod statement;
 
-use claim_floor::ClaimFloor;
+use claim_floor::{ClaimFloor, SliceClaims};
 use sql::{message_insert, Sql};
 use statement::{highest_placeholder, with_query_in_front};
 
@@ -58,6 +58,8 @@ struct Inner {
     #[cfg(feature = "postgres-replication")]
     password: Option<String>,
     floor: ClaimFloor,
+    /// When this store last claimed in a key slice.
+    slice_claims: SliceClaims,
     /// This store's row in `{prefix}_waiters`, and until when (on this machine's clock) it counts.
     waiter: Uuid,
     waiting_until: Mutex<Option<std::time::Instant>>,
@@ -156,6 +158,7 @@ impl PostgresStore {
             .bind(self.inner.floor.next())
             .bind(i64::from(slice.map_or(0, |s| s.count())))
             .bind(i64::from(slice.map_or(0, |s| s.index())))
+            .bind(self.inner.slice_claims.heads_allowed(slice.is_some()))
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| sql_error("claim", e))?;
@@ -225,6 +228,7 @@ impl PostgresStore {
                 #[cfg(feature = "postgres-replication")]
                 password,
                 floor: ClaimFloor::new(),
+                slice_claims: SliceClaims::default(),
                 waiter: Uuid::new_v4(),
                 waiting_until: Mutex::new(None),
                 chase: Arc::new(LateCommitChase::default()),

@@ -76,16 +76,19 @@ impl Sql {
         // partial index. Keyed rows come from a window (limit + 25%, read without locks) of the oldest
         // unfinished keyed rows of the claim's key slice, claimable or not: a prefix of them in enqueue
         // order, so a key's first row in it is the key's oldest, and a leased or retrying row of a key
-        // shows in it. The window is cut from a scan of the oldest (limit + 25%) x slices keyed rows
-        // of every key, so that its plan is always a walk of the keyed index: the planner has no
-        // statistics for the slice's hash and would rather read the whole table and sort it.
+        // shows in it. The window is cut from a walk of the keyed index over at most twice
+        // (limit + 25%) x slices rows of every key (so a slice can run ahead of the others), which
+        // stops once the window is full; the slice's filter stays
+        // outside that walk, since the planner has no statistics for the slice's hash and would
+        // rather read the whole table and sort it. Keys are grouped in byte order (`COLLATE "C"`):
+        // only equality matters there, and a locale's comparison costs several times as much.
         // Each key's run is its rows from the first while they are claimable, with `prv` the window's
         // previous row of the key; the run's rows are then locked with SKIP LOCKED. A row that another
         // claim took meanwhile is skipped, and the store hands back the rest of its key's run after
         // the claim (its `prv` no longer matches).
-        // Only when the window is clogged (the scan is full, yet the window yields fewer than `limit`
-        // rows and more than `limit / 4` of its rows wait behind in-flight or retrying rows; a slice
-        // that holds few of the scan's rows is not clogged) is the head of every key looked up, with
+        // Only when the window is clogged (it is full, yet yields fewer than `limit` rows and more
+        // than `limit / 4` of its rows wait behind in-flight or retrying rows) and the store lets the
+        // claim look past it ($7) is the head of every key looked up, with
         // a loose index scan over (msg_key, seq): O(keys) instead of O(backlog). The window's other
         // rows are unlocked when the statement ends. Keyless and keyed rows are disjoint, so only the
         // two keyed branches (a head can be in both) need de-duplicating.
@@ -97,22 +100,22 @@ impl Sql {
         };
         // A claim in a key slice ($5 slices, this one $6; $5 = 0: every key) takes keyed rows only of
         // keys that hash into it.
-        let in_slice = |alias: &str| {
-            format!("($5::bigint = 0 OR mod(abs(hashtext({alias}.msg_key)::bigint), $5::bigint) = $6::bigint)")
-        };
+        let in_slice =
+            |alias: &str| format!("mod(abs(hashtext({alias}.msg_key)::bigint), greatest($5::bigint, 1)) = $6::bigint");
         let claimable = format!(
             "WITH RECURSIVE \
              keyless AS (SELECT k.seq, k.ctid, NULL::bigint AS prv FROM {m} k WHERE k.msg_key IS NULL AND k.seq > $4 AND {ready_k} \
                ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             scan AS MATERIALIZED (SELECT w.seq, w.ctid, w.msg_key, ({ready_w}) AS ready FROM {m} w \
-               WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL ORDER BY w.seq LIMIT ($3 + $3 / 4) * greatest($5, 1)), \
-             win AS MATERIALIZED (SELECT s.seq, s.ctid, s.msg_key, s.ready FROM scan s WHERE {slice_s} ORDER BY s.seq LIMIT $3 + $3 / 4), \
+             win AS MATERIALIZED (SELECT s.seq, s.ctid, s.msg_key, s.ready FROM \
+               (SELECT w.seq, w.ctid, w.msg_key, ({ready_w}) AS ready FROM {m} w WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL \
+                 ORDER BY w.seq LIMIT ($3 + $3 / 4) * greatest($5, 1) * 2) s \
+               WHERE {slice_s} LIMIT $3 + $3 / 4), \
              linked AS MATERIALIZED (SELECT w.seq, w.ctid, lag(w.seq) OVER k AS prv, bool_and(w.ready) OVER k AS unbroken \
-               FROM win w WINDOW k AS (PARTITION BY w.msg_key ORDER BY w.seq)), \
+               FROM win w WINDOW k AS (PARTITION BY w.msg_key COLLATE \"C\" ORDER BY w.seq)), \
              locked AS MATERIALIZED (SELECT o.seq, o.ctid FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM linked WHERE unbroken)) \
                AND o.msg_key IS NOT NULL AND {ready_o} FOR UPDATE OF o SKIP LOCKED), \
              runs AS MATERIALIZED (SELECT k.seq, k.ctid, l.prv FROM locked k JOIN linked l ON l.seq = k.seq), \
-             clogged AS MATERIALIZED (SELECT (SELECT count(*) FROM scan) = ($3 + $3 / 4) * greatest($5, 1) \
+             clogged AS MATERIALIZED (SELECT $7::boolean AND (SELECT count(*) FROM win) = $3 + $3 / 4 \
                AND (SELECT count(*) FROM linked WHERE unbroken) < $3 \
                AND (SELECT count(*) FROM linked WHERE NOT unbroken) > $3 / 4 AS yes), \
              keys(k) AS (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL AND (SELECT yes FROM clogged) \
@@ -122,7 +125,8 @@ impl Sql {
                FROM keys WHERE keys.k IS NOT NULL), \
              more_heads AS (SELECT o.seq, o.ctid, NULL::bigint AS prv FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM heads)) \
                AND o.msg_key IS NOT NULL AND {ready_o} AND {slice_o} ORDER BY o.seq LIMIT $3 FOR UPDATE OF o SKIP LOCKED) \
-             SELECT seq, ctid, prv FROM keyless UNION ALL (SELECT seq, ctid, prv FROM runs UNION SELECT seq, ctid, prv FROM more_heads) \
+             SELECT seq, ctid, prv FROM keyless UNION ALL SELECT seq, ctid, prv FROM runs \
+             UNION ALL SELECT h.seq, h.ctid, h.prv FROM more_heads h WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.seq = h.seq) \
              ORDER BY seq LIMIT $3",
             ready_k = ready("k"),
             ready_w = ready("w"),
@@ -241,7 +245,7 @@ CREATE TABLE IF NOT EXISTS {w} (
                  ON CONFLICT (id) DO UPDATE SET until = excluded.until"
             ),
             waiters: w.clone(),
-            explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0").replace("$5", "$2").replace("$6", "$3")),
+            explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0").replace("$5", "$2").replace("$6", "$3").replace("$7", "true")),
             claim,
             extend: format!(
                 "UPDATE {m} SET locked_until = now() + $3 * {MS} \
