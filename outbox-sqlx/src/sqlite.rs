@@ -140,20 +140,19 @@ CREATE TABLE IF NOT EXISTS {r} (
             existing: format!("SELECT id FROM {m} WHERE idempotency_key = ?"),
             existing_dead: format!("SELECT id FROM {d} WHERE idempotency_key = ?"),
             // Same candidate sources as the PostgreSQL claim (see there): keyless rows from their own
-            // index, each key's run through a window of the oldest claimable keyed rows, and the head of
-            // every key (loose index scan) only when that window is clogged with queued rows. One
-            // writer at a time: the statement is atomic, so the runs need no check after it.
+            // index, each key's run through a window of the oldest unfinished keyed rows (claimable or
+            // not, so a key's first row in it is its oldest, and each key's run is its rows from there
+            // while they are claimable), and the head of every key (loose index scan) only when that
+            // window is clogged with queued rows. One writer at a time: the statement is atomic, so
+            // the runs need no check after it.
             claim: format!(
                 "UPDATE {m} SET locked_by = ?1, locked_until = ?2, attempts = attempts + 1 WHERE seq IN (\
                    WITH RECURSIVE \
                    keyless AS (SELECT k.seq FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT ?4), \
-                   win AS MATERIALIZED (SELECT w.seq, w.msg_key FROM {m} w WHERE w.msg_key IS NOT NULL AND {ready_w} \
-                     ORDER BY w.seq LIMIT ?4 + ?4 / 4), \
-                   linked AS (SELECT w.seq, w.msg_key, lag(w.seq) OVER (PARTITION BY w.msg_key ORDER BY w.seq) AS before, \
-                     (SELECT max(e.seq) FROM {m} e WHERE e.msg_key = w.msg_key AND e.seq < w.seq AND e.published_at IS NULL) AS prv \
-                     FROM win w), \
-                   runs AS MATERIALIZED (SELECT r.seq FROM (SELECT l.seq, min(l.prv IS l.before) OVER \
-                     (PARTITION BY l.msg_key ORDER BY l.seq) AS unbroken FROM linked l) r WHERE r.unbroken), \
+                   win AS MATERIALIZED (SELECT w.seq, w.msg_key, ({ready_w}) AS ready FROM {m} w \
+                     WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL ORDER BY w.seq LIMIT ?4 + ?4 / 4), \
+                   runs AS MATERIALIZED (SELECT r.seq FROM (SELECT w.seq, min(w.ready) OVER \
+                     (PARTITION BY w.msg_key ORDER BY w.seq) AS unbroken FROM win w) r WHERE r.unbroken), \
                    keys(k) AS (SELECT (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL) \
                        WHERE (SELECT count(*) FROM win) = ?4 + ?4 / 4 AND (SELECT count(*) FROM runs) < ?4 \
                      UNION ALL SELECT (SELECT min(n.msg_key) FROM {m} n WHERE n.msg_key IS NOT NULL AND n.msg_key > keys.k \

@@ -27,6 +27,7 @@ use uuid::Uuid;
 
 use crate::admin::Dialect;
 use crate::key_runs::{keep_key_runs, LeasedRow};
+use crate::slice_claims::SliceClaims;
 use crate::{connect_error, sql_error, StoreOptions, WakeUps};
 
 mod claim_floor;
@@ -35,7 +36,7 @@ mod replication;
 mod sql;
 mod statement;
 
-use claim_floor::{ClaimFloor, SliceClaims};
+use claim_floor::ClaimFloor;
 use sql::{message_insert, Sql};
 use statement::{highest_placeholder, with_query_in_front};
 
