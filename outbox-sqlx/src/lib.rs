@@ -303,6 +303,35 @@ pub(crate) fn check_consumer(consumer: &str) -> Result<()> {
     Ok(())
 }
 
+/// A row of a store's relay registry query: the relay's id, name, host and start and heartbeat
+/// times as the store decoded them, and the pid (column 3), messages in flight (6) and messages
+/// published (7) read here.
+#[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
+pub(crate) fn relay_info<'r, R>(
+    row: &'r R,
+    id: outbox_engine::RelayId,
+    (name, host): (String, String),
+    (started_at, heartbeat_at): (chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>),
+) -> Result<outbox_engine::RelayInfo>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let count = |column: usize| row.try_get::<i64, _>(column).map_err(|e| sql_error("relays", e));
+    let pid = u32::try_from(count(3)?).unwrap_or(0);
+    let in_flight = u64::try_from(count(6)?).unwrap_or(0);
+    let published = u64::try_from(count(7)?).unwrap_or(0);
+    Ok(outbox_engine::RelayInfo::new(id, name, host, pid, started_at, heartbeat_at, in_flight)
+        .with_published(published))
+}
+
+/// A relay id stored as text (MySQL, SQLite).
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+pub(crate) fn parse_relay_id(id: &str) -> Result<outbox_engine::RelayId> {
+    id.parse().map_err(|e| Error::store("relays", false, format!("relay id {id:?}: {e}")))
+}
+
 /// The most message bytes one batch statement carries: far below MariaDB's default 16 MiB
 /// `max_allowed_packet` and PostgreSQL's 1 GB per value, so a batch of large messages takes more
 /// statements instead of failing where one message at a time would not.

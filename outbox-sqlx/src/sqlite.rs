@@ -612,17 +612,10 @@ impl RelayRegistry for SqliteStore {
         let get = |e| sql_error("relays", e);
         rows.iter()
             .map(|row| {
-                let id: String = row.try_get(0).map_err(get)?;
-                Ok(RelayInfo::new(
-                    id.parse().map_err(|e| Error::store("relays", false, format!("relay id {id:?}: {e}")))?,
-                    row.try_get(1).map_err(get)?,
-                    row.try_get(2).map_err(get)?,
-                    u32::try_from(row.try_get::<i64, _>(3).map_err(get)?).unwrap_or(0),
-                    datetime(row.try_get(4).map_err(get)?),
-                    datetime(row.try_get(5).map_err(get)?),
-                    u64::try_from(row.try_get::<i64, _>(6).map_err(get)?).unwrap_or(0),
-                )
-                .with_published(u64::try_from(row.try_get::<i64, _>(7).map_err(get)?).unwrap_or(0)))
+                let id = crate::parse_relay_id(row.try_get(0).map_err(get)?)?;
+                let names = (row.try_get(1).map_err(get)?, row.try_get(2).map_err(get)?);
+                let times = (datetime(row.try_get(4).map_err(get)?), datetime(row.try_get(5).map_err(get)?));
+                crate::relay_info(row, id, names, times)
             })
             .collect()
     }

@@ -613,17 +613,10 @@ impl RelayRegistry for MySqlStore {
         let get = |e| sql_error("relays", e);
         rows.iter()
             .map(|row| {
-                let id = text(row, 0).map_err(get)?;
-                Ok(RelayInfo::new(
-                    id.parse().map_err(|e| Error::store("relays", false, format!("relay id {id:?}: {e}")))?,
-                    text(row, 1).map_err(get)?,
-                    text(row, 2).map_err(get)?,
-                    u32::try_from(row.try_get::<i64, _>(3).map_err(get)?).unwrap_or(0),
-                    utc(row.try_get(4).map_err(get)?),
-                    utc(row.try_get(5).map_err(get)?),
-                    u64::try_from(row.try_get::<i64, _>(6).map_err(get)?).unwrap_or(0),
-                )
-                .with_published(u64::try_from(row.try_get::<i64, _>(7).map_err(get)?).unwrap_or(0)))
+                let id = crate::parse_relay_id(&text(row, 0).map_err(get)?)?;
+                let names = (text(row, 1).map_err(get)?, text(row, 2).map_err(get)?);
+                let times = (utc(row.try_get(4).map_err(get)?), utc(row.try_get(5).map_err(get)?));
+                crate::relay_info(row, id, names, times)
             })
             .collect()
     }

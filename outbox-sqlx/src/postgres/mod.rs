@@ -726,16 +726,9 @@ impl RelayRegistry for PostgresStore {
         let get = |e| sql_error("relays", e);
         rows.iter()
             .map(|row| {
-                Ok(RelayInfo::new(
-                    RelayId::from_uuid(row.try_get::<uuid::Uuid, _>(0).map_err(get)?),
-                    row.try_get(1).map_err(get)?,
-                    row.try_get(2).map_err(get)?,
-                    u32::try_from(row.try_get::<i64, _>(3).map_err(get)?).unwrap_or(0),
-                    row.try_get(4).map_err(get)?,
-                    row.try_get(5).map_err(get)?,
-                    u64::try_from(row.try_get::<i64, _>(6).map_err(get)?).unwrap_or(0),
-                )
-                .with_published(u64::try_from(row.try_get::<i64, _>(7).map_err(get)?).unwrap_or(0)))
+                let id = RelayId::from_uuid(row.try_get::<uuid::Uuid, _>(0).map_err(get)?);
+                let names = (row.try_get(1).map_err(get)?, row.try_get(2).map_err(get)?);
+                crate::relay_info(row, id, names, (row.try_get(4).map_err(get)?, row.try_get(5).map_err(get)?))
             })
             .collect()
     }
