@@ -76,12 +76,13 @@ impl Sql {
         // partial index. Keyed rows come from a window (limit + 25%, read without locks) of the oldest
         // unfinished keyed rows of the claim's key slice, claimable or not: a prefix of them in enqueue
         // order, so a key's first row in it is the key's oldest, and a leased or retrying row of a key
-        // shows in it. The window is cut from a walk of the keyed index over at most twice
-        // (limit + 25%) x slices rows of every key (so a slice can run ahead of the others), which
-        // stops once the window is full; the slice's filter stays
-        // outside that walk, since the planner has no statistics for the slice's hash and would
-        // rather read the whole table and sort it. Keys are grouped in byte order (`COLLATE "C"`):
-        // only equality matters there, and a locale's comparison costs several times as much.
+        // shows in it. The window is the first rows of the claim's slice that a walk of the keyed
+        // index from the oldest row meets; the walk stops once the window is full, or after twice
+        // (limit + 25%) x slices rows of every key (so a slice can run ahead of the others). The
+        // slice's filter stays outside that walk: the planner has no statistics for the slice's
+        // hash and would rather read the whole table and sort it. Keys are grouped in byte order
+        // (`COLLATE "C"`): only equality matters there, and a locale's comparison costs several
+        // times as much.
         // Each key's run is its rows from the first while they are claimable, with `prv` the window's
         // previous row of the key; the run's rows are then locked with SKIP LOCKED. A row that another
         // claim took meanwhile is skipped, and the store hands back the rest of its key's run after
