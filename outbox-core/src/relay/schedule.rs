@@ -196,7 +196,7 @@ impl ClaimSchedule {
         } else if claim_again && !in_slice {
             if self.sliced && self.slots.iter().any(|slot| slot.busy) {
                 // Busy in slices: each slot's next claim in its slice finds these keys' next
-                // messages. A claim over every key now would find the other slots' keys in flight
+                // messages, while a claim over every key would find the other slots' keys in flight
                 // and could only look up every key's head.
                 self.all_slots_due();
             } else {
