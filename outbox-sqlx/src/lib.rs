@@ -40,6 +40,8 @@ use outbox_engine::{Error, MessageLimits, Result};
 
 #[cfg(any(feature = "postgres", feature = "mysql", feature = "sqlite"))]
 mod admin;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+mod claim_clocks;
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 mod key_runs;
 #[cfg(feature = "mysql")]
@@ -48,8 +50,6 @@ pub mod mysql;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
-#[cfg(feature = "postgres")]
-mod slice_claims;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;

@@ -19,6 +19,7 @@ use sqlx::{Row, SqliteConnection, SqlitePool};
 use tokio::sync::Notify;
 
 use crate::admin::Dialect;
+use crate::claim_clocks::SpreadLookups;
 use crate::{connect_error, sql_error, StoreOptions};
 
 /// How long a woken relay waits for the enqueueing transaction to commit before claiming.
@@ -143,18 +144,24 @@ CREATE TABLE IF NOT EXISTS {r} (
             // index, each key's run through a window of the oldest unfinished keyed rows (claimable or
             // not, so a key's first row in it is its oldest, and each key's run is its rows from there
             // while they are claimable), and the head of every key (loose index scan) only when that
-            // window is clogged with queued rows. One writer at a time: the statement is atomic, so
-            // the runs need no check after it.
+            // window is clogged with queued rows. The window's blocked rows tell whether looking past
+            // it can pay: queues of a few keys (at least two rows a key on average) hide other keys'
+            // heads behind them, while about one blocked row a key means the window already holds
+            // most keys, their heads in flight, and the O(keys) lookup would find them all leased; then
+            // it runs only when the store allows it (?5, at most once a second). One writer at a time:
+            // the statement is atomic, so the runs need no check after it.
             claim: format!(
                 "UPDATE {m} SET locked_by = ?1, locked_until = ?2, attempts = attempts + 1 WHERE seq IN (\
                    WITH RECURSIVE \
                    keyless AS (SELECT k.seq FROM {m} k WHERE k.msg_key IS NULL AND {ready_k} ORDER BY k.seq LIMIT ?4), \
                    win AS MATERIALIZED (SELECT w.seq, w.msg_key, ({ready_w}) AS ready FROM {m} w \
                      WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL ORDER BY w.seq LIMIT ?4 + ?4 / 4), \
-                   runs AS MATERIALIZED (SELECT r.seq FROM (SELECT w.seq, min(w.ready) OVER \
-                     (PARTITION BY w.msg_key ORDER BY w.seq) AS unbroken FROM win w) r WHERE r.unbroken), \
+                   linked AS MATERIALIZED (SELECT w.seq, w.msg_key, min(w.ready) OVER \
+                     (PARTITION BY w.msg_key ORDER BY w.seq) AS unbroken FROM win w), \
+                   runs AS (SELECT seq FROM linked WHERE unbroken), \
                    keys(k) AS (SELECT (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL) \
                        WHERE (SELECT count(*) FROM win) = ?4 + ?4 / 4 AND (SELECT count(*) FROM runs) < ?4 \
+                       AND (?5 OR (SELECT count(*) >= 2 * count(DISTINCT msg_key) FROM linked WHERE NOT unbroken)) \
                      UNION ALL SELECT (SELECT min(n.msg_key) FROM {m} n WHERE n.msg_key IS NOT NULL AND n.msg_key > keys.k \
                        AND n.published_at IS NULL) FROM keys WHERE keys.k IS NOT NULL), \
                    heads AS (SELECT h.seq FROM keys JOIN {m} h ON h.seq = (SELECT min(x.seq) FROM {m} x \
@@ -235,6 +242,8 @@ struct Inner {
     wake: Notify,
     /// Wakes at enqueue come before the commit: keep waking until a claim sees it.
     chase: LateCommitChase,
+    /// When a claim last looked past a window of blocked rows spread over many keys.
+    spread_lookups: SpreadLookups,
 }
 
 impl fmt::Debug for SqliteStore {
@@ -321,7 +330,14 @@ impl SqliteStore {
     pub fn new(pool: SqlitePool, options: StoreOptions) -> Result<Self> {
         let sql = Sql::new(&options)?;
         Ok(Self {
-            inner: Arc::new(Inner { pool, options, sql, wake: Notify::new(), chase: LateCommitChase::default() }),
+            inner: Arc::new(Inner {
+                pool,
+                options,
+                sql,
+                wake: Notify::new(),
+                chase: LateCommitChase::default(),
+                spread_lookups: SpreadLookups::default(),
+            }),
         })
     }
 
@@ -405,6 +421,7 @@ impl Store for SqliteStore {
             .bind(now.saturating_add(ms(lease)))
             .bind(now)
             .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .bind(self.inner.spread_lookups.allowed())
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| sql_error("claim", e))?;

@@ -26,8 +26,8 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::admin::Dialect;
+use crate::claim_clocks::SliceClaims;
 use crate::key_runs::{keep_key_runs, LeasedRow};
-use crate::slice_claims::SliceClaims;
 use crate::{connect_error, sql_error, StoreOptions, WakeUps};
 
 mod claim_floor;
