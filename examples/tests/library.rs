@@ -26,12 +26,13 @@ fn run(db: &str, kafka: &str, topic: &str, args: &[&str]) -> String {
 async fn the_checked_in_migration_is_the_sql_the_sdk_hands_out() {
     let pool = sqlx::postgres::PgPoolOptions::new().connect_lazy("postgres://localhost/unused").unwrap();
     let store = PostgresStore::new(pool, StoreOptions::default().table_prefix("library").unwrap()).unwrap();
-    // The service's migrations, in order: the SDK's first schema, then the relay registry and the
-    // notification waiters it added.
+    // The service's migrations, in order: the SDK's first schema, then the relay registry, the
+    // notification waiters and the index of failed messages it added.
     let files = [
         include_str!("../migrations/20261124000000_outbox.sql"),
         include_str!("../migrations/20261206000000_outbox_relays.sql"),
         include_str!("../migrations/20261206100000_outbox_waiters.sql"),
+        include_str!("../migrations/20261206200000_outbox_failed_index.sql"),
     ];
     let applied: Vec<&str> = files.iter().map(|f| f.trim()).collect();
     assert_eq!(applied.join("\n"), store.schema_sql().trim(), "add a migration with what schema_sql() gained");
@@ -53,8 +54,8 @@ async fn migrate_enqueue_route_dead_letter_and_replay() {
     let db = format!("{prefix}/{name}");
     let topic = format!("library_orders_{}", std::process::id());
 
-    assert!(run(&db, &kafka, &topic, &["migrate"]).contains("migrations applied: 3"));
-    assert!(run(&db, &kafka, &topic, &["migrate"]).contains("migrations applied: 3"), "a second run is a no-op");
+    assert!(run(&db, &kafka, &topic, &["migrate"]).contains("migrations applied: 4"));
+    assert!(run(&db, &kafka, &topic, &["migrate"]).contains("migrations applied: 4"), "a second run is a no-op");
 
     let out = run(&db, &kafka, &topic, &["run", "--invoice-service", "down"]);
     assert!(out.contains("published 5") && out.contains("dead-lettered 3"), "{out}");

@@ -94,6 +94,7 @@ CREATE INDEX IF NOT EXISTS "{p}_messages_pending_keyless" ON {m} (seq) WHERE pub
 CREATE INDEX IF NOT EXISTS "{p}_messages_pending_keyed" ON {m} (seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "{p}_messages_key" ON {m} (msg_key, seq) WHERE published_at IS NULL AND msg_key IS NOT NULL;
 CREATE INDEX IF NOT EXISTS "{p}_messages_published" ON {m} (published_at) WHERE published_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS "{p}_messages_failed" ON {m} (seq) WHERE published_at IS NULL AND last_error IS NOT NULL;
 CREATE TABLE IF NOT EXISTS {d} (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE,

@@ -207,6 +207,7 @@ CREATE TABLE IF NOT EXISTS {w} (
     id UUID PRIMARY KEY,
     until TIMESTAMPTZ NOT NULL
 );
+CREATE INDEX IF NOT EXISTS "{p}_messages_failed" ON {m} (seq) WHERE published_at IS NULL AND last_error IS NOT NULL;
 "#
             ),
             insert: format!(
