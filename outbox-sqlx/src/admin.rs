@@ -111,7 +111,7 @@ where
     query.push(" ORDER BY seq LIMIT ").push_bind(i64::try_from(limit.saturating_add(1)).unwrap_or(i64::MAX));
 }
 
-/// The page from rows of `(seq, dead letter)` fetched after [`push_page`].
+/// The page from rows of `(seq, item)` fetched after [`push_page`].
 pub(crate) fn page<T>(rows: Vec<(i64, T)>, limit: usize) -> outbox_engine::Page<T> {
     page_from(rows.into_iter().map(|(seq, dead)| (u64::try_from(seq).unwrap_or(0), dead)).collect(), limit)
 }
@@ -120,6 +120,17 @@ pub(crate) fn page<T>(rows: Vec<(i64, T)>, limit: usize) -> outbox_engine::Page<
 /// `select_dead` and `count_dead`), given its database, its [`Dialect`], how it binds a message id and
 /// its `decode_dead(row) -> Result<(i64, DeadLetter)>`.
 macro_rules! impl_admin {
+    // One page of `sql` with `push_filter`'s conditions, rows decoded by `decode`.
+    (@page $self:ident, $db:ty, $dialect:expr, $sql:ident, $push_filter:ident, $decode:ident, $op:literal,
+     $filter:ident, $after:ident, $limit:ident) => {{
+        let limit = outbox_engine::admin::page_limit($limit)?;
+        let mut query = sqlx::QueryBuilder::<$db>::new(&$self.inner.sql.$sql);
+        $crate::admin::$push_filter(&mut query, $filter, &$dialect, $after);
+        $crate::admin::push_page(&mut query, limit);
+        let rows = query.build().fetch_all(&$self.inner.pool).await.map_err(|e| $crate::sql_error($op, e))?;
+        let rows = rows.iter().map($decode).collect::<outbox_engine::Result<_>>()?;
+        Ok($crate::admin::page(rows, limit))
+    }};
     ($store:ty, $db:ty, $dialect:expr, $bind_id:expr) => {
         #[async_trait::async_trait]
         impl outbox_engine::Admin for $store {
@@ -129,17 +140,8 @@ macro_rules! impl_admin {
                 after: Option<outbox_engine::Cursor>,
                 limit: usize,
             ) -> outbox_engine::Result<outbox_engine::DeadLetterPage> {
-                let limit = outbox_engine::admin::page_limit(limit)?;
-                let mut query = sqlx::QueryBuilder::<$db>::new(&self.inner.sql.select_dead);
-                $crate::admin::push_dead_filter(&mut query, filter, &$dialect, after);
-                $crate::admin::push_page(&mut query, limit);
-                let rows = query
-                    .build()
-                    .fetch_all(&self.inner.pool)
-                    .await
-                    .map_err(|e| $crate::sql_error("search_dead_letters", e))?;
-                let rows = rows.iter().map(decode_dead).collect::<outbox_engine::Result<_>>()?;
-                Ok($crate::admin::page(rows, limit))
+                $crate::admin::impl_admin!(@page self, $db, $dialect, select_dead, push_dead_filter, decode_dead,
+                    "search_dead_letters", filter, after, limit)
             }
 
             async fn count_dead_letters(&self, filter: &outbox_engine::DeadLetterFilter) -> outbox_engine::Result<u64> {
@@ -173,17 +175,8 @@ macro_rules! impl_admin {
                 after: Option<outbox_engine::Cursor>,
                 limit: usize,
             ) -> outbox_engine::Result<outbox_engine::MessagePage> {
-                let limit = outbox_engine::admin::page_limit(limit)?;
-                let mut query = sqlx::QueryBuilder::<$db>::new(&self.inner.sql.select_pending);
-                $crate::admin::push_message_filter(&mut query, filter, &$dialect, after);
-                $crate::admin::push_page(&mut query, limit);
-                let rows = query
-                    .build()
-                    .fetch_all(&self.inner.pool)
-                    .await
-                    .map_err(|e| $crate::sql_error("search_messages", e))?;
-                let rows = rows.iter().map(decode_pending).collect::<outbox_engine::Result<_>>()?;
-                Ok($crate::admin::page(rows, limit))
+                $crate::admin::impl_admin!(@page self, $db, $dialect, select_pending, push_message_filter,
+                    decode_pending, "search_messages", filter, after, limit)
             }
 
             async fn blocked_keys(&self, limit: usize) -> outbox_engine::Result<Vec<outbox_engine::BlockedKey>> {
