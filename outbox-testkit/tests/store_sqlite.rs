@@ -1,4 +1,5 @@
-//! The store suite against SQLite (an embedded database file; no service needed).
+//! The store suite against SQLite (an embedded database file; no service needed), and how SQLite's
+//! claim looks past a window of keys in flight.
 #![cfg(feature = "sqlite")]
 use std::time::Duration;
 
