@@ -253,6 +253,9 @@ async fn main() -> Result<(), BoxError> {
                     "business" => format!("{producers} producers: one-row business transactions (tx/s)"),
                     "second_row" => "  the same plus a row in a second plain table (tx/s)".to_owned(),
                     "outbox" => "  the same plus one outbox message, no relay running (tx/s)".to_owned(),
+                    "outbox_delete_only" => {
+                        "  the same plus one message, deleted as it commits (no claim, no lease) (tx/s)".to_owned()
+                    }
                     _ => format!(
                         "  the same plus one message, a relay running ({} wake-ups) (tx/s)",
                         name.trim_start_matches("outbox_relay_").replace('_', "-")
