@@ -121,28 +121,41 @@ async fn main() -> Result<(), BoxError> {
         store.close().await?;
     }
     if !args.key_sweep.is_empty() {
-        let store = AnyStore::open(&args.store, store_options(&args)).await?;
+        // Every mix drains a fresh set of tables, and the rounds go through the mixes in turn: each
+        // mix meets the same table state and, round by round, the same machine state.
+        let mixes: Vec<KeyMix> = std::iter::once(KeyMix::KEYLESS)
+            .chain(args.key_sweep.iter().copied().filter(|m| *m != KeyMix::KEYLESS))
+            .collect();
+        let mut rounds: Vec<Vec<Throughput>> = mixes.iter().map(|_| Vec::new()).collect();
+        for _ in 0..args.repeat {
+            for (keys, rounds) in mixes.iter().zip(rounds.iter_mut()) {
+                let mixed = Args { keys: *keys, repeat: 1, ..args.clone() };
+                let store = AnyStore::open(&args.store, store_options(&args)).await?;
+                rounds.push(throughput(&store, &publisher, &mixed, &topic, args.batch, true).await?);
+                store.close().await?;
+            }
+        }
         let mut sweep = Vec::new();
         let mut keyless: Option<f64> = None;
-        let mixes =
-            std::iter::once(KeyMix::KEYLESS).chain(args.key_sweep.iter().copied().filter(|m| *m != KeyMix::KEYLESS));
-        for keys in mixes {
-            let mixed = Args { keys, ..args.clone() };
-            let t = throughput(&store, &publisher, &mixed, &topic, args.batch, true).await?;
-            let relay = t.relay.unwrap_or(0.0);
+        for (keys, rounds) in mixes.iter().zip(rounds) {
+            let relays: Vec<f64> = rounds.iter().map(|t| t.relay.unwrap_or(0.0)).collect();
+            let relay = median(relays.clone());
+            let (database, broker) = (
+                median(rounds.iter().map(|t| t.database).collect()),
+                median(rounds.iter().map(|t| t.broker).collect()),
+            );
             let ratio = relay / *keyless.get_or_insert(relay);
             println!(
-                "  {:<40} relay {relay:>10.0} msg/s ({ratio:.2}x keyless)   raw database {:>10.0} rows/s",
+                "  {:<40} relay {relay:>10.0} msg/s ({ratio:.2}x keyless)   raw database {database:>10.0} rows/s",
                 keys.to_string(),
-                t.database
             );
             sweep.push(serde_json::json!({
                 "keys": keys.keys, "hot_key_share": keys.hot_share, "label": keys.to_string(),
-                "relay": relay, "relay_vs_keyless": ratio, "raw_database": t.database, "raw_broker": t.broker,
+                "relay": relay, "relay_vs_keyless": ratio, "raw_database": database, "raw_broker": broker,
+                "relay_rounds": relays,
             }));
         }
         report.json.insert("key_sweep".into(), serde_json::Value::Array(sweep));
-        store.close().await?;
     }
     if args.metrics_overhead {
         let (switch, handle) = recorder::install()?;
