@@ -261,6 +261,7 @@ impl RelayBuilder {
                 in_flight: Mutex::new(HashSet::new()),
                 found_work: tokio::sync::Notify::new(),
                 backlog_found: AtomicU64::new(0),
+                slices_freed: AtomicU64::new(0),
             }),
         })
     }
@@ -341,9 +342,12 @@ struct Inner {
     in_flight: Mutex<HashSet<MessageId>>,
     found_work: tokio::sync::Notify,
     instruments: instruments::Instruments,
-    /// Bumped when a worker finds a backlog (or settles a batch that held keys of every slice): each
-    /// worker that sees it change claims in all its slots.
+    /// Bumped when a worker finds a backlog: each worker that sees it change claims in its slots
+    /// whose slices are not dry (see `ClaimSchedule`).
     backlog_found: AtomicU64,
+    /// Bumped when a worker settles a batch claimed over every key: each worker that sees it change
+    /// claims in all its slots.
+    slices_freed: AtomicU64,
 }
 
 impl fmt::Debug for Relay {

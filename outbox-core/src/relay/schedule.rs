@@ -33,8 +33,16 @@ struct Slot {
     /// The batch in this slot was claimed over every key and came back full: when it settles, every
     /// slice (of every worker) may have work again.
     wide_backlog: bool,
+    /// The batch in this slot was claimed over every key and holds keyed messages: when it settles,
+    /// their keys' next messages may wait in any slice, dry ones included.
+    wide_keyed: bool,
     /// The claim or batch in this slot keeps to its key slice.
     in_slice: bool,
+    /// The slot's last claim in its slice found nothing: a peer's full claim does not make it due
+    /// (its slice may be empty, and a claim there walks past every other slice's rows to learn so).
+    /// It claims again after a wait for work, after a full claim over every key settles, and once
+    /// per `poll_interval` while the worker is busy.
+    dry: bool,
 }
 
 /// One worker's claim schedule. Worker 0 polls every `poll_interval` when idle (sooner with a
@@ -97,8 +105,17 @@ impl ClaimSchedule {
         self.paused_until.is_some()
     }
 
+    /// Every slot whose slice is not dry claims as soon as it is free.
     fn all_slots_due(&mut self) {
         for slot in &mut self.slots {
+            slot.due |= !slot.dry;
+        }
+    }
+
+    /// Every slot claims as soon as it is free, dry ones included.
+    fn every_slot_due(&mut self) {
+        for slot in &mut self.slots {
+            slot.dry = false;
             slot.due = true;
         }
     }
@@ -114,8 +131,11 @@ impl ClaimSchedule {
             return None;
         }
         if self.sliced && now >= self.last_wide + self.poll_interval && self.slots.iter().any(|slot| slot.busy) {
-            // Busy in slices: look at every key now and then.
+            // Busy in slices: look at every key now and then, and try the dry slices again.
             self.wide_due = true;
+            for slot in &mut self.slots {
+                slot.due |= std::mem::take(&mut slot.dry);
+            }
         }
         let wide = self.wide_due || !self.sliced;
         let slot = if self.wide_due {
@@ -128,7 +148,8 @@ impl ClaimSchedule {
             self.last_wide = now;
         }
         let in_slice = !wide;
-        self.slots[slot] = Slot { busy: true, due: false, wide_backlog: false, in_slice };
+        let dry = self.slots[slot].dry;
+        self.slots[slot] = Slot { busy: true, in_slice, dry, ..Slot::default() };
         Some(PlannedClaim { slot, in_slice })
     }
 
@@ -143,16 +164,26 @@ impl ClaimSchedule {
         self.paused_until
     }
 
-    /// The store woke the worker, or its wait ran out. The next claim covers every key.
+    /// The store woke the worker, or its wait ran out. The next claim covers every key, and a commit
+    /// may have filled any slice.
     pub(super) fn woken(&mut self) {
+        for slot in &mut self.slots {
+            slot.dry = false;
+        }
         self.wide_due = true;
         self.after_wait = true;
     }
 
-    /// A peer found a backlog, or settled a batch that may have left one in any slice: every slot
-    /// claims.
+    /// A peer found a backlog: every slot whose slice is not dry claims.
     pub(super) fn peer_found_work(&mut self) {
         self.all_slots_due();
+        self.after_wait = true;
+    }
+
+    /// A peer settled a batch claimed over every key, which may have held keys of any slice: every
+    /// slot claims, dry ones included.
+    pub(super) fn peer_freed_slices(&mut self) {
+        self.every_slot_due();
         self.after_wait = true;
     }
 
@@ -163,6 +194,9 @@ impl ClaimSchedule {
             return AfterClaim { wake_peers: false, claim_again_when_settled: false };
         };
         let in_slice = state.in_slice;
+        if in_slice {
+            state.dry = claimed == 0;
+        }
         if claimed == 0 {
             state.busy = false;
             if polled {
@@ -172,6 +206,7 @@ impl ClaimSchedule {
         }
         let full = claimed == self.batch_size;
         state.wide_backlog = full && !in_slice && self.sliced;
+        state.wide_keyed = keyed && !in_slice && self.sliced;
         if let Some(busy) = self.busy_wait {
             self.idle_wait = busy;
         }
@@ -185,25 +220,25 @@ impl ClaimSchedule {
     }
 
     /// The batch in `slot` settled; `claim_again` is what [`Self::claimed`] said for it. Returns
-    /// whether peers should claim in every slice: a full batch claimed over every key held keys of
-    /// every slice until now.
+    /// whether peers should claim in every slice, dry ones included: a full or keyed batch claimed over
+    /// every key may have held keys of any slice until now.
     pub(super) fn settled(&mut self, slot: usize, claim_again: bool) -> bool {
         let Some(state) = self.slots.get_mut(slot) else { return false };
-        let (in_slice, wide_backlog) = (state.in_slice, state.wide_backlog);
-        *state = Slot { due: state.due || (claim_again && in_slice), ..Slot::default() };
+        let (in_slice, wide_backlog, wide_keyed) = (state.in_slice, state.wide_backlog, state.wide_keyed);
+        *state = Slot { due: state.due || (claim_again && in_slice), dry: state.dry, ..Slot::default() };
         if wide_backlog {
-            self.all_slots_due();
+            self.every_slot_due();
         } else if claim_again && !in_slice {
             if self.sliced && self.slots.iter().any(|slot| slot.busy) {
                 // Busy in slices: each slot's next claim in its slice finds these keys' next
                 // messages, while a claim over every key would find the other slots' keys in flight
-                // and could only look up every key's head.
-                self.all_slots_due();
+                // and could only look up every key's head. The batch may have held a dry slice's keys.
+                self.every_slot_due();
             } else {
                 self.wide_due = true;
             }
         }
-        wide_backlog
+        wide_backlog || (wide_keyed && claim_again)
     }
 
     /// A claim failed (`slot`: the slot it was in) or a settle failed (`slot`: `None`): claim again
@@ -338,6 +373,43 @@ mod tests {
         idle.claimed(wide.slot, 4, true);
         idle.settled(wide.slot, true);
         assert!(!start(&mut idle, now).in_slice, "nothing else in flight: over every key again");
+    }
+
+    #[test]
+    fn a_slice_that_came_back_empty_waits_out_peers_full_claims_until_the_next_look_at_every_key() {
+        let now = Instant::now();
+        let mut s = sliced();
+        let a = start(&mut s, now);
+        let dry = start(&mut s, now);
+        s.claimed(dry.slot, 0, false);
+        s.claimed(a.slot, 10, true);
+        s.settled(a.slot, true);
+        assert_eq!(start(&mut s, now).slot, a.slot, "the full slice claims again");
+        s.peer_found_work();
+        assert_eq!(s.next_claim(now), None, "an empty slice is not tried again for each full batch");
+        s.claimed(a.slot, 10, true);
+        assert_eq!(s.next_claim(now), None, "nor for this worker's own full claims");
+        let later = now + POLL + Duration::from_millis(1);
+        let wide = start(&mut s, later);
+        assert!(!wide.in_slice, "a poll interval on: a look at every key");
+        s.claimed(wide.slot, 3, true);
+        s.settled(a.slot, true);
+        assert_eq!(start(&mut s, later), PlannedClaim { slot: a.slot, in_slice: true });
+        assert!(s.settled(wide.slot, true), "a keyed batch over every key settled: peers try their dry slices too");
+        assert!(start(&mut s, later).in_slice, "the dry slice is tried again at the look at every key");
+        s.claimed(dry.slot, 0, false);
+        s.peer_freed_slices();
+        assert!(start(&mut s, later).in_slice, "a peer's batch over every key may have held the slice's keys");
+
+        let mut woken = sliced();
+        let (c, d) = (start(&mut woken, now), start(&mut woken, now));
+        woken.claimed(c.slot, 0, false);
+        woken.claimed(d.slot, 10, true);
+        woken.woken();
+        let wide = start(&mut woken, now);
+        assert!(woken.claimed(wide.slot, 10, true).wake_peers);
+        woken.settled(d.slot, true);
+        assert!(start(&mut woken, now).in_slice, "after a wake-up every slice is tried again");
     }
 
     #[test]

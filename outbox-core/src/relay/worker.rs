@@ -60,6 +60,7 @@ impl Inner {
         let mut in_flight = FuturesUnordered::new();
         let mut claiming: Option<(PlannedClaim, BoxFuture<'_, Result<Claim>>)> = None;
         let mut seen_backlog = self.backlog_found.load(Ordering::Relaxed);
+        let mut seen_freed = self.slices_freed.load(Ordering::Relaxed);
         loop {
             if shutdown.is_cancelled() {
                 break;
@@ -68,6 +69,11 @@ impl Inner {
             if backlog != seen_backlog {
                 seen_backlog = backlog;
                 schedule.peer_found_work();
+            }
+            let freed = self.slices_freed.load(Ordering::Relaxed);
+            if freed != seen_freed {
+                seen_freed = freed;
+                schedule.peer_freed_slices();
             }
             let now = Instant::now();
             let room = in_flight.len() + usize::from(claiming.is_some()) < options.batches_in_flight;
@@ -83,7 +89,7 @@ impl Inner {
                 _ = shutdown.cancelled() => break,
                 Some((settled, claim_again, slot)) = in_flight.next(), if !in_flight.is_empty() => {
                     if schedule.settled(slot, claim_again) {
-                        self.wake_peers();
+                        self.free_slices();
                     }
                     if let Err(e) = settled {
                         schedule.store_error(None, self.store_error(&e));
@@ -137,9 +143,16 @@ impl Inner {
         Instant::now() + self.options.error_backoff
     }
 
-    /// Tells every worker (this one too) that a backlog may wait in any key slice, waking those that wait.
+    /// Tells every worker (this one too) that a backlog may wait, waking those that wait.
     fn wake_peers(&self) {
         self.backlog_found.fetch_add(1, Ordering::Relaxed);
+        self.found_work.notify_waiters();
+    }
+
+    /// Tells every worker (this one too) that a batch claimed over every key settled: its keys' next
+    /// messages may wait in any slice, dry ones included.
+    fn free_slices(&self) {
+        self.slices_freed.fetch_add(1, Ordering::Relaxed);
         self.found_work.notify_waiters();
     }
 
