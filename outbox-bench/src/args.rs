@@ -76,8 +76,9 @@ struct Cli {
     /// That share of the messages (0-1) on one hot key, the rest over --keys.
     #[arg(long, value_name = "F", value_parser = KeyMix::share)]
     hot_key_share: Option<f64>,
-    /// Throughput for each key mix against keyless in the same run: N (N keys, round robin) or
-    /// hot:F:N (share F on one key, the rest over N keys).
+    /// Throughput for each key mix against keyless in the same run, each drain on fresh tables and
+    /// the --repeat rounds going through the mixes in turn: N (N keys, round robin) or hot:F:N
+    /// (share F on one key, the rest over N keys).
     #[arg(long, value_name = "SPEC", value_delimiter = ',', value_parser = KeyMix::parse)]
     key_sweep: Vec<KeyMix>,
     /// Claim batch size.
