@@ -1,6 +1,7 @@
 //! The broker side of a chaos run: the relay processes' publishers, the destination, broker faults,
 //! and reading everything back with the broker's own client library (not the SDK's code).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,8 +226,10 @@ async fn read_nats(url: &str, stream: &str) -> Result<Vec<Delivery>, BoxError> {
     Ok(received)
 }
 
-fn idle_limit(received: usize, expected: usize) -> Duration {
-    if received >= expected {
+/// How long a reader waits for the next message: longer while fewer than `expected` distinct
+/// messages came (`distinct`: duplicates do not count towards it).
+fn idle_limit(distinct: usize, expected: usize) -> Duration {
+    if distinct >= expected {
         READ_IDLE
     } else {
         READ_IDLE_SHORT_OF_EXPECTED
@@ -241,17 +244,34 @@ fn read_kafka(brokers: &str, topic: &str, expected: usize) -> Result<Vec<Deliver
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let mut partitions = TopicPartitionList::new();
+    // Each partition's end when reading starts: the relays have stopped, so reading is complete once
+    // every partition is read up to it, whatever pauses the fetches make.
+    let mut unread = std::collections::HashMap::new();
     for t in metadata.topics() {
         for p in t.partitions() {
             partitions.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+            let (low, high) = consumer.fetch_watermarks(topic, p.id(), Duration::from_secs(10))?;
+            if high > low {
+                unread.insert(p.id(), high);
+            }
         }
     }
     consumer.assign(&partitions)?;
     let mut received = Vec::with_capacity(expected);
     let mut last = std::time::Instant::now();
-    while last.elapsed() < idle_limit(received.len(), expected) {
+    let mut distinct = HashSet::new();
+    while !unread.is_empty() || last.elapsed() < idle_limit(distinct.len(), expected) {
+        if last.elapsed() > READ_IDLE_SHORT_OF_EXPECTED {
+            return Err(format!(
+                "kafka: no message for {READ_IDLE_SHORT_OF_EXPECTED:?} with partitions unread: {unread:?}"
+            )
+            .into());
+        }
         match consumer.poll(Duration::from_millis(100)) {
             Some(Ok(m)) => {
+                if unread.get(&m.partition()).is_some_and(|end| m.offset() + 1 >= *end) {
+                    unread.remove(&m.partition());
+                }
                 let id = m.headers().and_then(|headers| {
                     headers
                         .iter()
@@ -260,6 +280,7 @@ fn read_kafka(brokers: &str, topic: &str, expected: usize) -> Result<Vec<Deliver
                         .and_then(|v| std::str::from_utf8(v).ok())
                         .and_then(|v| v.parse::<MessageId>().ok())
                 });
+                distinct.insert(id);
                 received.push(Delivery { id, payload: m.payload().unwrap_or_default().to_vec() });
                 last = std::time::Instant::now();
             }
@@ -283,8 +304,9 @@ async fn read_rabbitmq(url: &str, queue: &str, expected: usize) -> Result<Vec<De
         )
         .await?;
     let mut received = Vec::with_capacity(expected);
+    let mut distinct = HashSet::new();
     loop {
-        let next = tokio::time::timeout(idle_limit(received.len(), expected), consumer.next()).await;
+        let next = tokio::time::timeout(idle_limit(distinct.len(), expected), consumer.next()).await;
         let Ok(Some(delivery)) = next else { break };
         let delivery = delivery?;
         let from_property = delivery.properties.message_id().as_ref().and_then(|id| id.as_str().parse().ok());
@@ -296,6 +318,7 @@ async fn read_rabbitmq(url: &str, queue: &str, expected: usize) -> Result<Vec<De
             }
         };
         let id = from_property.or_else(from_header);
+        distinct.insert(id);
         received.push(Delivery { id, payload: delivery.data });
     }
     let _ = connection.close(0, "done".into()).await;
