@@ -221,7 +221,7 @@ impl ClaimSchedule {
 
     /// The batch in `slot` settled; `claim_again` is what [`Self::claimed`] said for it. Returns
     /// whether peers should claim in every slice, dry ones included: a full or keyed batch claimed over
-    /// every key may have held keys of any slice until now.
+    /// every key may have held keys of any slice.
     pub(super) fn settled(&mut self, slot: usize, claim_again: bool) -> bool {
         let Some(state) = self.slots.get_mut(slot) else { return false };
         let (in_slice, wide_backlog, wide_keyed) = (state.in_slice, state.wide_backlog, state.wide_keyed);
@@ -238,7 +238,7 @@ impl ClaimSchedule {
                 self.wide_due = true;
             }
         }
-        wide_backlog || (wide_keyed && claim_again)
+        wide_backlog || wide_keyed
     }
 
     /// A claim failed (`slot`: the slot it was in) or a settle failed (`slot`: `None`): claim again
