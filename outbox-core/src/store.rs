@@ -175,6 +175,31 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         false
     }
 
+    /// [`Store::claim_slice`] for the batch that follows `behind`: messages this relay claimed in the
+    /// same slice and has not settled yet. A key whose oldest unfinished messages are among `behind`
+    /// (still leased to `owner`) counts as free after them, so the claim takes the key's next
+    /// messages, each of them after its predecessor. The caller publishes the returned batch only
+    /// after `behind` has settled, and hands back, unattempted, the messages of every key that
+    /// `behind` left unfinished (a retry, or a message handed back). The default ignores `behind`
+    /// and claims as `claim_slice` does; a store that implements it says so with
+    /// [`Store::claims_behind`], and only then does a relay claim behind its batches.
+    async fn claim_slice_behind(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: KeySlice,
+        behind: &[MessageId],
+    ) -> Result<Vec<Message>> {
+        let _ = behind;
+        self.claim_slice(owner, limit, lease, slice).await
+    }
+
+    /// Whether [`Store::claim_slice_behind`] takes keys' messages behind `behind` (default `false`).
+    fn claims_behind(&self) -> bool {
+        false
+    }
+
     /// Extends the lease of `ids` still held by `owner` to `lease` from now.
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()>;
 
@@ -252,6 +277,19 @@ impl<S: Store + ?Sized> Store for Arc<S> {
     }
     fn claims_in_slices(&self) -> bool {
         (**self).claims_in_slices()
+    }
+    async fn claim_slice_behind(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: KeySlice,
+        behind: &[MessageId],
+    ) -> Result<Vec<Message>> {
+        (**self).claim_slice_behind(owner, limit, lease, slice, behind).await
+    }
+    fn claims_behind(&self) -> bool {
+        (**self).claims_behind()
     }
     async fn extend_lease(&self, owner: RelayId, ids: &[MessageId], lease: Duration) -> Result<()> {
         (**self).extend_lease(owner, ids, lease).await

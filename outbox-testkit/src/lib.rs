@@ -94,6 +94,7 @@ macro_rules! store_suite {
                 key_runs_in_enqueue_order,
                 heads_behind_a_long_queue_of_one_key_are_claimed,
                 key_slices_partition_the_keys,
+                a_claim_behind_a_batch_takes_its_keys_next_messages,
                 payloads_and_headers_round_trip,
                 a_large_batch_is_stored_in_order,
                 a_batch_of_large_messages_is_stored_whole,

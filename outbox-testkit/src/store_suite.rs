@@ -389,6 +389,39 @@ pub async fn key_slices_partition_the_keys<H: StoreHarness + ?Sized>(h: &H) {
     assert!(KeySlice::new(4, 4).is_none() && KeySlice::new(0, 0).is_none(), "invalid slices are refused");
 }
 
+/// Claims behind a batch ([`Store::claim_slice_behind`]): behind a batch still leased to the same
+/// relay, a claim takes the next messages of that batch's keys, in order, and never the batch's own;
+/// behind another relay's batch it takes nothing of those keys. (A store that does not claim behind
+/// batches takes nothing of those keys either, which also passes.)
+pub async fn a_claim_behind_a_batch_takes_its_keys_next_messages<H: StoreHarness + ?Sized>(h: &H) {
+    let store = h.store();
+    let every_key = KeySlice::new(0, 1).expect("slice");
+    let a = commit(h, (0..6).map(|n| msg("t", n).key("a")).collect()).await;
+    let b = commit(h, (0..2).map(|n| msg("t", n).key("b")).collect()).await;
+    let (owner, stranger) = (RelayId::new(), RelayId::new());
+    let behind = |relay, limit| store.claim_slice_behind(relay, limit, LEASE, every_key, &a[..3]);
+
+    let first = store.claim_slice(owner, 3, LEASE, every_key).await.expect("claim_slice");
+    assert_eq!(ids(&first), a[..3].to_vec(), "the oldest run first");
+    let other = behind(stranger, 10).await.expect("claim_slice_behind");
+    assert_eq!(ids(&other), b.to_vec(), "behind another relay's batch, its key stays held");
+    store.release(stranger, &b).await.expect("release");
+
+    let next = behind(owner, 4).await.expect("claim_slice_behind");
+    let rest = store.claim_slice_behind(owner, 10, LEASE, every_key, &ids(&next)).await.expect("claim_slice_behind");
+    if store.claims_behind() {
+        let expected = [&a[3..], &b[..1]].concat();
+        assert_eq!(ids(&next), expected, "the key's next messages, in order, and never the first batch's own");
+        assert_eq!(ids(&rest), b[1..].to_vec(), "behind a batch of its own, key b's second message follows its first");
+    } else {
+        let taken: Vec<MessageId> = [ids(&next), ids(&rest)].concat();
+        assert!(taken.iter().all(|id| !a.contains(id)), "without claims behind, key a stays held");
+        assert_eq!(taken, b[..taken.len()].to_vec(), "key b in order");
+    }
+    let settled: Vec<MessageId> = [ids(&first), ids(&next), ids(&rest)].concat();
+    store.acknowledge(&settled).await.expect("acknowledge");
+}
+
 /// Binary, empty, large and unicode payloads, keys and headers come back byte for byte.
 pub async fn payloads_and_headers_round_trip<H: StoreHarness + ?Sized>(h: &H) {
     let store = h.store();

@@ -144,13 +144,14 @@ fn decode_message(row: &PgRow) -> Result<Message> {
 }
 
 impl PostgresStore {
-    /// The body of [`Store::claim`] and [`Store::claim_slice`].
+    /// The body of [`Store::claim`], [`Store::claim_slice`] and [`Store::claim_slice_behind`].
     async fn claim_in(
         &self,
         owner: RelayId,
         limit: usize,
         lease: Duration,
         slice: Option<KeySlice>,
+        behind: &[MessageId],
     ) -> Result<Vec<Message>> {
         let rows = sqlx::query(&self.inner.sql.claim)
             .bind(owner.as_uuid())
@@ -160,6 +161,7 @@ impl PostgresStore {
             .bind(i64::from(slice.map_or(0, |s| s.count())))
             .bind(i64::from(slice.map_or(0, |s| s.index())))
             .bind(self.inner.slice_claims.heads_allowed(slice.is_some()))
+            .bind(uuids(behind))
             .fetch_all(&self.inner.pool)
             .await
             .map_err(|e| sql_error("claim", e))?;
@@ -532,7 +534,7 @@ crate::impl_enqueue!(PostgresStore, PgConnection, insert_rows);
 #[async_trait]
 impl Store for PostgresStore {
     async fn claim(&self, owner: RelayId, limit: usize, lease: Duration) -> Result<Vec<Message>> {
-        self.claim_in(owner, limit, lease, None).await
+        self.claim_in(owner, limit, lease, None, &[]).await
     }
 
     async fn claim_slice(
@@ -542,7 +544,22 @@ impl Store for PostgresStore {
         lease: Duration,
         slice: KeySlice,
     ) -> Result<Vec<Message>> {
-        self.claim_in(owner, limit, lease, Some(slice)).await
+        self.claim_in(owner, limit, lease, Some(slice), &[]).await
+    }
+
+    async fn claim_slice_behind(
+        &self,
+        owner: RelayId,
+        limit: usize,
+        lease: Duration,
+        slice: KeySlice,
+        behind: &[MessageId],
+    ) -> Result<Vec<Message>> {
+        self.claim_in(owner, limit, lease, Some(slice), behind).await
+    }
+
+    fn claims_behind(&self) -> bool {
+        true
     }
 
     fn claims_in_slices(&self) -> bool {

@@ -87,6 +87,10 @@ impl Sql {
         // previous row of the key; the run's rows are then locked with SKIP LOCKED. A row that another
         // claim took meanwhile is skipped, and the store hands back the rest of its key's run after
         // the claim (its `prv` no longer matches).
+        // A claim behind a batch of the same relay ($8: that batch's ids, still leased to $1) passes
+        // over that batch's rows as if they were done: a key's run may go on after them (the first
+        // row after them has no `prv`), and they are not claimed again. The window grows by their
+        // number.
         // Only when the window is clogged (it is full, yet yields fewer than `limit` rows and more
         // than `limit / 4` of its rows wait behind in-flight or retrying rows) and the store lets the
         // claim look past it ($7) is the head of every key looked up, with
@@ -107,17 +111,20 @@ impl Sql {
             "WITH RECURSIVE \
              keyless AS (SELECT k.seq, k.ctid, NULL::bigint AS prv FROM {m} k WHERE k.msg_key IS NULL AND k.seq > $4 AND {ready_k} \
                ORDER BY k.seq LIMIT $3 FOR UPDATE SKIP LOCKED), \
-             win AS MATERIALIZED (SELECT s.seq, s.ctid, s.msg_key, s.ready FROM \
-               (SELECT w.seq, w.ctid, w.msg_key, ({ready_w}) AS ready FROM {m} w WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL \
-                 ORDER BY w.seq LIMIT ($3 + $3 / 4) * greatest($5, 1) * 2) s \
-               WHERE {slice_s} LIMIT $3 + $3 / 4), \
-             linked AS MATERIALIZED (SELECT w.seq, w.ctid, lag(w.seq) OVER k AS prv, bool_and(w.ready) OVER k AS unbroken \
-               FROM win w WINDOW k AS (PARTITION BY w.msg_key COLLATE \"C\" ORDER BY w.seq)), \
-             locked AS MATERIALIZED (SELECT o.seq, o.ctid FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM linked WHERE unbroken)) \
+             win AS MATERIALIZED (SELECT s.seq, s.ctid, s.msg_key, s.ready, s.id, s.locked_by FROM \
+               (SELECT w.seq, w.ctid, w.msg_key, ({ready_w}) AS ready, w.id, w.locked_by FROM {m} w \
+                 WHERE w.msg_key IS NOT NULL AND w.published_at IS NULL ORDER BY w.seq LIMIT {window} * greatest($5, 1) * 2) s \
+               WHERE {slice_s} LIMIT {window}), \
+             linked AS MATERIALIZED (SELECT w.seq, w.ctid, w.mine, \
+               CASE WHEN lag(w.mine) OVER k THEN NULL ELSE lag(w.seq) OVER k END AS prv, bool_and(w.ready OR w.mine) OVER k AS unbroken \
+               FROM (SELECT v.seq, v.ctid, v.msg_key, v.ready, (b.id IS NOT NULL AND v.locked_by = $1) AS mine \
+                 FROM win v LEFT JOIN unnest($8::uuid[]) AS b(id) ON b.id = v.id) w \
+               WINDOW k AS (PARTITION BY w.msg_key COLLATE \"C\" ORDER BY w.seq)), \
+             locked AS MATERIALIZED (SELECT o.seq, o.ctid FROM {m} o WHERE o.ctid = ANY (ARRAY(SELECT ctid FROM linked WHERE unbroken AND NOT mine)) \
                AND o.msg_key IS NOT NULL AND {ready_o} FOR UPDATE OF o SKIP LOCKED), \
              runs AS MATERIALIZED (SELECT k.seq, k.ctid, l.prv FROM locked k JOIN linked l ON l.seq = k.seq), \
-             clogged AS MATERIALIZED (SELECT $7::boolean AND (SELECT count(*) FROM win) = $3 + $3 / 4 \
-               AND (SELECT count(*) FROM linked WHERE unbroken) < $3 \
+             clogged AS MATERIALIZED (SELECT $7::boolean AND (SELECT count(*) FROM win) = {window} \
+               AND (SELECT count(*) FROM linked WHERE unbroken AND NOT mine) < $3 \
                AND (SELECT count(*) FROM linked WHERE NOT unbroken) > $3 / 4 AS yes), \
              keys(k) AS (SELECT min(msg_key) FROM {m} WHERE msg_key IS NOT NULL AND published_at IS NULL AND (SELECT yes FROM clogged) \
                UNION ALL SELECT (SELECT min(n.msg_key) FROM {m} n WHERE n.msg_key > keys.k AND n.published_at IS NULL) \
@@ -129,6 +136,7 @@ impl Sql {
              SELECT seq, ctid, prv FROM keyless UNION ALL SELECT seq, ctid, prv FROM runs \
              UNION ALL SELECT h.seq, h.ctid, h.prv FROM more_heads h WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.seq = h.seq) \
              ORDER BY seq LIMIT $3",
+            window = "($3 + $3 / 4 + cardinality($8::uuid[]))",
             ready_k = ready("k"),
             ready_w = ready("w"),
             ready_o = ready("o"),
@@ -247,7 +255,7 @@ CREATE INDEX IF NOT EXISTS "{p}_messages_failed" ON {m} (seq) WHERE published_at
                  ON CONFLICT (id) DO UPDATE SET until = excluded.until"
             ),
             waiters: w.clone(),
-            explain_claim: format!("EXPLAIN {}", claimable.replace("$3", "$1::bigint").replace("$4", "0").replace("$5", "$2").replace("$6", "$3").replace("$7", "true")),
+            explain_claim: format!("EXPLAIN {}", claimable.replace("$1", "NULL::uuid").replace("$8", "'{}'").replace("$3", "$1::bigint").replace("$4", "0").replace("$5", "$2").replace("$6", "$3").replace("$7", "true")),
             claim,
             extend: format!(
                 "UPDATE {m} SET locked_until = now() + $3 * {MS} \
