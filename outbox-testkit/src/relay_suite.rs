@@ -441,6 +441,73 @@ where
     assert_eq!((metrics.retried, metrics.dead_lettered), (1, 1), "one retry (the 6th), one dead letter (the 3rd)");
 }
 
+/// Per-key order across batches, with the real [`Relay`]: one key's 24 messages go out in batches
+/// of 4, each batch claimed while the one before it publishes where the store
+/// [claims behind](outbox_engine::Store::claims_behind) a batch. The 7th fails permanently and the
+/// 10th transiently once: the 7th is dead-lettered and the 8th follows it; the 10th is retried, and
+/// the 11th onwards (in its batch and in the batch claimed behind it) are handed back and published
+/// after it. Every other message arrives exactly once, in enqueue order.
+pub async fn key_queue_across_batches_with_failures<S, P>(store: &S, publisher: &P)
+where
+    S: StoreHarness + ?Sized,
+    P: PublisherHarness + ?Sized,
+{
+    const QUEUE: usize = 24;
+    let faulty = Arc::new(FaultInjector::new(publisher.publisher(), 0, 0, Duration::ZERO));
+    let key = format!("queue-{}", MessageId::new());
+    let messages: Vec<NewMessage> = (1..=QUEUE)
+        .map(|n| {
+            let message = NewMessage::new(publisher.topic(), format!("{n}")).key(key.clone());
+            match n {
+                7 => message.header(POISON_HEADER, "1"),
+                10 => message.header(FAIL_ONCE_HEADER, "1"),
+                _ => message,
+            }
+        })
+        .collect();
+    let ids = store.enqueue(messages, true).await.expect("enqueue");
+    let policy = RetryPolicy::builder()
+        .initial_delay(Duration::from_millis(100))
+        .jitter(Jitter::None)
+        .max_attempts(5)
+        .build()
+        .expect("policy");
+    let relay = Relay::builder_shared(store.store(), faulty.clone())
+        .batch_size(4)
+        .concurrency(1)
+        .poll_interval(Duration::from_millis(20))
+        .retry_policy(policy)
+        .build()
+        .expect("relay");
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn({
+        let (relay, shutdown) = (relay.clone(), shutdown.clone());
+        async move { relay.run(shutdown).await }
+    });
+    let handle = store.store();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while handle.stats().await.expect("stats").pending > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the relay did not drain the queue within 60 s: {:?}",
+            relay.metrics()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("relay task").expect("relay");
+
+    let dead: Vec<MessageId> =
+        handle.dead_letters(100).await.expect("dead letters").into_iter().map(|d| d.message.id).collect();
+    assert_eq!(dead, vec![ids[6]], "the 7th message is dead-lettered");
+    let received = publisher.read_back(QUEUE - 1, Duration::from_secs(30)).await.expect("read back");
+    let got: Vec<MessageId> = received.iter().filter_map(|r| r.id).filter(|id| ids.contains(id)).collect();
+    let want: Vec<MessageId> = ids.iter().enumerate().filter(|(i, _)| *i != 6).map(|(_, id)| *id).collect();
+    assert_eq!(got, want, "every message but the 7th once, in enqueue order");
+    let metrics = relay.metrics();
+    assert_eq!((metrics.retried, metrics.dead_lettered), (1, 1), "one retry (the 10th), one dead letter (the 7th)");
+}
+
 /// A relay that published a claim and died before acknowledging it: after its lease expires another
 /// relay publishes the same messages again. A broker that de-duplicates by message id stores each
 /// once; any other stores both copies (at-least-once), and nothing is lost either way.

@@ -15,7 +15,8 @@ use outbox_testkit::memory::MemoryHarness;
 use outbox_testkit::mysql::MySqlHarness;
 use outbox_testkit::postgres::PostgresHarness;
 use outbox_testkit::relay_suite::{
-    a_relay_killed_before_acknowledging, key_run_with_failures, relay_suite, MemoryPublisherHarness, RelayScenario,
+    a_relay_killed_before_acknowledging, key_queue_across_batches_with_failures, key_run_with_failures, relay_suite,
+    MemoryPublisherHarness, RelayScenario,
 };
 use outbox_testkit::sqlite::SqliteHarness;
 
@@ -33,6 +34,8 @@ macro_rules! matrix {
         async fn $name() {
             let (Some(store), Some(publisher)) = ($store.await, $publisher.await) else { return };
             key_run_with_failures(&store, &publisher).await;
+            let (Some(store), Some(publisher)) = ($store.await, $publisher.await) else { return };
+            key_queue_across_batches_with_failures(&store, &publisher).await;
             let (Some(store), Some(publisher)) = ($store.await, $publisher.await) else { return };
             a_relay_killed_before_acknowledging(&store, &publisher).await;
             let (Some(store), Some(publisher)) = ($store.await, $publisher.await) else { return };

@@ -16,6 +16,9 @@ use crate::publisher::{panic_text, PublishError};
 use crate::retry::RetryDecision;
 use crate::store::{Failure, Retry};
 
+/// The keys a settled batch left unfinished.
+pub(super) type UnfinishedKeys = HashSet<String>;
+
 /// What became of one claimed message: `None` when it was not attempted (an earlier message of its
 /// key will be retried, so it goes back to the outbox without counting the attempt).
 type Outcome = Option<std::result::Result<(), PublishError>>;
@@ -27,7 +30,11 @@ impl Inner {
     /// key that will be retried, the key's later messages of the batch go back to the outbox
     /// unattempted, so they are published after it; a message that is dead-lettered does not hold
     /// its key back.
-    pub(super) async fn publish_and_settle(&self, batch: Vec<Message>, claimed_at: Instant) -> Result<()> {
+    ///
+    /// Returns the keys the batch left unfinished: those of its retried messages and of the
+    /// messages it handed back. A batch claimed behind this one must hand back its messages of those
+    /// keys, unattempted.
+    pub(super) async fn publish_and_settle(&self, batch: Vec<Message>, claimed_at: Instant) -> Result<UnfinishedKeys> {
         let max_attempts = self.options.retry.max_attempts();
         let (exhausted, batch): (Vec<Message>, Vec<Message>) =
             batch.into_iter().partition(|m| m.attempts > max_attempts);
@@ -63,13 +70,17 @@ impl Inner {
             );
             dead.push((message, error));
         }
-        let mut held_keys: HashSet<String> = HashSet::new();
+        let mut held_keys: UnfinishedKeys = HashSet::new();
+        let mut released_keys: Vec<String> = Vec::new();
         let mut outcomes = outcomes.into_iter();
         for message in batch {
             let outcome = outcomes.next().unwrap_or_else(|| {
                 Some(Err(PublishError::transient("publisher returned fewer outcomes than messages")))
             });
             let held = message.key.as_ref().is_some_and(|key| held_keys.contains(key));
+            if outcome.is_none() || (held && matches!(outcome, Some(Err(_)))) {
+                released_keys.extend(message.key.clone());
+            }
             match outcome {
                 None => releases.push(message.id),
                 Some(Ok(())) => {
@@ -117,7 +128,8 @@ impl Inner {
                 hook.on_dead_letter(message, error).await;
             }
         }
-        Ok(())
+        held_keys.extend(released_keys);
+        Ok(held_keys)
     }
 
     /// Whether a failed message is retried (after a delay) or dead-lettered.

@@ -345,8 +345,8 @@ struct Inner {
     /// Bumped when a worker finds a backlog: each worker that sees it change claims in its slots
     /// whose slices are not dry (see `ClaimSchedule`).
     backlog_found: AtomicU64,
-    /// Bumped when a worker settles a batch claimed over every key: each worker that sees it change
-    /// claims in all its slots.
+    /// Bumped when a worker settles a batch claimed over every key, or finds its slice drained: each
+    /// worker that sees it change claims in all its slots.
     slices_freed: AtomicU64,
 }
 

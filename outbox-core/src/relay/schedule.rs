@@ -14,6 +14,9 @@ pub(super) struct AfterClaim {
     pub(super) wake_peers: bool,
     /// Claim again (in the same slot) as soon as this batch settles, without waiting for a wake-up.
     pub(super) claim_again_when_settled: bool,
+    /// The slot's slice, which had messages at its last claim, came back empty: claims in other
+    /// slices no longer walk past its rows, so dry slices (of every worker) should claim again.
+    pub(super) slice_drained: bool,
 }
 
 /// A claim the schedule asks for: in batch slot `slot`, kept to the slot's key slice when `in_slice`
@@ -43,6 +46,8 @@ struct Slot {
     /// It claims again after a wait for work, after a full claim over every key settles, and once
     /// per `poll_interval` while the worker is busy.
     dry: bool,
+    /// The slot's last claim in its slice found messages.
+    found: bool,
 }
 
 /// One worker's claim schedule. Worker 0 polls every `poll_interval` when idle (sooner with a
@@ -148,8 +153,8 @@ impl ClaimSchedule {
             self.last_wide = now;
         }
         let in_slice = !wide;
-        let dry = self.slots[slot].dry;
-        self.slots[slot] = Slot { busy: true, in_slice, dry, ..Slot::default() };
+        let Slot { dry, found, .. } = self.slots[slot];
+        self.slots[slot] = Slot { busy: true, in_slice, dry, found, ..Slot::default() };
         Some(PlannedClaim { slot, in_slice })
     }
 
@@ -191,18 +196,21 @@ impl ClaimSchedule {
     pub(super) fn claimed(&mut self, slot: usize, claimed: usize, keyed: bool) -> AfterClaim {
         let polled = std::mem::take(&mut self.after_wait);
         let Some(state) = self.slots.get_mut(slot) else {
-            return AfterClaim { wake_peers: false, claim_again_when_settled: false };
+            return AfterClaim { wake_peers: false, claim_again_when_settled: false, slice_drained: false };
         };
         let in_slice = state.in_slice;
+        let mut slice_drained = false;
         if in_slice {
+            slice_drained = claimed == 0 && state.found;
             state.dry = claimed == 0;
+            state.found = claimed > 0;
         }
         if claimed == 0 {
             state.busy = false;
             if polled {
                 self.idle_wait = self.idle_wait.saturating_mul(2).min(self.longest_wait);
             }
-            return AfterClaim { wake_peers: false, claim_again_when_settled: false };
+            return AfterClaim { wake_peers: false, claim_again_when_settled: false, slice_drained };
         }
         let full = claimed == self.batch_size;
         state.wide_backlog = full && !in_slice && self.sliced;
@@ -216,7 +224,7 @@ impl ClaimSchedule {
         // A key's next message becomes claimable when this batch settles, which sends no wake-up;
         // neither does a store without commit wake-ups for what was committed meanwhile.
         let claim_again_when_settled = full || !self.wakes_on_commit || keyed;
-        AfterClaim { wake_peers: full, claim_again_when_settled }
+        AfterClaim { wake_peers: full, claim_again_when_settled, slice_drained }
     }
 
     /// The batch in `slot` settled; `claim_again` is what [`Self::claimed`] said for it. Returns
@@ -225,7 +233,8 @@ impl ClaimSchedule {
     pub(super) fn settled(&mut self, slot: usize, claim_again: bool) -> bool {
         let Some(state) = self.slots.get_mut(slot) else { return false };
         let (in_slice, wide_backlog, wide_keyed) = (state.in_slice, state.wide_backlog, state.wide_keyed);
-        *state = Slot { due: state.due || (claim_again && in_slice), dry: state.dry, ..Slot::default() };
+        *state =
+            Slot { due: state.due || (claim_again && in_slice), dry: state.dry, found: state.found, ..Slot::default() };
         if wide_backlog {
             self.every_slot_due();
         } else if claim_again && !in_slice {
@@ -283,7 +292,10 @@ mod tests {
         assert_eq!(s.wait_for_work(now, true), None, "busy: no wait");
         let second = start(&mut s, now);
         assert_ne!(first.slot, second.slot, "every slot claims at start");
-        assert_eq!(s.claimed(first.slot, 0, false), AfterClaim { wake_peers: false, claim_again_when_settled: false });
+        assert_eq!(
+            s.claimed(first.slot, 0, false),
+            AfterClaim { wake_peers: false, claim_again_when_settled: false, slice_drained: false }
+        );
         assert!(!s.claimed(second.slot, 0, false).claim_again_when_settled);
         assert_eq!(s.next_claim(now), None);
         assert_eq!(s.wait_for_work(now, false), Some(POLL));
@@ -413,6 +425,24 @@ mod tests {
     }
 
     #[test]
+    fn a_slice_that_drains_sends_the_dry_slices_claiming_again_once() {
+        let now = Instant::now();
+        let mut s = sliced();
+        let (busy, empty) = (start(&mut s, now), start(&mut s, now));
+        assert!(!s.claimed(empty.slot, 0, false).slice_drained, "a slice empty from the start drained nothing");
+        assert!(!s.claimed(busy.slot, 10, true).slice_drained);
+        s.settled(busy.slot, true);
+        let last = start(&mut s, now);
+        assert_eq!(last.slot, busy.slot);
+        assert!(s.claimed(last.slot, 0, false).slice_drained, "the slice had messages and now has none");
+        s.peer_freed_slices();
+        let (a, b) = (start(&mut s, now), start(&mut s, now));
+        assert!(a.in_slice && b.in_slice, "every slice claims again, dry ones included");
+        assert!(!s.claimed(a.slot, 0, false).slice_drained && !s.claimed(b.slot, 0, false).slice_drained, "only once");
+        assert_eq!(s.next_claim(now), None);
+    }
+
+    #[test]
     fn other_workers_wait_thirty_poll_intervals() {
         let mut s = schedule(1, true, None);
         for _ in 0..2 {
@@ -428,7 +458,7 @@ mod tests {
         let mut s = schedule(0, true, None);
         let a = start(&mut s, now);
         let after = s.claimed(a.slot, 10, false);
-        assert_eq!(after, AfterClaim { wake_peers: true, claim_again_when_settled: true });
+        assert_eq!(after, AfterClaim { wake_peers: true, claim_again_when_settled: true, slice_drained: false });
         assert!(s.next_claim(now).is_some());
     }
 

@@ -18,6 +18,21 @@ use crate::message::{Message, MessageId};
 use crate::publisher::panic_text;
 use crate::store::KeySlice;
 
+/// A full batch in which some key has at least this many messages (or the whole batch, if smaller)
+/// is followed by a claim behind it: that key's next messages most likely wait behind it. With
+/// shorter runs (many keys), the slice's next claim after the settle finds as much, and a claim
+/// behind a batch reads that batch's rows again.
+const RUN_WORTH_FOLLOWING: usize = 8;
+
+/// The most messages of one key in `batch`.
+fn longest_key_run(batch: &[Message]) -> usize {
+    let mut runs: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for key in batch.iter().filter_map(|m| m.key.as_deref()) {
+        *runs.entry(key).or_default() += 1;
+    }
+    runs.into_values().max().unwrap_or(0)
+}
+
 /// A claimed batch and when its claim was sent: its lease runs from no earlier than that.
 pub(super) struct Claim {
     pub(super) batch: Vec<Message>,
@@ -80,7 +95,7 @@ impl Inner {
             if claiming.is_none() && room {
                 if let Some(planned) = schedule.next_claim(now) {
                     let slice = if planned.in_slice { self.key_slice(worker, planned.slot) } else { None };
-                    claiming = Some((planned, Box::pin(self.claim(slice))));
+                    claiming = Some((planned, Box::pin(self.claim(slice, &[]))));
                 }
             }
             // No backlog: wait for a wake-up only once this worker's batches have settled.
@@ -96,7 +111,8 @@ impl Inner {
                     }
                 }
                 Some(claimed) = OptionFuture::from(claiming.as_mut().map(|(_, claim)| claim)) => {
-                    let slot = claiming.take().map_or(0, |(planned, _)| planned.slot);
+                    let Some((planned, _)) = claiming.take() else { continue };
+                    let slot = planned.slot;
                     match claimed {
                         Ok(Claim { batch, sent_at }) => {
                             let keyed = batch.iter().any(|m| m.key.is_some());
@@ -104,9 +120,12 @@ impl Inner {
                             if after.wake_peers {
                                 self.wake_peers();
                             }
+                            if after.slice_drained {
+                                self.free_slices();
+                            }
                             if !batch.is_empty() {
-                                let span = info_span!("outbox.batch", relay = %self.id, size = batch.len());
-                                let settle = self.publish_and_settle(batch, sent_at).instrument(span);
+                                let slice = if planned.in_slice { self.key_slice(worker, slot) } else { None };
+                                let settle = self.publish_in_turn(batch, sent_at, slice, shutdown.clone());
                                 in_flight.push(settle.map(move |settled| (settled, after.claim_again_when_settled, slot)));
                             }
                         }
@@ -149,8 +168,9 @@ impl Inner {
         self.found_work.notify_waiters();
     }
 
-    /// Tells every worker (this one too) that a batch claimed over every key settled: its keys' next
-    /// messages may wait in any slice, dry ones included.
+    /// Tells every worker (this one too) that dry slices should claim again: a batch claimed over
+    /// every key settled (its keys' next messages may wait in any slice), or a slice drained (claims
+    /// in the others no longer walk past its rows to reach theirs).
     fn free_slices(&self) {
         self.slices_freed.fetch_add(1, Ordering::Relaxed);
         self.found_work.notify_waiters();
@@ -171,13 +191,18 @@ impl Inner {
         (count > 1).then(|| KeySlice::new(index, count)).flatten()
     }
 
-    /// Claims a batch (in `slice`, if given) and records it as in flight.
-    async fn claim(&self, slice: Option<KeySlice>) -> Result<Claim> {
+    /// Claims a batch (in `slice`, if given, and behind the unsettled batch `behind` of that slice,
+    /// if not empty) and records it as in flight.
+    async fn claim(&self, slice: Option<KeySlice>, behind: &[MessageId]) -> Result<Claim> {
         let options = &self.options;
         let sent_at = Instant::now();
+        let (size, lease) = (options.batch_size, options.lease);
         let batch = match slice {
-            Some(slice) => self.store.claim_slice(self.id, options.batch_size, options.lease, slice).await?,
-            None => self.store.claim(self.id, options.batch_size, options.lease).await?,
+            Some(slice) if !behind.is_empty() => {
+                self.store.claim_slice_behind(self.id, size, lease, slice, behind).await?
+            }
+            Some(slice) => self.store.claim_slice(self.id, size, lease, slice).await?,
+            None => self.store.claim(self.id, size, lease).await?,
         };
         let took = sent_at.elapsed();
         self.instruments.claimed(took, batch.len());
@@ -190,25 +215,100 @@ impl Inner {
         Ok(Claim { batch, sent_at })
     }
 
-    /// Releases a claimed batch that will not be published (a claim that returned after shutdown), so another
-    /// relay can take it at once instead of waiting for the lease to expire.
+    /// Publishes and settles a claimed batch. A full batch claimed in a key slice, on a store that
+    /// [claims behind](crate::Store::claims_behind) a batch, is followed in turn by the next batch of
+    /// its slice: claimed while this one publishes (its keys' next messages included), published
+    /// once this one has settled, less the messages of keys this one left unfinished (handed back
+    /// unattempted); and so on while the batches come back full. A key whose queue fills batch after
+    /// batch moves at the pace of publishing, not of claim, publish and settle one after another.
+    async fn publish_in_turn(
+        &self,
+        mut batch: Vec<Message>,
+        mut sent_at: Instant,
+        slice: Option<KeySlice>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        loop {
+            let follows = self.store.claims_behind()
+                && batch.len() >= self.options.batch_size
+                && longest_key_run(&batch) >= RUN_WORTH_FOLLOWING.min(self.options.batch_size)
+                && !shutdown.is_cancelled();
+            let behind: Vec<MessageId> =
+                if follows { batch.iter().filter(|m| m.key.is_some()).map(|m| m.id).collect() } else { Vec::new() };
+            let span = info_span!("outbox.batch", relay = %self.id, size = batch.len());
+            let settle = self.publish_and_settle(batch, sent_at).instrument(span);
+            let Some(slice) = slice.filter(|_| follows) else { return settle.await.map(drop) };
+            let (held, next) = match tokio::join!(settle, self.claim(Some(slice), &behind)) {
+                (Ok(held), Ok(next)) => (held, next),
+                (Err(e), Ok(next)) => {
+                    // The batch's outcome is not recorded: publishing the next one could overtake it.
+                    self.hand_back(&next.batch).await;
+                    return Err(e);
+                }
+                (_, Err(e)) => return Err(e),
+            };
+            let (kept, back): (Vec<Message>, Vec<Message>) =
+                next.batch.into_iter().partition(|m| m.key.as_ref().is_none_or(|key| !held.contains(key)));
+            if !back.is_empty() {
+                self.hand_back(&back).await;
+            }
+            if kept.is_empty() {
+                return Ok(());
+            }
+            if shutdown.is_cancelled() {
+                self.hand_back(&kept).await;
+                return Ok(());
+            }
+            (batch, sent_at) = (kept, next.sent_at);
+        }
+    }
+
+    /// Releases claimed messages that will not be published (a claim that returned after shutdown,
+    /// or messages of keys that the batch before them left unfinished), so they can be claimed again
+    /// at once instead of after their lease.
     async fn hand_back(&self, batch: &[Message]) {
         let ids: Vec<MessageId> = batch.iter().map(|m| m.id).collect();
         match self.store.release(self.id, &ids).await {
             Ok(()) => self.forget_in_flight(&ids),
             Err(e) => {
-                warn!(error = %e.report(), messages = ids.len(), "outbox relay could not hand back a batch claimed at shutdown; its lease will expire")
+                warn!(error = %e.report(), messages = ids.len(), "outbox relay could not hand back claimed messages it will not publish; their lease will expire")
             }
         }
     }
 
     pub(super) async fn dispatch_once(&self) -> Result<usize> {
-        let Claim { batch, sent_at } = self.claim(None).await?;
+        let Claim { batch, sent_at } = self.claim(None, &[]).await?;
         let claimed = batch.len();
         if claimed == 0 {
             return Ok(0);
         }
         let span = info_span!("outbox.batch", relay = %self.id, size = claimed);
-        self.publish_and_settle(batch, sent_at).instrument(span).await.map(|()| claimed)
+        self.publish_and_settle(batch, sent_at).instrument(span).await.map(|_| claimed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(key: Option<&str>) -> Message {
+        Message {
+            id: MessageId::new(),
+            topic: "t".into(),
+            key: key.map(str::to_owned),
+            payload: Vec::new(),
+            headers: Default::default(),
+            created_at: chrono::Utc::now(),
+            attempts: 1,
+            last_error: None,
+        }
+    }
+
+    #[test]
+    fn the_longest_key_run_counts_the_most_messages_of_one_key() {
+        assert_eq!(longest_key_run(&[]), 0);
+        assert_eq!(longest_key_run(&[message(None), message(None)]), 0, "keyless messages make no run");
+        let batch = [message(Some("a")), message(Some("b")), message(None), message(Some("a")), message(Some("a"))];
+        assert_eq!(longest_key_run(&batch), 3);
     }
 }
