@@ -215,12 +215,14 @@ impl Inner {
         Ok(Claim { batch, sent_at })
     }
 
-    /// Publishes and settles a claimed batch. A full batch claimed in a key slice, on a store that
+    /// Publishes and settles a claimed batch. A full batch claimed in a key slice that holds a run
+    /// of [`RUN_WORTH_FOLLOWING`] messages of a key, on a store that
     /// [claims behind](crate::Store::claims_behind) a batch, is followed in turn by the next batch of
     /// its slice: claimed while this one publishes (its keys' next messages included), published
     /// once this one has settled, less the messages of keys this one left unfinished (handed back
-    /// unattempted); and so on while the batches come back full. A key whose queue fills batch after
-    /// batch moves at the pace of publishing, not of claim, publish and settle one after another.
+    /// unattempted); and so on while the batches come back so. A key whose queue fills batch after
+    /// batch moves at the pace of its claims, publishing overlapped, not of claim, publish and
+    /// settle one after another.
     async fn publish_in_turn(
         &self,
         mut batch: Vec<Message>,
@@ -245,7 +247,7 @@ impl Inner {
                     self.hand_back(&next.batch).await;
                     return Err(e);
                 }
-                (_, Err(e)) => return Err(e),
+                (Err(e), Err(_)) | (Ok(_), Err(e)) => return Err(e),
             };
             let (kept, back): (Vec<Message>, Vec<Message>) =
                 next.batch.into_iter().partition(|m| m.key.as_ref().is_none_or(|key| !held.contains(key)));
