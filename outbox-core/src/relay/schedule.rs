@@ -15,7 +15,7 @@ pub(super) struct AfterClaim {
     /// Claim again (in the same slot) as soon as this batch settles, without waiting for a wake-up.
     pub(super) claim_again_when_settled: bool,
     /// The slot's slice, which had messages at its last claim, came back empty: claims in other
-    /// slices no longer walk past its rows, so dry slices (of every worker) should claim again.
+    /// slices reach their rows without walking past its, so dry slices (of every worker) should claim again.
     pub(super) slice_drained: bool,
 }
 

@@ -170,7 +170,7 @@ impl Inner {
 
     /// Tells every worker (this one too) that dry slices should claim again: a batch claimed over
     /// every key settled (its keys' next messages may wait in any slice), or a slice drained (claims
-    /// in the others no longer walk past its rows to reach theirs).
+    /// in the others reach their rows without walking past its).
     fn free_slices(&self) {
         self.slices_freed.fetch_add(1, Ordering::Relaxed);
         self.found_work.notify_waiters();
